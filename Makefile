@@ -1,0 +1,65 @@
+# sse-fast: every command people, pre-commit and CI use. `make` alone prints this help.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The extension is rebuilt when any of these change.
+RUST_SRC := $(shell find rust -name '*.rs' -o -name 'Cargo.toml') Cargo.toml pyproject.toml
+STAMP := $(VENV)/.built
+
+.DEFAULT_GOAL := help
+.PHONY: help venv build run test test-rust test-python lint fmt bench bench-fanout loadtest loadtest-smoke clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	  print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' > $(VENV)/requirements.txt
+	$(PIP) install -q -r $(VENV)/requirements.txt
+	touch $@
+
+venv: $(VENV)/.deps ## Create .venv with every dependency
+
+$(STAMP): $(VENV)/.deps $(RUST_SRC)
+	$(VENV)/bin/maturin develop --release -q
+	touch $@
+
+build: $(STAMP) ## Build the release extension into .venv
+
+run: build ## Run the server on $(HOST):$(PORT) with the embedded in-memory broker
+	$(VENV)/bin/sse-fast serve --host $(HOST) --port $(PORT)
+
+test: lint test-rust test-python ## Run lint, the Rust tests and the Python tests (fails if either collects nothing)
+
+test-rust: ## cargo test for the workspace's core crate
+	cargo test -p sse-fast-core 2>&1 | tee $(VENV)/cargo-test.log
+	@grep -qE 'test result: ok\. [1-9][0-9]* passed' $(VENV)/cargo-test.log || { echo "cargo test ran no test"; exit 1; }
+
+test-python: build ## pytest (exit 5, no test collected, is a failure)
+	$(PY) -m pytest
+
+lint: build ## ruff, mypy strict, stubtest, cargo fmt --check, clippy -D warnings
+	$(VENV)/bin/ruff check python tests bench loadtest
+	$(VENV)/bin/ruff format --check python tests bench loadtest
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest sse_fast._core
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -q -- -D warnings
+
+fmt: venv ## Format Rust and Python
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests bench loadtest
+	$(VENV)/bin/ruff check --fix python tests bench loadtest
+
+bench: build ## Micro-benchmarks (pytest-benchmark) against the pure-Python reference, compared with the saved baseline
+	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-autosave --benchmark-compare --benchmark-group-by=group -o testpaths=bench
+
+clean: ## Remove build output
+	rm -rf target $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

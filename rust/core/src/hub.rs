@@ -1,0 +1,1 @@
+//! TODO(hub): being written.
