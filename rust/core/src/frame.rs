@@ -26,7 +26,9 @@ impl Frame {
             return Err(Error::Frame("event type must not contain CR or LF".into()));
         }
         if has_line_break(data) {
-            return Err(Error::Frame("frame data must be a single line (no raw CR or LF)".into()));
+            return Err(Error::Frame(
+                "frame data must be a single line (no raw CR or LF)".into(),
+            ));
         }
         let mut body = Vec::with_capacity(data.len() + event.len() + 16);
         body.extend_from_slice(b"event: ");
@@ -34,13 +36,23 @@ impl Frame {
         body.extend_from_slice(b"\ndata: ");
         body.extend_from_slice(data);
         body.extend_from_slice(b"\n\n");
-        Ok(Frame { body: body.into_boxed_slice(), event: event.into(), seq, priority })
+        Ok(Frame {
+            body: body.into_boxed_slice(),
+            event: event.into(),
+            seq,
+            priority,
+        })
     }
 
     /// Already-framed bytes (a comment, a `retry:` block): ephemeral, never given an `id:`.
     pub fn raw(bytes: &[u8], priority: u8) -> Result<Frame> {
         check_priority(priority)?;
-        Ok(Frame { body: bytes.into(), event: "".into(), seq: None, priority })
+        Ok(Frame {
+            body: bytes.into(),
+            event: "".into(),
+            seq: None,
+            priority,
+        })
     }
 
     /// The frame's bytes, without an `id:` line.
