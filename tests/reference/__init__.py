@@ -1,0 +1,1 @@
+"""Small pure-Python references of the Rust core: the oracles of the property tests and the baselines of bench/."""
