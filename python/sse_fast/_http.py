@@ -1,0 +1,161 @@
+"""What the routes see of HTTP, the same under RSGI and ASGI: a request, a response, an error, a stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from sse_fast.streams import Sink
+
+__all__ = ["HttpError", "Request", "Response", "Route", "StreamResponse", "json_response", "parse_query"]
+
+_json = msgspec.json.Encoder()
+JSON_TYPE = "application/json"
+
+
+class HttpError(Exception):
+    """An error answer: ``{"error", "code", "detail"}`` with its status (PROTOCOL.md section 7)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        detail: Any = None,
+        *,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+        self.headers = headers or []
+
+    def response(self) -> Response:
+        """The JSON answer for this error."""
+        body: dict[str, Any] = {"error": self.message, "code": self.code}
+        if self.detail is not None:
+            body["detail"] = self.detail
+        return json_response(self.status, body, headers=self.headers)
+
+
+@dataclass(slots=True)
+class Response:
+    """A complete answer."""
+
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StreamResponse:
+    """An SSE stream: the adapter starts the response with ``headers``, then calls ``open(sink)`` at once.
+
+    ``open`` registers the connection and writes its first bytes; it returns the connection id, which the adapter
+    hands to ``closed`` when the client goes away.
+    """
+
+    headers: list[tuple[str, str]]
+    open: Callable[[Sink], Awaitable[int]]
+    closed: Callable[[int], None]
+
+
+Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One endpoint: method, path template (``{name}`` segments), handler, and what OpenAPI says of it."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    request: Any = None
+    responses: Any = None
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        """The path parameters when ``segments`` fit this route's template."""
+        template = self.path.strip("/").split("/")
+        if len(template) != len(segments):
+            return None
+        params: dict[str, str] = {}
+        for want, got in zip(template, segments, strict=True):
+            if want.startswith("{"):
+                if not got:
+                    return None
+                params[want[1:-1]] = got
+            elif want != got:
+                return None
+        return params
+
+
+def json_response(status: int, body: Any, *, headers: list[tuple[str, str]] | None = None) -> Response:
+    """Encode ``body`` (a msgspec Struct, dict, list, ...) as a JSON answer."""
+    return Response(status, _json.encode(body), [("content-type", JSON_TYPE), *(headers or [])])
+
+
+def parse_query(query_string: str) -> dict[str, str]:
+    """The query as a dict; a repeated key keeps its last value (as browsers' URLSearchParams.get does not)."""
+    return dict(parse_qsl(query_string, keep_blank_values=True))
+
+
+class Request:
+    """One HTTP request, interface-neutral. ``headers`` names are lower-case."""
+
+    __slots__ = ("_chunks", "client", "headers", "method", "path", "path_params", "query")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        client: str,
+        chunks: Callable[[], AsyncIterator[bytes]],
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.client = client
+        self.path_params: dict[str, str] = {}
+        self._chunks = chunks
+
+    async def body(self, limit: int) -> bytes:
+        """The body, refusing (413) a declared or actual size over ``limit`` without reading further."""
+        declared = self.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise HttpError(400, "bad_content_length", "Content-Length is not a number")
+            if int(declared) > limit:
+                raise _too_large(limit)
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self._chunks():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def json_body(self, limit: int) -> bytes:
+        """The body of a JSON request: 415 unless the content type is JSON, 400 when empty, 413 when too large."""
+        content_type = self.headers.get("content-type", "")
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media != JSON_TYPE and not (media.startswith("application/") and media.endswith("+json")):
+            raise HttpError(415, "unsupported_media_type", "the body must be JSON (content-type: application/json)")
+        body = await self.body(limit)
+        if not body.strip():
+            raise HttpError(400, "empty_body", "the request body is empty")
+        return body
+
+
+def _too_large(limit: int) -> HttpError:
+    return HttpError(413, "body_too_large", f"the request body is larger than {limit} bytes", {"limit": limit})

@@ -1,0 +1,79 @@
+"""granian's RSGI interface (its default): requests, answers and streams.
+
+A stream costs no coroutine: the handler registers the connection, writes its opening bytes and returns.
+granian keeps the response open for as long as the transport is referenced (by the connection's sink), and
+calls back when the client goes away. Writes are ``transport.send_bytes`` calls made by the worker's writer:
+granian queues the bytes and returns an already-finished awaitable, which the sink steps once to learn whether
+the stream is still open. Dropping the transport ends the response cleanly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from granian.rsgi import ProtocolClosed
+
+from sse_fast._http import Request, Response, parse_query
+
+if TYPE_CHECKING:
+    from sse_fast.app import App
+
+__all__ = ["RsgiSink", "serve"]
+
+
+class RsgiSink:
+    """A stream's RSGI transport."""
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport: Any) -> None:
+        self.transport: Any = transport
+
+    def write(self, data: bytes) -> bool:
+        transport = self.transport
+        if transport is None:
+            return False
+        try:
+            transport.send_bytes(data).__next__()
+        except StopIteration:  # queued: the normal, already-finished result
+            return True
+        except ProtocolClosed:  # the client is gone; granian's disconnect callback removes the connection
+            self.transport = None
+            return False
+        return True
+
+    def close(self) -> None:
+        self.transport = None
+
+
+def _request(scope: Any, protocol: Any) -> Request:
+    headers = {key.lower(): value for key, value in scope.headers.items()}
+
+    def chunks() -> AsyncIterator[bytes]:
+        return protocol.__aiter__()  # type: ignore[no-any-return]
+
+    return Request(scope.method, scope.path, parse_query(scope.query_string), headers, scope.client, chunks)
+
+
+def _on_disconnect(protocol: Any, closed: Callable[[int], None], conn_id: int) -> None:
+    waiter = protocol.client_disconnect()
+    if hasattr(waiter, "add_done_callback"):
+        waiter.add_done_callback(lambda _: closed(conn_id))
+    else:  # the client left already
+        closed(conn_id)
+
+
+async def serve(app: App, scope: Any, protocol: Any) -> None:
+    """Handle one RSGI request."""
+    if scope.proto != "http":
+        return
+    answer = await app.api.handle(_request(scope, protocol))
+    app.metrics.responses[answer.status if isinstance(answer, Response) else 200] += 1
+    if isinstance(answer, Response):
+        protocol.response_bytes(answer.status, answer.headers, answer.body)
+        return
+    sink = RsgiSink(protocol.response_stream(200, answer.headers))
+    conn_id = await answer.open(sink)
+    _on_disconnect(protocol, answer.closed, conn_id)
+

@@ -1,0 +1,375 @@
+"""The broker: where published messages, the replay log, mailboxes, acks and idempotency live.
+
+A broker turns an accepted envelope into frames on this worker's streams (:class:`~sse_fast.streams.Streams`)
+and keeps what must outlive a connection. :class:`MemoryBroker` keeps it in this process (one worker, the
+embedded default); a Redis broker shares it between workers and nodes behind the same interface, so that routes,
+streams and clients never know which one runs.
+
+Every store here is bounded (``SSE_FAST_*`` settings), and counted in :meth:`Broker.counters`.
+"""
+
+from __future__ import annotations
+
+import abc
+import heapq
+import secrets
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+from sse_fast._core import NORMAL, Frame, ReplayLog
+from sse_fast.models import Envelope, new_message_id
+from sse_fast.settings import Settings
+from sse_fast.streams import Streams
+
+__all__ = ["Accepted", "Broker", "MemoryBroker", "Opening", "create_broker"]
+
+_json = msgspec.json.Encoder()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class Accepted:
+    """What a publish did: ``delivered`` connections on this node, ``queued`` in an offline mailbox."""
+
+    message_id: str
+    delivered: int
+    queued: bool
+    duplicate: bool = False
+
+
+@dataclass(slots=True)
+class Opening:
+    """What a new stream starts with: its first cursor, and the frames to write before going live."""
+
+    cursor: str
+    #: The log position every resumable frame up to which this stream has been given (its first low-water mark).
+    watermark: int
+    resumed: bool
+    gap: str | None
+    frames: list[Frame]
+    # Frames delivered before live that are not covered by the cursor (mailbox entries older than it).
+    extra: list[Frame] = field(default_factory=list)
+
+    @property
+    def missed(self) -> int:
+        """Frames delivered before live: replay plus mailbox."""
+        return len(self.frames) + len(self.extra)
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """A ``requireAck`` message until it is acked or expires."""
+
+    envelope: Envelope
+    status: Literal["pending", "delivered", "acked", "expired"]
+    deadline: float
+    attempts: int = 1
+    acked_by: list[str] = field(default_factory=list)
+    exclude: str | None = None
+
+
+class Broker(abc.ABC):
+    """The interface every broker implements. All methods run on the worker's event loop."""
+
+    epoch: str
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.streams: Streams | None = None
+
+    def attach(self, streams: Streams) -> None:
+        """Bind the broker to this worker's streams (before the first request)."""
+        self.streams = streams
+        streams.add_tick_job(self.tick)
+
+    @abc.abstractmethod
+    async def publish(self, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
+        """Deliver an accepted, validated envelope (id, timestamp and source already set by the server)."""
+
+    @abc.abstractmethod
+    async def open_stream(self, client_id: str, topics: tuple[str, ...], cursor: str | None) -> Opening:
+        """What a stream that just registered with the hub must receive before its live frames."""
+
+    @abc.abstractmethod
+    async def ack(self, client_id: str, message_ids: list[str], *, admin: bool) -> int:
+        """Record acks; returns how many of the ids were known ``requireAck`` messages."""
+
+    @abc.abstractmethod
+    async def message_status(self, message_id: str) -> tuple[str, str, list[str]] | None:
+        """``(source, status, acked_by)`` of a ``requireAck`` message, or None when unknown."""
+
+    @abc.abstractmethod
+    def tick(self, now: float) -> None:
+        """Periodic work (about once a second): ack timeouts and redelivery, expiry."""
+
+    def ready(self) -> bool:
+        """Whether the broker can take publishes now (``/readyz``)."""
+        return True
+
+    async def close(self) -> None:
+        """Release what the broker holds (connections to Redis, ...)."""
+
+    @abc.abstractmethod
+    def counters(self) -> dict[str, int]:
+        """Gauges and counters for ``/metrics``."""
+
+
+class _Mailboxes:
+    """Offline messages per client: bounded per client (oldest dropped) and in clients (oldest mailbox dropped)."""
+
+    def __init__(self, *, size: int, ttl: float, clients: int) -> None:
+        self._boxes: OrderedDict[str, deque[tuple[float, Frame]]] = OrderedDict()
+        self._size, self._ttl, self._clients = size, ttl, clients
+        self.dropped = 0
+        self.entries = 0
+
+    def put(self, client_id: str, frame: Frame, now: float) -> None:
+        box = self._boxes.get(client_id)
+        if box is None:
+            if len(self._boxes) >= self._clients:
+                _, evicted = self._boxes.popitem(last=False)
+                self.dropped += len(evicted)
+                self.entries -= len(evicted)
+            box = self._boxes[client_id] = deque(maxlen=self._size)
+        if len(box) == self._size:
+            self.dropped += 1
+            self.entries -= 1
+        box.append((now + self._ttl, frame))
+        self.entries += 1
+
+    def take(self, client_id: str, now: float) -> list[Frame]:
+        box = self._boxes.pop(client_id, None)
+        if box is None:
+            return []
+        self.entries -= len(box)
+        return [frame for expires, frame in box if expires > now]
+
+    def expire(self, now: float) -> None:
+        for client_id in [c for c, box in self._boxes.items() if box and box[0][0] <= now]:
+            box = self._boxes[client_id]
+            while box and box[0][0] <= now:
+                box.popleft()
+                self.entries -= 1
+            if not box:
+                del self._boxes[client_id]
+
+    def __len__(self) -> int:
+        return len(self._boxes)
+
+
+class _Dedupe:
+    """Recent ``(source, id)`` pairs: a repeat within the window is answered as a duplicate, not delivered."""
+
+    def __init__(self, *, window: float, size: int) -> None:
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._window, self._size = window, size
+
+    def seen(self, source: str, message_id: str, now: float) -> bool:
+        key = (source, message_id)
+        expires = self._seen.get(key)
+        if expires is not None and expires > now:
+            return True
+        self._seen[key] = now + self._window
+        self._seen.move_to_end(key)
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+        return False
+
+    def expire(self, now: float) -> None:
+        while self._seen:
+            key, expires = next(iter(self._seen.items()))
+            if expires > now:
+                break
+            del self._seen[key]
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class MemoryBroker(Broker):
+    """The embedded broker: everything in this process. One worker only (more would not share it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.epoch = secrets.token_hex(4)
+        self.log = ReplayLog(
+            epoch=self.epoch,
+            max_frames=settings.replay_size,
+            max_bytes=settings.replay_bytes,
+            ttl_ms=int(settings.replay_ttl * 1000),
+        )
+        self.mailboxes = _Mailboxes(size=settings.mailbox_size, ttl=settings.mailbox_ttl, clients=settings.mailbox_clients)
+        self.dedupe = _Dedupe(window=settings.dedupe_window, size=settings.dedupe_size)
+        self._acks: OrderedDict[str, _Tracked] = OrderedDict()
+        # (deadline, message id): entries whose message was acked or dropped are skipped when they come up.
+        self._deadlines: list[tuple[float, str]] = []
+        self.published = 0
+        self.duplicates = 0
+        self.redelivered = 0
+        self.acks_expired = 0
+        self.acked = 0
+
+    # -- publishing ------------------------------------------------------------------------------------------
+
+    async def publish(self, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
+        now = time.time()
+        if self.dedupe.seen(envelope.source or "", envelope.id or "", now):
+            self.duplicates += 1
+            return Accepted(envelope.id or "", 0, False, duplicate=True)
+        accepted = self._deliver(envelope, exclude=exclude, to_mailbox=True)
+        if envelope.require_ack:
+            self._track(envelope, accepted, exclude, now)
+        return accepted
+
+    def _deliver(self, envelope: Envelope, *, exclude: str | None, to_mailbox: bool) -> Accepted:
+        assert self.streams is not None, "attach() the broker to the streams first"
+        data = _json.encode(envelope)
+        priority = envelope.priority if envelope.priority is not None else NORMAL
+        if envelope.ephemeral:
+            frame = Frame(data, event=envelope.type, priority=priority)
+        else:
+            frame = self.log.append(
+                data,
+                event=envelope.type,
+                priority=priority,
+                target=envelope.target,
+                topic=envelope.topic,
+                exclude=exclude,
+                now_ms=_now_ms(),
+            )
+        delivery = self.streams.deliver(frame, target=envelope.target, topic=envelope.topic, exclude=exclude)
+        self.published += 1
+        queued = False
+        if to_mailbox and envelope.target and delivery.delivered == 0 and not envelope.ephemeral:
+            self.mailboxes.put(envelope.target, frame, time.time())
+            queued = True
+        return Accepted(envelope.id or "", delivery.delivered, queued)
+
+    # -- opening a stream ------------------------------------------------------------------------------------
+
+    async def open_stream(self, client_id: str, topics: tuple[str, ...], cursor: str | None) -> Opening:
+        seq = self.log.head
+        head = self.log.cursor(seq)
+        mailbox = self.mailboxes.take(client_id, time.time())
+        if cursor is None:
+            return Opening(head, seq, resumed=False, gap=None, frames=[], extra=mailbox)
+        replay = self.log.since(cursor, client_id=client_id, topics=topics, now_ms=_now_ms())
+        if replay.gap is not None:
+            return Opening(head, seq, resumed=False, gap=replay.gap, frames=[], extra=mailbox)
+        since = self.log.parse(cursor) or 0
+        # Mailbox entries after the cursor are in the replay already; older ones are delivered once, without id.
+        older = [frame for frame in mailbox if (frame.seq or 0) <= since]
+        return Opening(cursor, seq, resumed=True, gap=None, frames=replay.frames, extra=older)
+
+    # -- acks ------------------------------------------------------------------------------------------------
+
+    def _track(self, envelope: Envelope, accepted: Accepted, exclude: str | None, now: float) -> None:
+        status: Literal["pending", "delivered"] = "delivered" if accepted.delivered else "pending"
+        deadline = now + self.settings.ack_timeout
+        self._acks[accepted.message_id] = _Tracked(envelope, status, deadline, exclude=exclude)
+        heapq.heappush(self._deadlines, (deadline, accepted.message_id))
+        while len(self._acks) > self.settings.max_pending_acks:
+            _, dropped = self._acks.popitem(last=False)
+            if dropped.status in ("pending", "delivered"):
+                self.acks_expired += 1
+
+    async def ack(self, client_id: str, message_ids: list[str], *, admin: bool) -> int:
+        known = 0
+        for message_id in message_ids:
+            tracked = self._acks.get(message_id)
+            if tracked is None or not self._may_ack(tracked.envelope, client_id, admin):
+                continue
+            known += 1
+            if client_id in tracked.acked_by:
+                continue
+            tracked.acked_by.append(client_id)
+            if tracked.status != "acked":
+                tracked.status = "acked"
+                self.acked += 1
+            self._notify_source(tracked.envelope, client_id)
+        return known
+
+    @staticmethod
+    def _may_ack(envelope: Envelope, client_id: str, admin: bool) -> bool:
+        return admin or envelope.target is None or envelope.target == client_id
+
+    def _notify_source(self, envelope: Envelope, acked_by: str) -> None:
+        source = envelope.source
+        if not source or source in ("server", "anonymous", "scheduler"):
+            return
+        notice = Envelope(
+            id=new_message_id(),
+            type="ack",
+            priority=envelope.priority,
+            timestamp=_now_ms(),
+            source="server",
+            target=source,
+            payload={"messageId": envelope.id, "clientId": acked_by},
+            correlation_id=envelope.id,
+        )
+        self._deliver(notice, exclude=None, to_mailbox=True)
+
+    async def message_status(self, message_id: str) -> tuple[str, str, list[str]] | None:
+        tracked = self._acks.get(message_id)
+        if tracked is None:
+            return None
+        return tracked.envelope.source or "", tracked.status, list(tracked.acked_by)
+
+    def tick(self, now: float) -> None:
+        self.log.expire(int(now * 1000))
+        self.mailboxes.expire(now)
+        self.dedupe.expire(now)
+        self._redeliver(now)
+
+    def _redeliver(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, message_id = heapq.heappop(self._deadlines)
+            tracked = self._acks.get(message_id)
+            if tracked is None or tracked.deadline != deadline or tracked.status not in ("pending", "delivered"):
+                continue
+            if tracked.attempts > self.settings.ack_retries:
+                tracked.status = "expired"
+                self.acks_expired += 1
+                continue
+            tracked.attempts += 1
+            tracked.deadline = now + self.settings.ack_timeout
+            heapq.heappush(self._deadlines, (tracked.deadline, message_id))
+            accepted = self._deliver(tracked.envelope, exclude=tracked.exclude, to_mailbox=False)
+            self.redelivered += 1
+            if accepted.delivered:
+                tracked.status = "delivered"
+
+    # -- introspection ---------------------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        log = self.log.counters()
+        return {
+            "published": self.published,
+            "duplicates": self.duplicates,
+            "replay_frames": log["frames"],
+            "replay_bytes": log["bytes"],
+            "replay_evicted": log["evicted"] + log["expired"],
+            "mailbox_clients": len(self.mailboxes),
+            "mailbox_messages": self.mailboxes.entries,
+            "mailbox_dropped": self.mailboxes.dropped,
+            "dedupe_entries": len(self.dedupe),
+            "acks_tracked": len(self._acks),
+            "acks_acked": self.acked,
+            "acks_redelivered": self.redelivered,
+            "acks_expired": self.acks_expired,
+        }
+
+
+def create_broker(settings: Settings) -> Broker:
+    """The broker the settings name: ``memory`` (default) or a Redis URL."""
+    if settings.broker == "memory":
+        return MemoryBroker(settings)
+    raise NotImplementedError(f"SSE_FAST_BROKER={settings.broker!r}: the Redis broker is not built yet; use memory")
+

@@ -1,0 +1,170 @@
+"""The ``sse-fast`` command line: ``serve``, ``listen`` and ``publish``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import resource
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main", "raise_open_file_limit", "serve_options"]
+
+log = logging.getLogger("sse_fast.cli")
+
+# Each stream holds one socket; keep some descriptors for the listener, Redis, logs and outgoing calls.
+_RESERVED_FDS = 256
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as err:  # a container may refuse; run with what we have
+            log.warning("could not raise the open-file limit to %d: %s", hard, err)
+    return soft
+
+
+def serve_options(nofile: int, workers: int) -> dict[str, int]:
+    """granian's ``backlog`` and per-worker ``backpressure`` sized for long-lived streams.
+
+    granian admits ``backpressure`` concurrent requests per worker (default ``backlog / workers``, 1024): every
+    open stream is one, so the default silently stalls the 1,025th stream. Size it by the descriptors we have.
+    """
+    per_worker = max(1024, (nofile - _RESERVED_FDS) // max(1, workers))
+    return {"backlog": min(65535, max(2048, per_worker)), "backpressure": per_worker}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sse_fast.settings import Settings, SettingsError
+
+    overrides = {
+        "SSE_FAST_HOST": args.host,
+        "SSE_FAST_PORT": None if args.port is None else str(args.port),
+        "SSE_FAST_WORKERS": None if args.workers is None else str(args.workers),
+        "SSE_FAST_INTERFACE": args.interface,
+        "SSE_FAST_BROKER": args.broker,
+    }
+    # Workers are separate processes that read their settings from the environment: put the CLI's there.
+    os.environ.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = Settings.from_env()
+    except SettingsError as err:
+        print(f"sse-fast: invalid settings:\n{err}", file=sys.stderr)
+        return 2
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
+
+    nofile = raise_open_file_limit()
+    sizing = serve_options(nofile, settings.workers)
+    log.info(
+        "serving on http://%s:%d, %d worker(s), %s; open-file limit %d: up to %d streams per worker",
+        settings.host, settings.port, settings.workers, settings.interface, nofile, sizing["backpressure"],
+    )
+    server = Granian(
+        "sse_fast.app:app",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces(settings.interface),
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        backlog=sizing["backlog"],
+        backpressure=sizing["backpressure"],
+        # Small per-connection read buffers: SSE requests are tiny, and each idle stream keeps its buffer.
+        http1_settings=HTTP1Settings(max_buffer_size=8192),
+        log_level=_granian_log_level(settings.log_level),
+        workers_kill_timeout=int(settings.shutdown_grace) + 5,
+    )
+    server.serve()
+    return 0
+
+
+def _granian_log_level(level: str) -> Any:
+    from granian.log import LogLevels
+
+    return LogLevels(level.lower())
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from sse_fast.client import run_listen
+
+    return asyncio.run(run_listen(args.url, client_id=args.client_id, topics=args.topics, token=args.token, as_json=args.json))
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from sse_fast.client import run_publish
+
+    return asyncio.run(
+        run_publish(
+            args.url,
+            args.data,
+            target=args.target,
+            topic=args.topic,
+            broadcast=args.broadcast,
+            type=args.type,
+            priority=args.priority,
+            token=args.token,
+            api_key=args.api_key,
+            client_id=args.client_id,
+        )
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    from sse_fast import __version__
+
+    parser = argparse.ArgumentParser(prog="sse-fast", description="A fast, reliable SSE notification server.")
+    parser.add_argument("--version", action="version", version=f"sse-fast {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("SSE_FAST_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (granian, sized for long-lived streams)")
+    serve.add_argument("--host", help="address to bind (SSE_FAST_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (SSE_FAST_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (SSE_FAST_WORKERS; >1 needs Redis)")
+    serve.add_argument("--interface", choices=["rsgi", "asgi"], help="granian interface (default rsgi)")
+    serve.add_argument("--broker", help="memory (default) or a redis:// URL (SSE_FAST_BROKER)")
+    serve.set_defaults(func=_serve)
+
+    listen = sub.add_parser("listen", help="print the events of a stream, reconnecting")
+    listen.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
+    listen.add_argument("--client-id", required=True)
+    listen.add_argument("--topics", default="", help="comma-separated topic patterns")
+    listen.add_argument("--token", help="a JWT (sent as Authorization: Bearer)")
+    listen.add_argument("--json", action="store_true", help="one JSON object per line")
+    listen.set_defaults(func=_listen)
+
+    publish = sub.add_parser("publish", help="publish one message")
+    publish.add_argument("url", help="the server's base URL")
+    publish.add_argument("data", help="the payload: JSON if it parses as JSON, else a string")
+    route = publish.add_mutually_exclusive_group()
+    route.add_argument("--target", help="a clientId")
+    route.add_argument("--topic", help="a topic")
+    route.add_argument("--broadcast", action="store_true", help="everyone (the default)")
+    publish.add_argument("--type", default=None, help="message type (default: json for JSON data, else text)")
+    publish.add_argument("--priority", type=int, default=1, choices=[0, 1, 2, 3])
+    publish.add_argument("--token", help="a JWT")
+    publish.add_argument("--api-key", help="an admin API key (X-API-Key)")
+    publish.add_argument("--client-id", help="X-Client-Id (auth=none)")
+    publish.set_defaults(func=_publish)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``sse-fast`` entry point."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

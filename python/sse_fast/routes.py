@@ -1,0 +1,358 @@
+"""The endpoints of PROTOCOL.md sections 2, 3, 5 and 6, and the table that routes to them.
+
+Each handler takes a :class:`~sse_fast._http.Request` and returns a :class:`~sse_fast._http.Response` (or, for
+``GET /sse``, a :class:`~sse_fast._http.StreamResponse`); errors are raised as :class:`~sse_fast._http.HttpError`
+and answered as JSON by :meth:`Api.handle`. Nothing here knows whether RSGI or ASGI carries the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import msgspec
+
+from sse_fast._core import encode_json_frame, encode_retry, validate_topic
+from sse_fast._http import HttpError, Request, Response, Route, StreamResponse, json_response
+from sse_fast.auth import AuthFailure, Authenticator, Identity
+from sse_fast.broker import Broker, Opening
+from sse_fast.errors import TopicError
+from sse_fast.metrics import Metrics
+from sse_fast.models import (
+    AckRequest,
+    BroadcastRequest,
+    Envelope,
+    ValidationFailure,
+    decode,
+    decode_envelope,
+    new_message_id,
+    openapi_schema,
+)
+from sse_fast.commands import CommandService
+from sse_fast.settings import Settings
+from sse_fast.streams import Sink, Streams, system_envelope
+
+__all__ = ["Api"]
+
+log = logging.getLogger("sse_fast.routes")
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+_MAX_TOPICS = 64
+_MAX_CURSOR = 256
+SSE_HEADERS = [
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+]
+
+def _client_id(value: str, what: str = "clientId") -> str:
+    if not _CLIENT_ID.match(value):
+        raise HttpError(400, "invalid_client_id", f"{what} must match [A-Za-z0-9_.:@-]{{1,128}}")
+    return value
+
+
+class Api:
+    """Every endpoint of one worker, bound to its settings, broker, streams, authenticator and scheduler."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker: Broker,
+        streams: Streams,
+        auth: Authenticator,
+        commands: CommandService,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.streams = streams
+        self.auth = auth
+        self.commands = commands
+        self.metrics = metrics
+        self.routes = self._routes()
+        self._openapi: bytes | None = None
+
+    def _routes(self) -> list[Route]:
+        return [
+            Route("GET", "/sse", self.stream, "Open the event stream (PROTOCOL.md section 2)"),
+            Route("POST", "/api/messages", self.publish, "Publish a message", Envelope),
+            Route("POST", "/api/direct/{clientId}", self.direct, "Publish to one client", Envelope),
+            Route("POST", "/api/broadcast", self.broadcast, "Publish to everyone", BroadcastRequest),
+            Route("POST", "/api/commands", self.command, "Send a command (the scheduler)", Envelope),
+            Route("POST", "/api/ack", self.ack, "Acknowledge messages", AckRequest),
+            Route("GET", "/api/messages/{id}", self.message_status, "Delivery status of a requireAck message"),
+            Route("GET", "/api/connections", self.connections, "Live connections of this worker (admin)"),
+            *self.commands.routes(),
+            Route("GET", "/healthz", self.healthz, "Liveness"),
+            Route("GET", "/readyz", self.readyz, "Readiness (broker reachable, accepting streams)"),
+            Route("GET", "/metrics", self.metrics_text, "Prometheus metrics"),
+            Route("GET", "/openapi.json", self.openapi, "This document"),
+        ]
+
+    # -- dispatch --------------------------------------------------------------------------------------------
+
+    async def handle(self, req: Request) -> Response | StreamResponse:
+        """Route ``req`` and turn every failure into a JSON error answer; never raises."""
+        try:
+            if req.method == "OPTIONS":
+                return self._preflight(req)
+            answer = await self._dispatch(req)
+        except HttpError as err:
+            answer = err.response()
+        except AuthFailure as err:
+            answer = HttpError(err.status, err.code, err.message).response()
+        except ValidationFailure as err:
+            answer = HttpError(err.status, err.code, err.message, err.detail).response()
+        except Exception:
+            log.exception("unhandled error in %s %s", req.method, req.path)
+            answer = HttpError(500, "internal_error", "the server failed to handle this request").response()
+        answer.headers.extend(self._cors(req))
+        return answer
+
+    async def _dispatch(self, req: Request) -> Response | StreamResponse:
+        segments = req.path.strip("/").split("/")
+        allowed: list[str] = []
+        for route in self.routes:
+            params = route.match(segments)
+            if params is None:
+                continue
+            if route.method != req.method:
+                allowed.append(route.method)
+                continue
+            req.path_params = params
+            return await route.handler(req)
+        if allowed:
+            allow = ", ".join(sorted(set(allowed)))
+            raise HttpError(405, "method_not_allowed", f"{req.method} is not allowed here", headers=[("allow", allow)])
+        raise HttpError(404, "not_found", f"no route for {req.path}")
+
+    def _cors(self, req: Request) -> list[tuple[str, str]]:
+        origin = req.headers.get("origin")
+        allowed = self.settings.cors_origins
+        if not origin or not allowed or ("*" not in allowed and origin not in allowed):
+            return []
+        return [("access-control-allow-origin", origin), ("vary", "Origin"), ("access-control-allow-credentials", "true")]
+
+    def _preflight(self, req: Request) -> Response:
+        headers = self._cors(req)
+        if headers:
+            headers += [
+                ("access-control-allow-methods", "GET, POST, OPTIONS"),
+                ("access-control-allow-headers", "authorization, content-type, last-event-id, x-api-key, x-client-id"),
+                ("access-control-max-age", "600"),
+            ]
+        return Response(204, b"", headers)
+
+    # -- identity --------------------------------------------------------------------------------------------
+
+    def _caller(self, req: Request, body_source: str | None = None) -> Identity:
+        return self.auth.api_identity(req.headers, req.query, body_source)
+
+    def _stamp(self, envelope: Envelope, caller: Identity) -> Envelope:
+        """Set what only the server may set: id (when absent), timestamp and source."""
+        return msgspec.structs.replace(
+            envelope,
+            id=envelope.id or new_message_id(),
+            timestamp=int(time.time() * 1000),
+            source=caller.client_id,
+        )
+
+    # -- the stream ------------------------------------------------------------------------------------------
+
+    async def stream(self, req: Request) -> StreamResponse:
+        """``GET /sse``: authenticate, check topics and capacity, then open the stream."""
+        caller = self.auth.stream_identity(req.headers, req.query)
+        topics = self._topics(req.query.get("topics", ""), caller)
+        cursor = req.headers.get("last-event-id") or req.query.get("lastEventId") or None
+        if cursor is not None and (len(cursor) > _MAX_CURSOR or not cursor.isprintable()):
+            cursor = "invalid"
+        if not self.streams.accepting:
+            raise HttpError(503, "shutting_down", "the server is shutting down", headers=[("retry-after", "5")])
+        if len(self.streams) >= self.settings.max_connections:
+            raise HttpError(503, "server_full", "too many connections", headers=[("retry-after", "5")])
+
+        async def open_stream(sink: Sink) -> int:
+            return await self._open(caller.client_id, topics, cursor, sink)
+
+        return StreamResponse(list(SSE_HEADERS), open_stream, self.streams.remove)
+
+    def _topics(self, raw: str, caller: Identity) -> tuple[str, ...]:
+        topics = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
+        if len(topics) > _MAX_TOPICS:
+            raise HttpError(400, "too_many_topics", f"at most {_MAX_TOPICS} topics per stream")
+        for topic in topics:
+            try:
+                validate_topic(topic, pattern=True)
+            except TopicError as err:
+                raise HttpError(400, "invalid_topic", str(err), {"topic": topic}) from None
+            if not self.auth.can_subscribe(caller, topic):
+                raise HttpError(403, "topic_not_granted", f"not allowed to subscribe to {topic}", {"topic": topic})
+        return topics
+
+    async def _open(self, client_id: str, topics: tuple[str, ...], cursor: str | None, sink: Sink) -> int:
+        conn = self.streams.open(client_id, topics, sink)
+        opening = await self.broker.open_stream(client_id, topics, cursor)
+        sink.write(self._opening_bytes(conn.id, client_id, cursor, opening))
+        self.streams.hub.set_watermark(conn.id, opening.watermark)
+        self.metrics.replayed += opening.missed
+        return conn.id
+
+    def _opening_bytes(self, conn_id: int, client_id: str, cursor: str | None, opening: Opening) -> bytes:
+        detail: dict[str, Any] = {
+            "clientId": client_id,
+            "connectionId": self.streams.public_id(conn_id),
+            "resumed": opening.resumed,
+            "missed": opening.missed,
+            "serverTime": int(time.time() * 1000),
+        }
+        if opening.gap is not None:
+            detail["reason"] = opening.gap
+        connect = system_envelope("connect", detail, message_id=new_message_id())
+        parts = [encode_retry(self.settings.retry), encode_json_frame(connect, event="system", id=opening.cursor)]
+        parts.extend(frame.body for frame in opening.extra)
+        prefix = self.streams.id_prefix.encode()
+        parts.extend(b"id: %s%d\n%s" % (prefix, frame.seq or 0, frame.body) for frame in opening.frames)
+        return b"".join(parts)
+
+    # -- publishing ------------------------------------------------------------------------------------------
+
+    async def _envelope(self, req: Request) -> Envelope:
+        return decode_envelope(await req.json_body(self.settings.max_body))
+
+    async def publish(self, req: Request) -> Response:
+        """``POST /api/messages``."""
+        envelope = await self._envelope(req)
+        if envelope.type == "ack":
+            return await self._ack_envelope(req, envelope)
+        caller = self._caller(req, envelope.source)
+        if envelope.type == "command" and envelope.target is None:
+            return await self.commands.submit(caller, self._stamp(envelope, caller))
+        return await self._publish(caller, envelope)
+
+    async def _publish(self, caller: Identity, envelope: Envelope, *, exclude: str | None = None) -> Response:
+        self.auth.check_publish(caller, target=envelope.target, topic=envelope.topic)
+        accepted = await self.broker.publish(self._stamp(envelope, caller), exclude=exclude)
+        if accepted.duplicate:
+            body = {"success": True, "messageId": accepted.message_id, "duplicate": True, "delivered": 0}
+            return json_response(200, body)
+        body = {
+            "success": True,
+            "messageId": accepted.message_id,
+            "delivered": accepted.delivered,
+            "queued": accepted.queued,
+        }
+        return json_response(202, body)
+
+    async def direct(self, req: Request) -> Response:
+        """``POST /api/direct/{clientId}``."""
+        target = _client_id(req.path_params["clientId"])
+        envelope = await self._envelope(req)
+        if envelope.target is not None:
+            raise HttpError(422, "target_in_body", "the target comes from the path; remove it from the body")
+        if envelope.topic is not None:
+            raise HttpError(422, "target_and_topic", "a direct message cannot also have a topic")
+        caller = self._caller(req, envelope.source)
+        return await self._publish(caller, msgspec.structs.replace(envelope, target=target))
+
+    async def broadcast(self, req: Request) -> Response:
+        """``POST /api/broadcast``."""
+        body = decode(await req.json_body(self.settings.max_body), BroadcastRequest)
+        envelope = body.message
+        if envelope.target is not None or envelope.topic is not None:
+            raise HttpError(422, "not_a_broadcast", "a broadcast message has no target and no topic")
+        if body.exclude_client_id is not None:
+            _client_id(body.exclude_client_id, "excludeClientId")
+        caller = self._caller(req, envelope.source)
+        answer = await self._publish(caller, envelope, exclude=body.exclude_client_id)
+        if answer.status != 202:
+            return answer
+        result = msgspec.json.decode(answer.body)
+        return json_response(202, {"success": True, "sentCount": result["delivered"], "messageId": result["messageId"]})
+
+    async def command(self, req: Request) -> Response:
+        """``POST /api/commands``: to the scheduler, or relayed to ``target`` like a message."""
+        envelope = await self._envelope(req)
+        if envelope.type != "command":
+            raise HttpError(422, "not_a_command", "POST /api/commands takes an envelope of type command")
+        caller = self._caller(req, envelope.source)
+        if envelope.target is not None:
+            return await self._publish(caller, envelope)
+        return await self.commands.submit(caller, self._stamp(envelope, caller))
+
+    # -- acks ------------------------------------------------------------------------------------------------
+
+    async def ack(self, req: Request) -> Response:
+        """``POST /api/ack``."""
+        body = decode(await req.json_body(self.settings.max_body), AckRequest)
+        caller = self._caller(req)
+        acked = await self.broker.ack(caller.client_id, list(body.message_ids), admin=caller.admin)
+        return json_response(200, {"acked": acked})
+
+    async def _ack_envelope(self, req: Request, envelope: Envelope) -> Response:
+        payload = envelope.payload if isinstance(envelope.payload, dict) else {}
+        message_id = payload.get("messageId")
+        if not isinstance(message_id, str):
+            raise HttpError(422, "invalid_ack", "an ack envelope needs payload.messageId (a string)")
+        caller = self._caller(req, envelope.source)
+        acked = await self.broker.ack(caller.client_id, [message_id], admin=caller.admin)
+        return json_response(200, {"acked": acked})
+
+    async def message_status(self, req: Request) -> Response:
+        """``GET /api/messages/{id}``: for the message's source or an admin."""
+        caller = self._caller(req)
+        status = await self.broker.message_status(req.path_params["id"])
+        if status is None:
+            raise HttpError(404, "unknown_message", "no requireAck message with this id is known")
+        source, state, acked_by = status
+        if not caller.admin and caller.client_id != source:
+            raise HttpError(403, "forbidden", "only the message's source or an admin may read its status")
+        return json_response(200, {"status": state, "ackedBy": acked_by})
+
+    # -- introspection ---------------------------------------------------------------------------------------
+
+    async def connections(self, req: Request) -> Response:
+        """``GET /api/connections`` (admin)."""
+        caller = self._caller(req)
+        if not caller.admin:
+            raise HttpError(403, "admin_required", "listing connections needs admin rights")
+        hub = self.streams.hub
+        rows = []
+        for conn in self.streams.connections():
+            queued, _, dropped = hub.queue_stats(conn.id)
+            rows.append(
+                {
+                    "clientId": conn.client_id,
+                    "connectionId": self.streams.public_id(conn.id),
+                    "topics": list(conn.topics),
+                    "connectedAt": int(conn.connected_at * 1000),
+                    "lastActiveAt": int(conn.last_active * 1000),
+                    "queuedFrames": queued,
+                    "droppedFrames": dropped,
+                }
+            )
+        return json_response(200, rows)
+
+    async def healthz(self, req: Request) -> Response:
+        """``GET /healthz``: the worker is alive."""
+        return json_response(200, {"status": "ok"})
+
+    async def readyz(self, req: Request) -> Response:
+        """``GET /readyz``: 200 when the broker is reachable and streams are accepted, else 503."""
+        ready = self.broker.ready() and self.streams.accepting
+        body = {"status": "ready" if ready else "unavailable", "broker": type(self.broker).__name__}
+        return json_response(200 if ready else 503, body, headers=[] if ready else [("retry-after", "5")])
+
+    async def metrics_text(self, req: Request) -> Response:
+        """``GET /metrics``."""
+        body, content_type = self.metrics.render()
+        return Response(200, body, [("content-type", content_type)])
+
+    async def openapi(self, req: Request) -> Response:
+        """``GET /openapi.json``: OpenAPI 3.1, generated from the msgspec types."""
+        if self._openapi is None:
+            table = [(r.method, r.path, r.request, r.responses or {}, r.summary) for r in self.routes]
+            self._openapi = msgspec.json.encode(openapi_schema(table))
+        return Response(200, self._openapi, [("content-type", "application/json")])

@@ -1,0 +1,279 @@
+"""This worker's live streams: the Rust hub, one sink per connection, the writer and the ticker.
+
+The data path ends here. A publish hands one :class:`~sse_fast._core.Frame` to :meth:`Streams.deliver`; the hub
+pushes the shared frame into each recipient's bounded queue and names the queues that went from empty to
+non-empty. Those connections are written once per event-loop turn, however many frames reached them in that
+turn: :meth:`Streams._flush` drains each queue into one buffer and hands it to the connection's sink. Idle
+connections cost no timer and no coroutine of their own: one ticker per worker sends keepalives, heartbeats and
+runs the periodic jobs of the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import msgspec
+
+from sse_fast._core import CRITICAL, LOW, Delivery, Frame, Hub, encode_comment, encode_json_frame
+from sse_fast.settings import Settings
+
+__all__ = ["Connection", "Sink", "Streams", "system_envelope"]
+
+log = logging.getLogger("sse_fast.streams")
+
+_KEEPALIVE = encode_comment("keepalive")
+_json = msgspec.json.Encoder()
+
+
+class Sink(Protocol):
+    """Where a connection's bytes go: one per interface (RSGI transport, ASGI ``send``)."""
+
+    def write(self, data: bytes) -> bool:
+        """Hand ``data`` to the server; False when the connection cannot take more now (the caller waits)."""
+        ...
+
+    def close(self) -> None:
+        """End the response; the socket closes once what was written is flushed."""
+        ...
+
+
+class Connection:
+    """One live stream. Small on purpose: tens of thousands of these live in one worker."""
+
+    __slots__ = ("blocked", "client_id", "connected_at", "id", "last_active", "sink", "topics")
+
+    def __init__(self, conn_id: int, client_id: str, topics: tuple[str, ...], sink: Sink, now: float) -> None:
+        self.id = conn_id
+        self.client_id = client_id
+        self.topics = topics
+        self.sink = sink
+        self.connected_at = now
+        self.last_active = now
+        self.blocked = False
+
+
+def system_envelope(event: str, detail: Any, *, message_id: str, priority: int = CRITICAL) -> bytes:
+    """A ``system`` envelope (PROTOCOL.md section 2) as one line of JSON."""
+    return _json.encode(
+        {
+            "id": message_id,
+            "type": "system",
+            "priority": priority,
+            "timestamp": int(time.time() * 1000),
+            "source": "server",
+            "payload": {"event": event, "detail": detail},
+        }
+    )
+
+
+class Streams:
+    """The connections of this worker and the writer that feeds them."""
+
+    def __init__(self, settings: Settings, *, id_prefix: str, node_id: str, new_id: Callable[[], str]) -> None:
+        self.settings = settings
+        self.node_id = node_id
+        self.id_prefix = id_prefix
+        self.hub = Hub(queue_frames=settings.queue_frames, queue_bytes=settings.queue_bytes, id_prefix=id_prefix)
+        self._new_id = new_id
+        self._conns: dict[int, Connection] = {}
+        self._dirty: list[int] = []
+        self._flush_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._tick_jobs: list[Callable[[float], None]] = []
+        self._next_keepalive = 0.0
+        self._next_heartbeat = 0.0
+        self.accepting = True
+        # Counters read by the metrics collector at scrape time (never touched per delivery).
+        self.closed_slow = 0
+        self.closed_replaced = 0
+        self.opened_total = 0
+        self.closed_total = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the ticker on ``loop`` (called once per worker, from the server's startup hook)."""
+        self._loop = loop
+        now = loop.time()
+        self._next_keepalive = now + self.settings.keepalive
+        self._next_heartbeat = now + self.settings.heartbeat
+        self._ticker = loop.call_later(self._tick_interval(), self._tick)
+
+    def add_tick_job(self, job: Callable[[float], None]) -> None:
+        """Run ``job(wall_clock_seconds)`` on every tick (about once a second): ack timeouts, expiry, ..."""
+        self._tick_jobs.append(job)
+
+    def stop(self) -> None:
+        """Stop the ticker."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    def _tick_interval(self) -> float:
+        return min(1.0, self.settings.keepalive, self.settings.heartbeat)
+
+    def _tick(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        try:
+            if now >= self._next_keepalive:
+                self._next_keepalive = now + self.settings.keepalive
+                self._wake(self.hub.push_all(_KEEPALIVE))
+            if now >= self._next_heartbeat:
+                self._next_heartbeat = now + self.settings.heartbeat
+                self.heartbeat()
+            wall = time.time()
+            for job in self._tick_jobs:
+                job(wall)
+        except Exception:  # the ticker must survive any one job's bug
+            log.exception("tick job failed")
+        finally:
+            self._ticker = loop.call_later(self._tick_interval(), self._tick)
+
+    def heartbeat(self) -> None:
+        """Send a ``heartbeat`` frame (ephemeral, no id) to every connection."""
+        if not self._conns:
+            return
+        data = _json.encode(
+            {
+                "id": self._new_id(),
+                "type": "heartbeat",
+                "priority": LOW,
+                "timestamp": int(time.time() * 1000),
+                "source": "server",
+                "payload": {"serverTime": int(time.time() * 1000)},
+                "ephemeral": True,
+            }
+        )
+        self.deliver(Frame(data, event="heartbeat", priority=LOW))
+
+    # -- connections -----------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def get(self, conn_id: int) -> Connection | None:
+        """The connection with this id, if it is still open."""
+        return self._conns.get(conn_id)
+
+    def connections(self) -> Iterable[Connection]:
+        """Every open connection (a snapshot)."""
+        return list(self._conns.values())
+
+    def open(self, client_id: str, topics: tuple[str, ...], sink: Sink) -> Connection:
+        """Register a stream. Past the per-client limit, the client's oldest stream is closed as ``replaced``."""
+        existing = self.hub.connections_of(client_id)
+        excess = len(existing) - self.settings.max_connections_per_client + 1
+        for old in existing[: max(0, excess)]:
+            self.closed_replaced += 1
+            self.close(old, "replaced")
+        conn_id = self.hub.add(client_id, topics)
+        conn = Connection(conn_id, client_id, topics, sink, time.time())
+        self._conns[conn_id] = conn
+        self.opened_total += 1
+        return conn
+
+    def public_id(self, conn_id: int) -> str:
+        """The connection id shown to clients and admins: unique across the nodes of a cluster."""
+        return f"{self.node_id}.{conn_id}"
+
+    def remove(self, conn_id: int) -> None:
+        """Forget a connection whose socket closed: frees its queue, its indexes and its sink."""
+        if self._conns.pop(conn_id, None) is not None:
+            self.hub.remove(conn_id)
+            self.closed_total += 1
+
+    def close(self, conn_id: int, reason: str, *, retry_ms: int | None = None) -> None:
+        """Close a stream with a last ``system`` ``disconnect`` frame (best effort: the socket may be full)."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        if reason == "slow_consumer":
+            self.closed_slow += 1
+        detail: dict[str, Any] = {"reason": reason}
+        frame = encode_json_frame(system_envelope("disconnect", detail, message_id=self._new_id()), event="system")
+        if retry_ms is not None:
+            frame = b"retry: %d\n" % retry_ms + frame
+        self.remove(conn_id)
+        try:
+            conn.sink.write(frame)
+        finally:
+            conn.sink.close()
+
+    # -- the data path ---------------------------------------------------------------------------------------
+
+    def deliver(
+        self, frame: Frame, *, target: str | None = None, topic: str | None = None, exclude: str | None = None
+    ) -> Delivery:
+        """Route one frame to every matching connection of this worker; writes happen once per loop turn."""
+        delivery = self.hub.publish(frame, target=target, topic=topic, exclude=exclude)
+        if delivery.woken:
+            self._wake(delivery.woken)
+        for conn_id in delivery.overflowed:
+            self.close(conn_id, "slow_consumer")
+        return delivery
+
+    def push(self, conn_id: int, frame: Frame) -> Delivery:
+        """Queue a frame for one connection (a redelivery, a connection-specific system frame)."""
+        delivery = self.hub.push(conn_id, frame)
+        if delivery.woken:
+            self._wake(delivery.woken)
+        for overflowed in delivery.overflowed:
+            self.close(overflowed, "slow_consumer")
+        return delivery
+
+    def _wake(self, conn_ids: list[int]) -> None:
+        self._dirty.extend(conn_ids)
+        if not self._flush_pending and self._loop is not None:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        dirty, self._dirty = self._dirty, []
+        conns, drain = self._conns, self.hub.drain
+        now = time.time()
+        for conn_id in dirty:
+            conn = conns.get(conn_id)
+            if conn is None or conn.blocked:
+                continue
+            data = drain(conn_id)
+            if not data:
+                continue
+            conn.last_active = now
+            if not conn.sink.write(data):
+                conn.blocked = True
+
+    def unblock(self, conn_id: int) -> None:
+        """The sink can take more again: write what queued up meanwhile."""
+        conn = self._conns.get(conn_id)
+        if conn is not None and conn.blocked:
+            conn.blocked = False
+            self._wake([conn_id])
+
+    # -- shutdown --------------------------------------------------------------------------------------------
+
+    def announce_maintenance(self) -> None:
+        """Refuse new streams; send each open one ``maintenance`` with its own ``retry:``, then close it.
+
+        The ``retry:`` is uniform in ``[retry, retry + spread]`` ms, so that the clients come back spread out
+        (to another node, or to this one restarted) instead of all at once.
+        """
+        self.accepting = False
+        base = self.settings.retry
+        spread = int(self.settings.retry_spread * 1000)
+        for conn in list(self._conns.values()):
+            retry_ms = base + random.randint(0, spread)
+            self.remove(conn.id)
+            data = system_envelope("maintenance", {"retryMs": retry_ms}, message_id=self._new_id())
+            try:
+                conn.sink.write(b"retry: %d\n" % retry_ms + encode_json_frame(data, event="system"))
+            finally:
+                conn.sink.close()
