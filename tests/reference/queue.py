@@ -1,12 +1,13 @@
 """Pure-Python models of the Rust ``PriorityQueue`` and ``FrameQueue`` (``rust/core/src/queue.rs``).
 
 Written for clarity, not speed: they are the oracles of ``tests/test_queue.py`` and the baselines of
-``bench/test_bench_queue.py``. Where the Rust code takes a shortcut (the low-water mark looks only at the first
-resumable frame of each level), the model does the obvious full computation instead.
+``bench/test_bench_queue.py``. The low-water mark is computed differently from the Rust code (which looks at the
+first resumable frame of each level): here every pending seq sits in one heap.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ COUNTERS = ("pushed", "popped", "evicted", "overflowed", "removed")
 @dataclass(eq=False)
 class _Entry(Generic[T]):
     handle: int
+    level: int
     item: T
     size: int
     resumable: bool
@@ -76,19 +78,22 @@ class PriorityQueue(Generic[T]):
             self._counters["overflowed"] += 1
             return PushResult("overflow" if resumable else "dropped")
         for victim in victims:
-            self._take(victim)
+            self._levels[victim.level].remove(victim)
+            self.nbytes -= victim.size
         self._counters["evicted"] += len(victims)
         self._last_handle += 1
         at_ns = time.monotonic_ns() if now_ns is None else now_ns
-        self._levels[priority].append(_Entry(self._last_handle, item, size, resumable, at_ns))
+        self._levels[priority].append(_Entry(self._last_handle, priority, item, size, resumable, at_ns))
         self.nbytes += size
         self._counters["pushed"] += 1
         return PushResult("accepted", self._last_handle, [v.item for v in victims])
 
     def _take(self, entry: _Entry[T]) -> T:
-        for level in self._levels:
-            if entry in level:
-                level.remove(entry)
+        level = self._levels[entry.level]
+        if level[0] is entry:
+            level.popleft()
+        else:
+            level.remove(entry)
         self.nbytes -= entry.size
         return entry.item
 
@@ -137,10 +142,6 @@ class PriorityQueue(Generic[T]):
         for level in reversed(self._levels):
             yield from level
 
-    def items(self) -> Iterator[T]:
-        """Every queued item, in pop order."""
-        return (entry.item for entry in self._entries())
-
     def depths(self) -> list[int]:
         return [len(level) for level in self._levels]
 
@@ -168,7 +169,10 @@ class FrameQueue:
         self._prefix = id_prefix.encode()
         self.watermark = 0
         self._written = 0  # the largest resumable seq written
-        self._lost: list[int] = []  # seqs refused with "overflow": pending for ever
+        # Every resumable seq queued and not yet written, as a heap with lazy deletion (`_done`); a seq refused with
+        # "overflow" joins it for ever.
+        self._pending: list[int] = []
+        self._done: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -185,8 +189,8 @@ class FrameQueue:
 
     def push(self, frame: FrameLike) -> Outcome:
         result = self._queue.push(frame, frame.priority, size=len(frame), resumable=frame.seq is not None)
-        if result.outcome == "overflow" and frame.seq is not None:
-            self._lost.append(frame.seq)
+        if frame.seq is not None and result.outcome != "dropped":
+            heapq.heappush(self._pending, frame.seq)
         return result.outcome
 
     def drain(self, max_bytes: int = MAX_BYTES) -> bytes:
@@ -201,13 +205,19 @@ class FrameQueue:
             out += frame.body
         return bytes(out)
 
+    def _min_pending(self) -> int | None:
+        while self._pending and self._pending[0] in self._done:
+            self._done.remove(heapq.heappop(self._pending))
+        return self._pending[0] if self._pending else None
+
     def _id_line(self, seq: int) -> bytes:
-        """The ``id:`` line to write before the resumable frame ``seq`` (already popped), or nothing."""
+        """The ``id:`` line to write before the resumable frame ``seq`` (just popped), or nothing."""
         self._written = max(self._written, seq)
-        pending = [f.seq for f in self._queue.items() if f.seq is not None] + self._lost
-        if any(p < seq for p in pending):
+        self._done.add(seq)
+        pending = self._min_pending()
+        if pending is not None and pending < seq:
             return b""  # it overtook frames still queued
-        mark = min([self._written, *(p - 1 for p in pending)])
+        mark = self._written if pending is None else min(self._written, pending - 1)
         if mark <= self.watermark:
             return b""
         self.watermark = mark
