@@ -10,7 +10,7 @@ use sse_fast_core::hub::{Delivery, Hub, Route};
 use crate::errors::IntoPy;
 use crate::frame::PyFrame;
 
-/// Above this many connections a publish releases the GIL: routing touches no Python object and takes long enough
+/// Above this many connections a broadcast, topic publish or `push_all` releases the GIL: routing touches no Python object and takes long enough
 /// for other threads to use the time.
 const RELEASE_GIL_ABOVE: usize = 512;
 
@@ -110,7 +110,8 @@ impl PyHub {
         let route = route(target, topic, exclude)?;
         let frame = Arc::clone(&frame.get().inner);
         let hub = &mut self.inner;
-        let inner = if hub.len() > RELEASE_GIL_ABOVE {
+        // A targeted publish touches a handful of connections whatever the hub's size: keep the GIL.
+        let inner = if hub.len() > RELEASE_GIL_ABOVE && !matches!(route, Route::Client(_)) {
             py.allow_threads(|| hub.publish(&frame, &route))
         } else {
             hub.publish(&frame, &route)
@@ -124,8 +125,13 @@ impl PyHub {
         }
     }
 
-    fn push_all(&mut self, data: &[u8]) -> Vec<u64> {
-        self.inner.push_all(data)
+    fn push_all(&mut self, py: Python<'_>, data: &[u8]) -> Vec<u64> {
+        let hub = &mut self.inner;
+        if hub.len() > RELEASE_GIL_ABOVE {
+            py.allow_threads(|| hub.push_all(data))
+        } else {
+            hub.push_all(data)
+        }
     }
 
     #[pyo3(
