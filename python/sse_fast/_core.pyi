@@ -7,7 +7,7 @@ are the classes of :mod:`sse_fast.errors` (``FrameError`` and friends), never a 
 from collections.abc import Sequence
 from typing import Final, Generic, Literal, TypeVar, final
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 __version__: Final[str]
 #: ``"release"`` or ``"debug"``: how the extension was compiled. Benchmarks refuse a debug build.
@@ -95,7 +95,7 @@ def topic_matches(pattern: str, topic: str) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 
 @final
-class PushResult(Generic[T]):
+class PushResult(Generic[_T]):
     """What happened to one push.
 
     ``outcome`` is ``"accepted"`` (queued; ``handle`` identifies it), ``"overflow"`` (a resumable item did not fit
@@ -108,10 +108,10 @@ class PushResult(Generic[T]):
     @property
     def handle(self) -> int: ...
     @property
-    def evicted(self) -> list[T]: ...
+    def evicted(self) -> list[_T]: ...
 
 @final
-class PriorityQueue(Generic[T]):
+class PriorityQueue(Generic[_T]):
     """A bounded four-level priority queue of Python objects: higher level first, FIFO within a level.
 
     Bounded by item count and by the sum of the sizes given on push. When full, a push evicts the oldest ephemeral
@@ -119,18 +119,18 @@ class PriorityQueue(Generic[T]):
     cannot fit reports ``"overflow"`` (resumable) or ``"dropped"`` (ephemeral) and changes nothing.
     """
 
-    def __init__(self, *, max_items: int, max_bytes: int = 9223372036854775807) -> None: ...
-    def push(self, item: T, priority: int = 1, *, size: int = 1, resumable: bool = False) -> PushResult[T]: ...
-    def pop(self, *, aging_ms: int | None = None) -> T | None:
+    def __new__(cls, *, max_items: int, max_bytes: int = 9223372036854775807) -> PriorityQueue[_T]: ...
+    def push(self, item: _T, priority: int = 1, *, size: int = 1, resumable: bool = False) -> PushResult[_T]: ...
+    def pop(self, *, aging_ms: int | None = None) -> _T | None:
         """Pop the next item, or None when empty.
 
         With ``aging_ms``, an item's effective level rises by one for every ``aging_ms`` it has waited (capped at
         CRITICAL), so that low-priority work is never starved; ties go to the item that has waited longest.
         """
-    def peek(self) -> T | None: ...
-    def remove(self, handle: int) -> T | None:
+    def peek(self) -> _T | None: ...
+    def remove(self, handle: int) -> _T | None:
         """Remove the queued item with this handle; None if it is no longer queued."""
-    def clear(self) -> list[T]: ...
+    def clear(self) -> list[_T]: ...
     def __len__(self) -> int: ...
     @property
     def nbytes(self) -> int: ...
@@ -155,7 +155,7 @@ class Frame:
     part of the frame: each connection's queue writes it when the frame is its low-water mark.
     """
 
-    def __init__(self, data: bytes, *, event: str, priority: int = 1, seq: int | None = None) -> None: ...
+    def __new__(cls, data: bytes, *, event: str, priority: int = 1, seq: int | None = None) -> Frame: ...
     @property
     def seq(self) -> int | None: ...
     @property
@@ -176,7 +176,7 @@ class FrameQueue:
     below it has been written. A frame that overtook lower-priority resumable frames is written without ``id:``.
     """
 
-    def __init__(self, *, max_frames: int, max_bytes: int, id_prefix: str = "") -> None: ...
+    def __new__(cls, *, max_frames: int, max_bytes: int, id_prefix: str = "") -> FrameQueue: ...
     def push(self, frame: Frame) -> Literal["accepted", "overflow", "dropped"]: ...
     def drain(self, max_bytes: int = 9223372036854775807) -> bytes: ...
     @property

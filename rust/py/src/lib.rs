@@ -1,4 +1,4 @@
-//! `sse_fast._core`: the thin PyO3 binding of `sse-fast-core`.
+//! `sse_fast._core`: the thin `PyO3` binding of `sse-fast-core`.
 //!
 //! This crate only converts types, wraps classes and maps errors ([`errors`]); the logic lives in the core.
 
