@@ -18,24 +18,43 @@ const DEFAULT_EVENT: &str = "message";
 ///
 /// CR, LF and CRLF inside `data` all end a line; every line is written with LF, so the decoder reads them
 /// back as LF. Refuses CR or LF in `event` or `id`, and NUL in `id` (a decoder would ignore that `id:`).
+/// One allocation of the exact size.
 pub fn encode_event(data: &str, event: Option<&str>, id: Option<&str>, retry: Option<u64>) -> Result<Vec<u8>> {
+    let mut out = vec![0; event_frame_size(data, event, id, retry)?];
+    write_event(&mut out, data, event, id, retry)?;
+    Ok(out)
+}
+
+/// Check the fields of an event (as [`encode_event`] does) and return the frame's size in bytes.
+///
+/// With [`write_event`], lets a caller frame straight into a buffer it allocates, such as a Python `bytes`.
+pub fn event_frame_size(data: &str, event: Option<&str>, id: Option<&str>, retry: Option<u64>) -> Result<usize> {
     check_event(event)?;
     check_id(id)?;
-    let mut out = Vec::with_capacity(data.len() + 32 + event.map_or(0, str::len) + id.map_or(0, str::len));
-    if let Some(id) = id {
-        push_field(&mut out, "id", id);
-    }
-    if let Some(event) = event {
-        push_field(&mut out, "event", event);
-    }
-    if let Some(retry) = retry {
-        push_field(&mut out, "retry", &retry.to_string());
+    let lines: usize = split_lines(data).map(|line| line.len() + 7).sum();
+    let retry = retry.map_or(0, |ms| Decimal::new(ms).as_bytes().len() + 8);
+    Ok(head_size(event, id) + retry + lines + 1)
+}
+
+/// Write an event whose fields [`event_frame_size`] accepted into `out`, which must be exactly that size
+/// (else [`Error::Invalid`]).
+pub fn write_event(
+    out: &mut [u8],
+    data: &str,
+    event: Option<&str>,
+    id: Option<&str>,
+    retry: Option<u64>,
+) -> Result<()> {
+    let mut writer = SliceWriter::new(out);
+    writer.head(event, id);
+    if let Some(ms) = retry {
+        writer.field(b"retry", Decimal::new(ms).as_bytes());
     }
     for line in split_lines(data) {
-        push_field(&mut out, "data", line);
+        writer.field(b"data", line.as_bytes());
     }
-    out.push(b'\n');
-    Ok(out)
+    writer.put(b"\n");
+    writer.finish()
 }
 
 /// Frame a comment block: one comment line per line of `text` (`: line`, or a bare `:` for an empty line),
@@ -64,6 +83,15 @@ pub fn encode_retry(ms: u64) -> Vec<u8> {
 /// One allocation of the exact size. Refuses a raw CR or LF in `data` (JSON serialisers escape them inside
 /// strings and never emit them elsewhere), and the same `event`/`id` values as [`encode_event`].
 pub fn encode_json_frame(data: &[u8], event: Option<&str>, id: Option<&str>) -> Result<Vec<u8>> {
+    let mut out = vec![0; json_frame_size(data, event, id)?];
+    write_json_frame(&mut out, data, event, id)?;
+    Ok(out)
+}
+
+/// Check the parts of a JSON frame (as [`encode_json_frame`] does) and return the frame's size in bytes.
+///
+/// With [`write_json_frame`], lets a caller frame straight into a buffer it allocates, such as a Python `bytes`.
+pub fn json_frame_size(data: &[u8], event: Option<&str>, id: Option<&str>) -> Result<usize> {
     check_event(event)?;
     check_id(id)?;
     if find_line_end(data).is_some() {
@@ -71,19 +99,97 @@ pub fn encode_json_frame(data: &[u8], event: Option<&str>, id: Option<&str>) -> 
             "JSON frame data must be a single line (no raw CR or LF)".into(),
         ));
     }
-    let size = id.map_or(0, |id| id.len() + 5) + event.map_or(0, |event| event.len() + 8) + data.len() + 8;
-    let mut out = Vec::with_capacity(size);
-    if let Some(id) = id {
-        push_field(&mut out, "id", id);
+    Ok(head_size(event, id) + data.len() + 8)
+}
+
+/// Write a JSON frame whose parts [`json_frame_size`] accepted into `out`, which must be exactly that size
+/// (else [`Error::Invalid`]).
+pub fn write_json_frame(out: &mut [u8], data: &[u8], event: Option<&str>, id: Option<&str>) -> Result<()> {
+    let mut writer = SliceWriter::new(out);
+    writer.head(event, id);
+    writer.put(b"data: ");
+    writer.put(data);
+    writer.put(b"\n\n");
+    writer.finish()
+}
+
+/// The size of the `id:` and `event:` lines.
+fn head_size(event: Option<&str>, id: Option<&str>) -> usize {
+    id.map_or(0, |id| id.len() + 5) + event.map_or(0, |event| event.len() + 8)
+}
+
+/// Writes into a slice from the front, and checks at the end that it filled the slice exactly.
+struct SliceWriter<'a> {
+    out: &'a mut [u8],
+    overflow: bool,
+}
+
+impl<'a> SliceWriter<'a> {
+    fn new(out: &'a mut [u8]) -> Self {
+        SliceWriter { out, overflow: false }
     }
-    if let Some(event) = event {
-        push_field(&mut out, "event", event);
+
+    fn put(&mut self, bytes: &[u8]) {
+        if bytes.len() > self.out.len() {
+            self.overflow = true;
+            return;
+        }
+        let (head, tail) = std::mem::take(&mut self.out).split_at_mut(bytes.len());
+        head.copy_from_slice(bytes);
+        self.out = tail;
     }
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\n\n");
-    debug_assert_eq!(out.len(), size);
-    Ok(out)
+
+    /// `name: value\n`.
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.put(name);
+        self.put(b": ");
+        self.put(value);
+        self.put(b"\n");
+    }
+
+    /// The `id:` and `event:` lines, in that order.
+    fn head(&mut self, event: Option<&str>, id: Option<&str>) {
+        if let Some(id) = id {
+            self.field(b"id", id.as_bytes());
+        }
+        if let Some(event) = event {
+            self.field(b"event", event.as_bytes());
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        if self.overflow || !self.out.is_empty() {
+            return Err(Error::Invalid("frame buffer of the wrong size".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The decimal digits of a `u64`, formatted on the stack.
+struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    fn new(mut value: u64) -> Self {
+        let mut decimal = Decimal {
+            digits: [b'0'; 20],
+            start: 20,
+        };
+        loop {
+            decimal.start -= 1;
+            decimal.digits[decimal.start] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                return decimal;
+            }
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
 }
 
 fn check_event(event: Option<&str>) -> Result<()> {
@@ -106,17 +212,25 @@ fn check_id(id: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Append `name: value\n`.
-fn push_field(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.push(b'\n');
+/// The position of the first CR or LF.
+///
+/// Skips 16-byte blocks without a line break first: a whole-block test without early exit compiles to SIMD
+/// compares, several times faster than a byte-by-byte search on the ~100-byte lines of JSON frames.
+fn find_line_end(bytes: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 16;
+    let clean = bytes
+        .chunks_exact(BLOCK)
+        .take_while(|block| !block.iter().fold(false, |found, &b| found | is_line_break(b)))
+        .count();
+    let start = clean * BLOCK;
+    bytes[start..]
+        .iter()
+        .position(|&b| is_line_break(b))
+        .map(|pos| start + pos)
 }
 
-/// The position of the first CR or LF.
-fn find_line_end(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n' || b == b'\r')
+fn is_line_break(byte: u8) -> bool {
+    byte == b'\n' || byte == b'\r'
 }
 
 /// Split `text` at every CR, LF or CRLF. Always yields at least one line; a trailing break yields a last "".
@@ -544,6 +658,49 @@ mod tests {
         let frame = encode_json_frame(b"{}", None, None).unwrap();
         assert_eq!(frame, b"data: {}\n\n");
         assert_eq!(frame.len(), frame.capacity());
+    }
+
+    #[test]
+    fn json_frame_writes_into_an_exact_buffer_only() {
+        let size = json_frame_size(b"{}", Some("e"), Some("1")).unwrap();
+        let mut out = vec![0; size];
+        write_json_frame(&mut out, b"{}", Some("e"), Some("1")).unwrap();
+        assert_eq!(out, b"id: 1\nevent: e\ndata: {}\n\n");
+        for wrong in [size - 1, size + 1] {
+            let mut out = vec![0; wrong];
+            assert!(matches!(
+                write_json_frame(&mut out, b"{}", Some("e"), Some("1")),
+                Err(Error::Invalid(_))
+            ));
+        }
+        assert!(matches!(json_frame_size(b"{\n}", None, None), Err(Error::Frame(_))));
+    }
+
+    #[test]
+    fn event_writes_into_an_exact_buffer_only() {
+        let size = event_frame_size("a\r\nb", Some("e"), Some("1"), Some(u64::MAX)).unwrap();
+        let mut out = vec![0; size];
+        write_event(&mut out, "a\r\nb", Some("e"), Some("1"), Some(u64::MAX)).unwrap();
+        assert_eq!(
+            out,
+            b"id: 1\nevent: e\nretry: 18446744073709551615\ndata: a\ndata: b\n\n"
+        );
+        for wrong in [size - 1, size + 1] {
+            let mut out = vec![0; wrong];
+            assert!(matches!(
+                write_event(&mut out, "x", None, None, None),
+                Err(Error::Invalid(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn encoded_frames_are_one_exact_allocation() {
+        for retry in [None, Some(0), Some(9), Some(10), Some(12_345), Some(u64::MAX)] {
+            let frame = encode_event("a\nb\r", Some("t"), Some("i"), retry).unwrap();
+            assert_eq!(frame.len(), frame.capacity());
+            assert_eq!(decode_all(&frame), [ev("t", "a\nb\n", Some("i"), retry)]);
+        }
     }
 
     #[test]

@@ -19,8 +19,8 @@ fn encode_event<'py>(
     id: Option<&str>,
     retry: Option<u64>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let frame = wire::encode_event(data, event, id, retry).py()?;
-    Ok(PyBytes::new(py, &frame))
+    let size = wire::event_frame_size(data, event, id, retry).py()?;
+    PyBytes::new_with(py, size, |out| wire::write_event(out, data, event, id, retry).py())
 }
 
 /// Frame a comment block, one comment line per line of `text`.
@@ -45,8 +45,9 @@ fn encode_json_frame<'py>(
     event: Option<&str>,
     id: Option<&str>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let frame = wire::encode_json_frame(data, event, id).py()?;
-    Ok(PyBytes::new(py, &frame))
+    // Framed straight into the new `bytes` object: no intermediate buffer.
+    let size = wire::json_frame_size(data, event, id).py()?;
+    PyBytes::new_with(py, size, |out| wire::write_json_frame(out, data, event, id).py())
 }
 
 /// One dispatched event (see `_core.pyi`): immutable, compared and hashed by value.
