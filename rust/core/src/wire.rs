@@ -270,18 +270,6 @@ pub struct Event {
     pub retry: Option<u64>,
 }
 
-impl Event {
-    /// An event of type `message` with no id and no retry.
-    pub fn message(data: impl Into<String>) -> Event {
-        Event {
-            event: DEFAULT_EVENT.to_owned(),
-            data: data.into(),
-            id: None,
-            retry: None,
-        }
-    }
-}
-
 /// The incremental SSE stream decoder (WHATWG "event stream interpretation").
 ///
 /// [`Decoder::feed`] takes bytes cut anywhere (inside a CRLF, a UTF-8 sequence or the BOM) and returns the
