@@ -532,3 +532,17 @@ def test_auth_failure_body() -> None:
 )
 def test_redact_query(query: str, redacted: str) -> None:
     assert auth.redact_query(query) == redacted
+
+
+def test_the_authenticator_offers_the_permission_checks_as_methods() -> None:
+    authenticator = auth.Authenticator(Settings())
+    identity = client(topics=("a.*",), publish=("a.b",))
+    assert authenticator.can_subscribe(identity, "a.x") is True
+    assert authenticator.can_subscribe(identity, "b.x") is False
+    authenticator.check_subscribe(identity, ["a.*"])
+    authenticator.check_publish(identity, topic="a.b")
+    authenticator.check_owner(identity, "alice")
+    assert refused(lambda: authenticator.check_publish(identity, target="bob")).code == "direct_not_granted"
+    assert refused(authenticator.check_subscribe, identity, ["b"]).code == "topic_not_granted"
+    assert refused(authenticator.require_admin, identity).code == "admin_required"
+    assert refused(authenticator.check_owner, identity, "bob").code == "not_owner"

@@ -148,6 +148,35 @@ class Authenticator:
             return _trusted(claimed, "client") if claimed else _trusted(ANONYMOUS, "anonymous")
         return self._token_identity(headers, query, (header_id, query_id))
 
+    # The permission checks as methods too, so that routes holding an Authenticator need nothing else.
+
+    @staticmethod
+    def can_subscribe(identity: Identity, pattern: str) -> bool:
+        """:func:`can_subscribe`."""
+        return can_subscribe(identity, pattern)
+
+    @staticmethod
+    def check_subscribe(identity: Identity, patterns: Iterable[str]) -> None:
+        """:func:`check_subscribe`."""
+        check_subscribe(identity, patterns)
+
+    @staticmethod
+    def check_publish(
+        identity: Identity, *, target: str | None = None, topic: str | None = None, broadcast: bool = False
+    ) -> None:
+        """:func:`check_publish`."""
+        check_publish(identity, target=target, topic=topic, broadcast=broadcast)
+
+    @staticmethod
+    def require_admin(identity: Identity) -> None:
+        """:func:`require_admin`."""
+        require_admin(identity)
+
+    @staticmethod
+    def check_owner(identity: Identity, owner: str) -> None:
+        """:func:`check_owner`."""
+        check_owner(identity, owner)
+
     # -- API keys ---------------------------------------------------------------------------------------------------
 
     def _api_key_identity(self, given: str) -> Identity:
