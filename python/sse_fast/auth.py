@@ -1,0 +1,369 @@
+"""Identity and permissions (PROTOCOL.md section 6): who is calling, and what they may do.
+
+:class:`Authenticator` turns a request's headers and query into an :class:`Identity` or raises
+:class:`AuthFailure` (401/403, or 400 for a malformed clientId); the module functions decide what an identity
+may subscribe to and publish. Nothing here logs, and no message or exception text ever contains a token or a key:
+use :func:`redact_query` before logging a query string.
+
+With ``auth = none`` the caller is trusted as given and everyone is admin. With ``auth = jwt`` the token's ``sub``
+is the clientId and its claims ``topics``, ``publish``, ``direct`` and ``admin`` are the grants. ``X-API-Key``
+(``SSE_FAST_API_KEYS``) makes an admin publisher called ``server`` on the HTTP API.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import unquote_plus
+
+import jwt
+import msgspec
+
+from sse_fast.models import CLIENT_ID_PATTERN, TOPIC_PATTERN, ErrorBody
+from sse_fast.settings import Settings, public_key_algorithm
+
+__all__ = [
+    "ANONYMOUS",
+    "SERVER",
+    "AuthFailure",
+    "Authenticator",
+    "Identity",
+    "can_subscribe",
+    "check_owner",
+    "check_publish",
+    "check_subscribe",
+    "redact_query",
+    "require_admin",
+    "valid_topic",
+]
+
+ANONYMOUS: Final = "anonymous"
+"""The clientId of an API caller that gave none, with ``auth = none``."""
+SERVER: Final = "server"
+"""The clientId (and message ``source``) of an ``X-API-Key`` caller."""
+
+_CLIENT_ID = re.compile(CLIENT_ID_PATTERN[1:-1])
+_TOPIC = re.compile(TOPIC_PATTERN[1:-1])
+_SEGMENT = r"(?:[A-Za-z0-9_:/-]+|\*)"
+_PATTERN = re.compile(rf"{_SEGMENT}(?:\.{_SEGMENT})*(?:\.>)?|>")
+_MAX_TOPIC = 128
+_EVERYTHING = (">",)
+_REDACTED_PARAMS = frozenset({"token", "access_token"})
+
+
+class Identity(msgspec.Struct, frozen=True, kw_only=True):
+    """Who a request comes from, and what it was granted.
+
+    ``topics`` and ``publish`` are topic patterns (``*`` one segment, a final ``>`` one or more); ``direct`` allows
+    sending to other clients; ``admin`` allows everything (broadcast, the connections list, any task).
+    """
+
+    client_id: str
+    kind: Literal["anonymous", "client", "api_key"]
+    admin: bool = False
+    topics: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    direct: bool = False
+
+
+class AuthFailure(Exception):
+    """A refused request: answer ``status`` (400, 401 or 403) with ``{"error": message, "code": code}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> ErrorBody:
+        """The error answer to send."""
+        return ErrorBody(error=self.message, code=self.code)
+
+
+def _trusted(client_id: str, kind: Literal["anonymous", "client"]) -> Identity:
+    return Identity(client_id=client_id, kind=kind, admin=True, topics=_EVERYTHING, publish=_EVERYTHING, direct=True)
+
+
+_API_KEY_IDENTITY: Final = Identity(
+    client_id=SERVER, kind="api_key", admin=True, topics=_EVERYTHING, publish=_EVERYTHING, direct=True
+)
+
+
+class Authenticator:
+    """Identifies callers under the configured ``SSE_FAST_AUTH``; built once per worker from the settings.
+
+    ``headers`` have lower-case names; ``query`` is the decoded query string (one value per name).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.mode = settings.auth
+        self._api_keys = tuple(key.encode() for key in settings.api_keys)
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+        self._leeway = settings.jwt_leeway
+        self._key: Any = None
+        self._algorithms: list[str] = []
+        self._jwks: jwt.PyJWKSet | None = None
+        if settings.jwt_secret:
+            self._key, self._algorithms = settings.jwt_secret, ["HS256"]
+        elif settings.jwt_public_key:
+            algorithm = public_key_algorithm(settings.jwt_public_key)
+            self._key = jwt.get_algorithm_by_name(algorithm).prepare_key(settings.jwt_public_key)
+            self._algorithms = [algorithm]
+        elif settings.jwt_jwks_file:
+            self._jwks = jwt.PyJWKSet.from_json(Path(settings.jwt_jwks_file).read_text())
+
+    def stream_identity(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Identity:
+        """The identity of a ``GET /sse`` request.
+
+        ``auth = none``: the ``clientId`` query, or a fresh ``anon-...`` id when there is none (so that anonymous
+        tabs do not replace each other). ``auth = jwt``: the token's ``sub``.
+        """
+        claimed = _client_id_param(query.get("clientId"), "clientId")
+        if self.mode == "none":
+            if claimed is None:
+                return _trusted(f"anon-{secrets.token_hex(8)}", "anonymous")
+            return _trusted(claimed, "client")
+        return self._token_identity(headers, query, (claimed,))
+
+    def api_identity(self, headers: Mapping[str, str], query: Mapping[str, str], body_source: str | None) -> Identity:
+        """The identity of an HTTP API request; ``body_source`` is the envelope's ``source``, if any.
+
+        ``X-API-Key`` first; then with ``auth = none`` the ``X-Client-Id`` header, the ``clientId`` query,
+        ``body_source`` or ``anonymous``, and with ``auth = jwt`` the token (a different ``X-Client-Id`` or
+        ``clientId`` is 403).
+        """
+        api_key = headers.get("x-api-key")
+        if api_key and (self._api_keys or self.mode == "jwt"):
+            return self._api_key_identity(api_key)
+        header_id = _client_id_param(headers.get("x-client-id"), "X-Client-Id")
+        query_id = _client_id_param(query.get("clientId"), "clientId")
+        if self.mode == "none":
+            source = _client_id_param(body_source, "source")
+            claimed = header_id or query_id or source
+            return _trusted(claimed, "client") if claimed else _trusted(ANONYMOUS, "anonymous")
+        return self._token_identity(headers, query, (header_id, query_id))
+
+    # The permission checks as methods too, so that routes holding an Authenticator need nothing else.
+
+    @staticmethod
+    def can_subscribe(identity: Identity, pattern: str) -> bool:
+        """:func:`can_subscribe`."""
+        return can_subscribe(identity, pattern)
+
+    @staticmethod
+    def check_subscribe(identity: Identity, patterns: Iterable[str]) -> None:
+        """:func:`check_subscribe`."""
+        check_subscribe(identity, patterns)
+
+    @staticmethod
+    def check_publish(
+        identity: Identity, *, target: str | None = None, topic: str | None = None, broadcast: bool = False
+    ) -> None:
+        """:func:`check_publish`."""
+        check_publish(identity, target=target, topic=topic, broadcast=broadcast)
+
+    @staticmethod
+    def require_admin(identity: Identity) -> None:
+        """:func:`require_admin`."""
+        require_admin(identity)
+
+    @staticmethod
+    def check_owner(identity: Identity, owner: str) -> None:
+        """:func:`check_owner`."""
+        check_owner(identity, owner)
+
+    # -- API keys ---------------------------------------------------------------------------------------------------
+
+    def _api_key_identity(self, given: str) -> Identity:
+        candidate = given.encode()
+        # Compare with every key, without stopping at a match, so that timing says nothing about which one.
+        matched = False
+        for key in self._api_keys:
+            matched |= hmac.compare_digest(candidate, key)
+        if not matched:
+            raise AuthFailure(401, "invalid_api_key", "the API key is not valid")
+        return _API_KEY_IDENTITY
+
+    # -- JWT --------------------------------------------------------------------------------------------------------
+
+    def _token_identity(
+        self, headers: Mapping[str, str], query: Mapping[str, str], claimed: tuple[str | None, ...]
+    ) -> Identity:
+        claims = self._claims(_token(headers, query))
+        client_id = claims["sub"]
+        if any(c is not None and c != client_id for c in claimed):
+            raise AuthFailure(403, "client_id_mismatch", "the clientId differs from the token's subject")
+        return Identity(
+            client_id=client_id,
+            kind="client",
+            admin=_bool_claim(claims, "admin"),
+            topics=_patterns_claim(claims, "topics"),
+            publish=_patterns_claim(claims, "publish"),
+            direct=_bool_claim(claims, "direct"),
+        )
+
+    def _claims(self, token: str) -> dict[str, Any]:
+        key, algorithms = self._verification_key(token)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthFailure(401, "token_expired", "the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthFailure(401, "invalid_token", "the token is not valid yet (nbf)") from None
+        except jwt.MissingRequiredClaimError:
+            raise AuthFailure(401, "invalid_token", "the token has no `sub` claim") from None
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            raise AuthFailure(401, "invalid_token", "the token's audience or issuer is not accepted") from None
+        except jwt.InvalidTokenError:
+            raise AuthFailure(401, "invalid_token", "the token is not valid") from None
+        if not isinstance(claims["sub"], str) or not _CLIENT_ID.fullmatch(claims["sub"]):
+            raise AuthFailure(401, "invalid_token", "the token's `sub` is not a valid clientId")
+        return claims
+
+    def _verification_key(self, token: str) -> tuple[Any, list[str]]:
+        if self._jwks is None:
+            if self._key is None:
+                raise AuthFailure(401, "invalid_token", "no token key is configured")
+            return self._key, self._algorithms
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            raise AuthFailure(401, "invalid_token", "the token is not valid") from None
+        keys = self._jwks.keys
+        found = [k for k in keys if k.key_id == kid] if kid is not None else (keys if len(keys) == 1 else [])
+        if not found:
+            raise AuthFailure(401, "invalid_token", "the token's key id is not in the key set")
+        return found[0].key, [found[0].algorithm_name]
+
+
+def _token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
+    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
+    token = value.strip() if scheme.lower() == "bearer" else ""
+    token = token or query.get("token", "").strip()
+    if not token:
+        raise AuthFailure(401, "missing_token", "a token is required (Authorization: Bearer, or the token query)")
+    return token
+
+
+def _client_id_param(value: str | None, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not _CLIENT_ID.fullmatch(value):
+        raise AuthFailure(400, "invalid_client_id", f"{name} must match {CLIENT_ID_PATTERN[1:-1]}")
+    return value
+
+
+def _bool_claim(claims: Mapping[str, Any], name: str) -> bool:
+    value = claims.get(name, False)
+    if not isinstance(value, bool):
+        raise AuthFailure(401, "invalid_token", f"the token's `{name}` claim must be true or false")
+    return value
+
+
+def _patterns_claim(claims: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = claims.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(p, str) and valid_topic(p, pattern=True) for p in value):
+        raise AuthFailure(401, "invalid_token", f"the token's `{name}` claim must be a list of topic patterns")
+    return tuple(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Topics and permissions
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def valid_topic(topic: str, *, pattern: bool = False) -> bool:
+    """Whether ``topic`` is a valid topic (or, with ``pattern``, a valid pattern with ``*`` and a final ``>``)."""
+    regex = _PATTERN if pattern else _TOPIC
+    return len(topic) <= _MAX_TOPIC and regex.fullmatch(topic) is not None
+
+
+def _topic_matches(pattern: str, topic: str) -> bool:
+    """Whether the concrete ``topic`` matches ``pattern``; the Rust core's ``topic_matches`` will replace this."""
+    return _covers(pattern, topic)
+
+
+def _covers(grant: str, pattern: str) -> bool:
+    """Whether every topic ``pattern`` matches is also matched by ``grant`` (pattern containment)."""
+    wanted = pattern.split(".")
+    for i, segment in enumerate(grant.split(".")):
+        if segment == ">":
+            return len(wanted) > i
+        if i >= len(wanted) or wanted[i] == ">":
+            return False
+        if segment != "*" and segment != wanted[i]:
+            return False
+    return len(wanted) == len(grant.split("."))
+
+
+def can_subscribe(identity: Identity, pattern: str) -> bool:
+    """Whether ``identity`` may subscribe to ``pattern``: an admin always; else a ``topics`` grant covers it.
+
+    Containment, not overlap: a grant ``a.*`` covers ``a.b`` and ``a.*``; ``a.>`` covers ``a.b.c``, ``a.*`` and
+    ``a.>``; ``a.b`` does not cover ``a.*``.
+    """
+    if not valid_topic(pattern, pattern=True):
+        return False
+    return identity.admin or any(_covers(grant, pattern) for grant in identity.topics)
+
+
+def check_subscribe(identity: Identity, patterns: Iterable[str]) -> None:
+    """Raise 400 ``invalid_topic`` for a malformed pattern, 403 ``topic_not_granted`` for one not granted."""
+    for pattern in patterns:
+        if not valid_topic(pattern, pattern=True):
+            raise AuthFailure(400, "invalid_topic", f"not a topic pattern: {pattern!r}")
+        if not can_subscribe(identity, pattern):
+            raise AuthFailure(403, "topic_not_granted", f"not allowed to subscribe to {pattern!r}")
+
+
+def check_publish(
+    identity: Identity, *, target: str | None = None, topic: str | None = None, broadcast: bool = False
+) -> None:
+    """Raise 403 unless ``identity`` may publish this: ``topic`` needs a ``publish`` grant that matches it
+    (``topic_not_granted``), a ``target`` other than itself needs ``direct`` (``direct_not_granted``), and a
+    broadcast (``broadcast``, or neither target nor topic) needs admin (``admin_required``). Admins may do all.
+    """
+    if identity.admin:
+        return
+    if broadcast or (target is None and topic is None):
+        raise AuthFailure(403, "admin_required", "broadcasting needs an admin")
+    if target is not None and target != identity.client_id and not identity.direct:
+        raise AuthFailure(403, "direct_not_granted", "sending to another client needs the `direct` grant")
+    if topic is not None and not any(_topic_matches(grant, topic) for grant in identity.publish):
+        raise AuthFailure(403, "topic_not_granted", f"not allowed to publish to {topic!r}")
+
+
+def require_admin(identity: Identity) -> None:
+    """Raise 403 ``admin_required`` unless ``identity`` is an admin (connections list, other clients' tasks)."""
+    if not identity.admin:
+        raise AuthFailure(403, "admin_required", "this needs an admin")
+
+
+def check_owner(identity: Identity, owner: str) -> None:
+    """Raise 403 ``not_owner`` unless ``identity`` is ``owner`` or an admin (tasks, message status)."""
+    if not identity.admin and identity.client_id != owner:
+        raise AuthFailure(403, "not_owner", "this belongs to another client")
+
+
+def redact_query(query_string: str) -> str:
+    """``query_string`` with the values of ``token`` (and ``access_token``) replaced, for logging."""
+    parts = []
+    for part in query_string.split("&"):
+        name, sep, value = part.partition("=")
+        if sep and value and unquote_plus(name).lower() in _REDACTED_PARAMS:
+            part = f"{name}=[redacted]"
+        parts.append(part)
+    return "&".join(parts)

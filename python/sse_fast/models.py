@@ -1,0 +1,521 @@
+"""The message model: a msgspec Struct for every wire type of PROTOCOL.md, camelCase on the wire.
+
+One definition gives validation, JSON and the JSON Schema behind ``/openapi.json``: every pattern and bound is a
+``msgspec.Meta`` constraint on the field. Python attributes are snake_case (``envelope.require_ack``), the JSON keys
+camelCase (``requireAck``).
+
+Request bodies go through :func:`decode_envelope` / :func:`decode`, which turn msgspec's errors into a
+:class:`ValidationFailure` carrying the HTTP status and error code of PROTOCOL.md section 7::
+
+    400 malformed_json     not JSON at all, or an empty body
+    400 invalid_client_id  a clientId (``target``, ``excludeClientId``) that breaks its pattern
+    422 invalid_message    valid JSON that breaks the schema (non-object, unknown key, bad value)
+    422 target_and_topic   ``target`` and ``topic`` both set
+    422 target_not_allowed a ``target`` in the body of ``POST /api/direct/{clientId}``
+
+Encode answers with the shared :data:`encoder`.
+"""
+
+from __future__ import annotations
+
+import http
+import inspect
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+__all__ = [
+    "BUILTIN_TYPES",
+    "CLIENT_ID_PATTERN",
+    "ID_PATTERN",
+    "MAX_ACK_IDS",
+    "TOPIC_PATTERN",
+    "TYPE_PATTERN",
+    "AckAnswer",
+    "AckRequest",
+    "BroadcastAnswer",
+    "BroadcastRequest",
+    "ClientId",
+    "CommandAnswer",
+    "CommandPayload",
+    "ConnectDetail",
+    "ConnectionInfo",
+    "Envelope",
+    "ErrorBody",
+    "HeartbeatPayload",
+    "MessageId",
+    "MessageStatus",
+    "Priority",
+    "ProgressPayload",
+    "PublishAnswer",
+    "Route",
+    "SystemPayload",
+    "TaskRecord",
+    "TasksAnswer",
+    "Topic",
+    "ValidationFailure",
+    "convert",
+    "decode",
+    "decode_envelope",
+    "encoder",
+    "new_message_id",
+    "openapi_schema",
+]
+
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Field types
+# ---------------------------------------------------------------------------------------------------------------
+
+ID_PATTERN: Final = r"^[A-Za-z0-9_.:@/+=-]{1,128}$"
+"""A message id (also task, command and correlation ids)."""
+CLIENT_ID_PATTERN: Final = r"^[A-Za-z0-9_.:@-]{1,128}$"
+"""A clientId: in ``target``, ``excludeClientId``, paths and queries."""
+TYPE_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,64}$"
+"""A message type: a built-in one or a custom one."""
+TOPIC_PATTERN: Final = r"^[A-Za-z0-9_:/-]+(?:\.[A-Za-z0-9_:/-]+)*$"
+"""A concrete topic: ``.``-separated non-empty segments, 128 characters at most (no wildcards)."""
+BUILTIN_TYPES: Final = ("text", "json", "system", "command", "heartbeat", "ack", "error", "progress")
+"""The message types the protocol defines; any other type must match :data:`TYPE_PATTERN`."""
+MAX_ACK_IDS: Final = 1000
+"""Message ids one ``POST /api/ack`` may carry."""
+
+
+def _exact(pattern: str) -> str:
+    # msgspec matches with re.search, where `$` also matches before a final "\n": "bob\n" would pass `^bob$`.
+    # `(?!\n)` closes that gap and means nothing to an ECMA-262 (JSON Schema) engine, whose `$` is the end.
+    return pattern + r"(?!\n)"
+
+
+MessageId = Annotated[str, Meta(pattern=_exact(ID_PATTERN), description="A message id.", examples=["01J0ABCXYZ"])]
+ClientId = Annotated[str, Meta(pattern=_exact(CLIENT_ID_PATTERN), description="A clientId.", examples=["alice"])]
+Topic = Annotated[
+    str,
+    Meta(pattern=_exact(TOPIC_PATTERN), max_length=128, description="A topic.", examples=["orders.eu.created"]),
+]
+MessageType = Annotated[
+    str,
+    Meta(
+        pattern=_exact(TYPE_PATTERN),
+        description="One of " + ", ".join(BUILTIN_TYPES) + ", or a custom type.",
+        examples=list(BUILTIN_TYPES),
+    ),
+]
+Priority = Annotated[int, Meta(ge=0, le=3, description="LOW 0, NORMAL 1, HIGH 2, CRITICAL 3.")]
+Millis = Annotated[int, Meta(ge=0, description="Milliseconds since the epoch.")]
+Count = Annotated[int, Meta(ge=0)]
+Percent = Annotated[float, Meta(ge=0, le=100)]
+
+_TARGET_AND_TOPIC = "`target` and `topic` are exclusive"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The envelope and the request bodies
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Envelope(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
+    """One message, in either direction (PROTOCOL.md section 1).
+
+    On the wire, fields at their default are left out: no ``priority`` means 1 (NORMAL), no ``requireAck`` or
+    ``ephemeral`` means false, and a missing optional field means null. ``id``, ``timestamp`` and ``source`` are
+    set by the server on accept. No ``target`` and no ``topic`` is a broadcast; both is an error.
+    """
+
+    id: MessageId | None = None
+    type: MessageType
+    priority: Priority = 1
+    timestamp: Annotated[int, Meta(description="Set by the server on accept (ms since the epoch).")] | None = None
+    source: Annotated[str, Meta(max_length=128, description="Set by the server from the caller.")] | None = None
+    target: ClientId | None = None
+    topic: Topic | None = None
+    payload: Any
+    metadata: dict[str, Any] | None = None
+    require_ack: bool = False
+    correlation_id: MessageId | None = None
+    ephemeral: bool = False
+
+    def __post_init__(self) -> None:
+        if self.target is not None and self.topic is not None:
+            raise ValueError(f"{_TARGET_AND_TOPIC}: send to a client or to a topic, not both")
+
+
+class BroadcastRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """The body of ``POST /api/broadcast``: a message for every connection but ``excludeClientId``'s."""
+
+    message: Envelope
+    exclude_client_id: ClientId | None = None
+
+
+class AckRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """The body of ``POST /api/ack``."""
+
+    message_ids: Annotated[list[MessageId], Meta(min_length=1, max_length=MAX_ACK_IDS)]
+
+
+class CommandPayload(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
+    """The payload of a ``command`` envelope (PROTOCOL.md section 4).
+
+    ``execute`` needs ``task``; ``cancel``, ``pause``, ``resume`` and ``query`` need ``taskId``; ``sync`` needs
+    neither (it answers the caller's tasks).
+    """
+
+    command_id: MessageId
+    action: Literal["execute", "cancel", "pause", "resume", "query", "sync"]
+    task: Annotated[str, Meta(pattern=_exact(TYPE_PATTERN), description="A task handler's name.")] | None = None
+    task_id: MessageId | None = None
+    params: dict[str, Any] | None = None
+    timeout: Annotated[int, Meta(gt=0, description="Milliseconds.")] | None = None
+    require_ack: bool = False
+
+    def __post_init__(self) -> None:
+        if self.action == "execute" and self.task is None:
+            raise ValueError("action `execute` needs `task`")
+        if self.action in ("cancel", "pause", "resume", "query") and self.task_id is None:
+            raise ValueError(f"action `{self.action}` needs `taskId`")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Payloads the server sends
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class SystemPayload(msgspec.Struct, kw_only=True, rename="camel"):
+    """The payload of a ``system`` frame: ``connect``, ``disconnect``, ``maintenance``..."""
+
+    event: str
+    detail: Any = None
+
+
+class ConnectDetail(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    """``detail`` of the ``connect`` system event; ``reason`` says why a resume failed."""
+
+    client_id: ClientId
+    connection_id: str
+    resumed: bool
+    missed: Count
+    server_time: Millis
+    reason: Literal["unknown_cursor", "expired"] | None = None
+
+
+class HeartbeatPayload(msgspec.Struct, kw_only=True, rename="camel"):
+    """The payload of a ``heartbeat`` frame."""
+
+    server_time: Millis
+
+
+class ProgressPayload(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    """The payload of a ``progress`` event of a task."""
+
+    task_id: MessageId
+    progress: Percent
+    description: str | None = None
+    estimated_time_remaining: Annotated[int, Meta(ge=0, description="Milliseconds.")] | None = None
+
+
+class TaskRecord(msgspec.Struct, kw_only=True, rename="camel"):
+    """A task of the scheduler (PROTOCOL.md section 4); times are ms since the epoch."""
+
+    task_id: MessageId
+    command_id: MessageId
+    client_id: ClientId
+    task: str
+    params: dict[str, Any]
+    priority: Priority
+    status: Literal["pending", "running", "paused", "completed", "failed", "cancelled", "timed_out"]
+    progress: Percent
+    attempts: Count
+    created_at: Millis
+    started_at: Millis | None = None
+    completed_at: Millis | None = None
+    result: Any = None
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Answers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error answer (PROTOCOL.md section 7)."""
+
+    error: str
+    code: str
+    detail: Any = None
+
+
+class PublishAnswer(msgspec.Struct, kw_only=True, rename="camel"):
+    """``202`` of ``POST /api/messages`` and ``/api/direct/{clientId}``; ``200`` with ``duplicate`` for a repeat."""
+
+    success: bool = True
+    message_id: MessageId
+    delivered: Annotated[int, Meta(ge=0, description="Connections written to (on this node).")]
+    queued: bool = False
+    duplicate: bool | UnsetType = UNSET
+
+
+class BroadcastAnswer(msgspec.Struct, kw_only=True, rename="camel"):
+    """``202`` of ``POST /api/broadcast``."""
+
+    success: bool = True
+    sent_count: Annotated[int, Meta(ge=0, description="Connections written to (on this node).")]
+    message_id: MessageId
+
+
+class AckAnswer(msgspec.Struct, kw_only=True):
+    """``200`` of ``POST /api/ack`` (and of an ``ack`` envelope sent to ``/api/messages``)."""
+
+    acked: Count
+
+
+class CommandAnswer(msgspec.Struct, kw_only=True, rename="camel"):
+    """``202`` of ``POST /api/commands`` handled by the scheduler."""
+
+    success: bool = True
+    task_id: MessageId
+    status: str
+
+
+class MessageStatus(msgspec.Struct, kw_only=True, rename="camel"):
+    """``GET /api/messages/{id}`` for a ``requireAck`` message."""
+
+    status: Literal["pending", "delivered", "acked", "expired"]
+    acked_by: list[ClientId]
+
+
+class ConnectionInfo(msgspec.Struct, kw_only=True, rename="camel"):
+    """One live stream in ``GET /api/connections``; times are ms since the epoch."""
+
+    client_id: ClientId
+    connection_id: str
+    topics: list[str]
+    connected_at: Millis
+    last_active_at: Millis
+    queued_frames: Count
+    dropped_frames: Count
+
+
+class TasksAnswer(msgspec.Struct, kw_only=True):
+    """``GET /api/tasks`` and the answer to a ``sync`` command."""
+
+    tasks: list[TaskRecord]
+
+
+encoder: Final = msgspec.json.Encoder()
+"""The shared JSON encoder: ``encoder.encode(answer)``."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ValidationFailure(ValueError):
+    """A request body the protocol refuses: answer ``status`` with ``ErrorBody(error=message, code, detail)``."""
+
+    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+
+    def body(self) -> ErrorBody:
+        """The error answer to send."""
+        return ErrorBody(error=self.message, code=self.code, detail=self.detail)
+
+
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_CLIENT_ID_KEYS = ("target", "excludeClientId")
+
+
+def decode(body: bytes, type: type[T]) -> T:
+    """``body`` as ``type``, or :class:`ValidationFailure` (400 ``malformed_json``, 422 ``invalid_message``...)."""
+    decoder = _decoders.get(type)
+    if decoder is None:
+        decoder = _decoders[type] = msgspec.json.Decoder(type)
+    try:
+        return decoder.decode(body)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        _raise_if_malformed(body)  # msgspec validates the object before it sees trailing garbage (`{}x`)
+        raise _failure(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise _malformed(body, exc) from None
+
+
+def _raise_if_malformed(body: bytes) -> None:
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise _malformed(body, exc) from None
+
+
+def _malformed(body: bytes, exc: msgspec.DecodeError) -> ValidationFailure:
+    reason = "empty body" if not body.strip() else str(exc)
+    return ValidationFailure(400, "malformed_json", f"malformed JSON: {reason}")
+
+
+def convert(value: Any, type: type[T], *, path: str = "$.payload") -> T:
+    """An already decoded ``value`` (e.g. ``envelope.payload``) as ``type``; errors are located under ``path``."""
+    try:
+        return msgspec.convert(value, type)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH.search(message)
+        inner = match.group(1)[1:] if match else ""
+        reason = message[: match.start()] if match else message
+        raise _failure(f"{reason} - at `{path}{inner}`") from None
+
+
+def decode_envelope(body: bytes, *, model: type[Envelope] = Envelope, direct: bool = False) -> Envelope:
+    """The envelope in a request body; with ``direct`` (``POST /api/direct/{clientId}``) a ``target`` is 422."""
+    envelope = decode(body, model)
+    if direct and envelope.target is not None:
+        raise ValidationFailure(
+            422,
+            "target_not_allowed",
+            "the target comes from the path: leave `target` out of the body",
+            {"path": "$.target"},
+        )
+    return envelope
+
+
+def _failure(message: str) -> ValidationFailure:
+    match = _PATH.search(message)
+    path = match.group(1) if match else "$"
+    reason = message[: match.start()] if match else message
+    detail = {"path": path, "reason": reason}
+    if reason.startswith(_TARGET_AND_TOPIC):
+        return ValidationFailure(422, "target_and_topic", f"invalid message: {reason}", detail)
+    bad_value = "matching regex" in reason or "of length" in reason
+    if bad_value and path.rsplit(".", 1)[-1] in _CLIENT_ID_KEYS:
+        message = f"invalid clientId at {path}: expected {CLIENT_ID_PATTERN[1:-1]}"
+        return ValidationFailure(400, "invalid_client_id", message, detail)
+    return ValidationFailure(422, "invalid_message", f"invalid message: {message}", detail)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Message ids
+# ---------------------------------------------------------------------------------------------------------------
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # ascending in ASCII, so ids sort as text in time order
+_RANDOM_BITS = 80
+
+
+class _IdState:
+    lock = threading.Lock()
+    last_ms = 0
+    counter = 0
+
+
+def _reseed() -> None:
+    _IdState.last_ms = 0  # a forked child must not continue its parent's sequence
+
+
+os.register_at_fork(after_in_child=_reseed)
+
+
+def new_message_id() -> str:
+    """A unique id that sorts (as text) in creation order: 26 characters, a ULID.
+
+    48 bits of milliseconds then 80 random bits, Crockford base32; within one millisecond (or if the clock steps
+    back) the previous id plus one, so that ids from this process are strictly increasing.
+    """
+    now = time.time_ns() // 1_000_000
+    with _IdState.lock:
+        if now > _IdState.last_ms:
+            _IdState.last_ms, _IdState.counter = now, secrets.randbits(_RANDOM_BITS - 1)
+        else:
+            _IdState.counter += 1
+            if _IdState.counter >> _RANDOM_BITS:
+                _IdState.last_ms, _IdState.counter = _IdState.last_ms + 1, 0
+        value = (_IdState.last_ms << _RANDOM_BITS) | _IdState.counter
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenAPI
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Route(NamedTuple):
+    """One operation for :func:`openapi_schema`.
+
+    ``request`` is the body's type (or None); ``responses`` maps a status to a type, to None (no body) or to a
+    media type string for a non-JSON body (``"text/event-stream"``, ``"text/plain"``). ``query`` lists the query
+    parameters as (name, description).
+    """
+
+    method: str
+    path: str
+    request: Any
+    responses: Mapping[int, Any]
+    summary: str = ""
+    query: tuple[tuple[str, str], ...] = ()
+
+
+_PATH_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PARAM_SCHEMAS: Final = {
+    "clientId": {"type": "string", "pattern": CLIENT_ID_PATTERN},
+    "id": {"type": "string", "pattern": ID_PATTERN},
+    "messageId": {"type": "string", "pattern": ID_PATTERN},
+    "taskId": {"type": "string", "pattern": ID_PATTERN},
+}
+
+
+def openapi_schema(
+    routes: Iterable[Route | tuple[Any, ...]],
+    *,
+    title: str = "sse-fast",
+    version: str = "0",
+    description: str = "",
+) -> dict[str, Any]:
+    """An OpenAPI 3.1 document for ``routes``, its schemas generated from the msgspec types they name."""
+    table = [r if isinstance(r, Route) else Route(*r) for r in routes]
+    types = [t for r in table for t in (r.request, *r.responses.values()) if t is not None and not isinstance(t, str)]
+    refs, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    schema_of = {id(t): s for t, s in zip(types, refs, strict=True)}
+    paths: dict[str, dict[str, Any]] = {}
+    for route in table:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schema_of)
+    for component in components.values():
+        if "description" in component:  # a class docstring, indented as in the source
+            component["description"] = inspect.cleandoc(component["description"])
+    info = {"title": title, "version": version} | ({"description": description} if description else {})
+    return {"openapi": "3.1.0", "info": info, "paths": paths, "components": {"schemas": components}}
+
+
+def _operation(route: Route, schema_of: Mapping[int, Any]) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": route.summary} if route.summary else {}
+    params = [
+        {"name": n, "in": "path", "required": True, "schema": _PARAM_SCHEMAS.get(n, {"type": "string"})}
+        for n in _PATH_PARAM.findall(route.path)
+    ]
+    params += [{"name": n, "in": "query", "required": False, "description": d, "schema": {"type": "string"}}
+               for n, d in route.query]  # fmt: skip
+    if params:
+        op["parameters"] = params
+    if route.request is not None:
+        content = {"application/json": {"schema": schema_of[id(route.request)]}}
+        op["requestBody"] = {"required": True, "content": content}
+    op["responses"] = {str(status): _response(status, kind, schema_of) for status, kind in route.responses.items()}
+    return op
+
+
+def _response(status: int, kind: Any, schema_of: Mapping[int, Any]) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": http.HTTPStatus(status).phrase}
+    if isinstance(kind, str):
+        answer["content"] = {kind: {"schema": {"type": "string"}}}
+    elif kind is not None:
+        answer["content"] = {"application/json": {"schema": schema_of[id(kind)]}}
+    return answer
