@@ -74,8 +74,16 @@ def start_server(
         args = [str(BIN / "sse-fast"), "serve", "--port", str(port), "--interface", interface]
     else:
         args = [
-            str(BIN / "granian"), "--interface", interface, "--host", "127.0.0.1", "--port", str(port),
-            "--loop", "uvloop", "sse_fast.app:app",
+            str(BIN / "granian"),
+            "--interface",
+            interface,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "sse_fast.app:app",
         ]
     log_path = tmp_path / f"server-{port}.log"
     with log_path.open("wb") as log:

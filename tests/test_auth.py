@@ -14,10 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from _pure import load
+from sse_fast import auth, models
+from sse_fast.settings import Settings
 
-auth = load("auth")
-Settings = load("settings").Settings
 Identity = auth.Identity
 AuthFailure = auth.AuthFailure
 
@@ -507,7 +506,7 @@ def test_require_admin_and_check_owner() -> None:
 
 def test_auth_failure_body() -> None:
     err = AuthFailure(401, "missing_token", "a token is required")
-    assert err.body() == load("models").ErrorBody(error="a token is required", code="missing_token")
+    assert err.body() == models.ErrorBody(error="a token is required", code="missing_token")
     assert str(err) == "a token is required"
 
 

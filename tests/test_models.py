@@ -10,9 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from _pure import load
+from sse_fast import models
 
-models = load("models")
 Envelope = models.Envelope
 ValidationFailure = models.ValidationFailure
 

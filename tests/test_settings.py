@@ -10,9 +10,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from _pure import load
+from sse_fast import settings as settings_mod
 
-settings_mod = load("settings")
 Settings = settings_mod.Settings
 SettingsError = settings_mod.SettingsError
 

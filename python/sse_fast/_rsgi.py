@@ -76,4 +76,3 @@ async def serve(app: App, scope: Any, protocol: Any) -> None:
     sink = RsgiSink(protocol.response_stream(200, answer.headers))
     conn_id = await answer.open(sink)
     _on_disconnect(protocol, answer.closed, conn_id)
-

@@ -35,9 +35,7 @@ class App:
         self.settings = settings
         self.node_id = secrets.token_hex(3)
         self.broker: Broker = create_broker(settings)
-        self.streams = Streams(
-            settings, id_prefix=f"{self.broker.epoch}-", node_id=self.node_id, new_id=new_message_id
-        )
+        self.streams = Streams(settings, id_prefix=f"{self.broker.epoch}-", node_id=self.node_id, new_id=new_message_id)
         self.broker.attach(self.streams)
         self.metrics = Metrics()
         self.metrics.bind(self.streams, self.broker)

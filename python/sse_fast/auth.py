@@ -23,7 +23,9 @@ from urllib.parse import unquote_plus
 import jwt
 import msgspec
 
-from sse_fast.models import CLIENT_ID_PATTERN, TOPIC_PATTERN, ErrorBody
+from sse_fast._core import topic_matches, validate_topic
+from sse_fast.errors import TopicError
+from sse_fast.models import CLIENT_ID_PATTERN, ErrorBody
 from sse_fast.settings import Settings, public_key_algorithm
 
 __all__ = [
@@ -47,10 +49,6 @@ SERVER: Final = "server"
 """The clientId (and message ``source``) of an ``X-API-Key`` caller."""
 
 _CLIENT_ID = re.compile(CLIENT_ID_PATTERN[1:-1])
-_TOPIC = re.compile(TOPIC_PATTERN[1:-1])
-_SEGMENT = r"(?:[A-Za-z0-9_:/-]+|\*)"
-_PATTERN = re.compile(rf"{_SEGMENT}(?:\.{_SEGMENT})*(?:\.>)?|>")
-_MAX_TOPIC = 128
 _EVERYTHING = (">",)
 _REDACTED_PARAMS = frozenset({"token", "access_token"})
 
@@ -287,13 +285,11 @@ def _patterns_claim(claims: Mapping[str, Any], name: str) -> tuple[str, ...]:
 
 def valid_topic(topic: str, *, pattern: bool = False) -> bool:
     """Whether ``topic`` is a valid topic (or, with ``pattern``, a valid pattern with ``*`` and a final ``>``)."""
-    regex = _PATTERN if pattern else _TOPIC
-    return len(topic) <= _MAX_TOPIC and regex.fullmatch(topic) is not None
-
-
-def _topic_matches(pattern: str, topic: str) -> bool:
-    """Whether the concrete ``topic`` matches ``pattern``; the Rust core's ``topic_matches`` will replace this."""
-    return _covers(pattern, topic)
+    try:
+        validate_topic(topic, pattern=pattern)
+    except TopicError:
+        return False
+    return True
 
 
 def _covers(grant: str, pattern: str) -> bool:
@@ -342,7 +338,7 @@ def check_publish(
         raise AuthFailure(403, "admin_required", "broadcasting needs an admin")
     if target is not None and target != identity.client_id and not identity.direct:
         raise AuthFailure(403, "direct_not_granted", "sending to another client needs the `direct` grant")
-    if topic is not None and not any(_topic_matches(grant, topic) for grant in identity.publish):
+    if topic is not None and not any(topic_matches(grant, topic) for grant in identity.publish):
         raise AuthFailure(403, "topic_not_granted", f"not allowed to publish to {topic!r}")
 
 

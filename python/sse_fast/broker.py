@@ -205,7 +205,9 @@ class MemoryBroker(Broker):
             max_bytes=settings.replay_bytes,
             ttl_ms=int(settings.replay_ttl * 1000),
         )
-        self.mailboxes = _Mailboxes(size=settings.mailbox_size, ttl=settings.mailbox_ttl, clients=settings.mailbox_clients)
+        self.mailboxes = _Mailboxes(
+            size=settings.mailbox_size, ttl=settings.mailbox_ttl, clients=settings.mailbox_clients
+        )
         self.dedupe = _Dedupe(window=settings.dedupe_window, size=settings.dedupe_size)
         self._acks: OrderedDict[str, _Tracked] = OrderedDict()
         # (deadline, message id): entries whose message was acked or dropped are skipped when they come up.
@@ -372,4 +374,3 @@ def create_broker(settings: Settings) -> Broker:
     if settings.broker == "memory":
         return MemoryBroker(settings)
     raise NotImplementedError(f"SSE_FAST_BROKER={settings.broker!r}: the Redis broker is not built yet; use memory")
-

@@ -68,7 +68,12 @@ def _serve(args: argparse.Namespace) -> int:
     sizing = serve_options(nofile, settings.workers)
     log.info(
         "serving on http://%s:%d, %d worker(s), %s; open-file limit %d: up to %d streams per worker",
-        settings.host, settings.port, settings.workers, settings.interface, nofile, sizing["backpressure"],
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.interface,
+        nofile,
+        sizing["backpressure"],
     )
     server = Granian(
         "sse_fast.app:app",
@@ -97,7 +102,9 @@ def _granian_log_level(level: str) -> Any:
 def _listen(args: argparse.Namespace) -> int:
     from sse_fast.client import run_listen
 
-    return asyncio.run(run_listen(args.url, client_id=args.client_id, topics=args.topics, token=args.token, as_json=args.json))
+    return asyncio.run(
+        run_listen(args.url, client_id=args.client_id, topics=args.topics, token=args.token, as_json=args.json)
+    )
 
 
 def _publish(args: argparse.Namespace) -> int:

@@ -66,8 +66,15 @@ class Metrics(Collector):
             streams = self._streams
             yield _family("sse_fast_connections_opened", "SSE connections opened", "counter", streams.opened_total)
             yield _family("sse_fast_connections_closed", "SSE connections closed", "counter", streams.closed_total)
-            yield _family("sse_fast_slow_consumer_closes", "Streams closed as slow consumers", "counter", streams.closed_slow)
-            yield _family("sse_fast_replaced_closes", "Streams closed past the per-client limit", "counter", streams.closed_replaced)
+            yield _family(
+                "sse_fast_slow_consumer_closes", "Streams closed as slow consumers", "counter", streams.closed_slow
+            )
+            yield _family(
+                "sse_fast_replaced_closes",
+                "Streams closed past the per-client limit",
+                "counter",
+                streams.closed_replaced,
+            )
         yield _family("sse_fast_replayed", "Frames delivered on connect before going live", "counter", self.replayed)
         responses = CounterMetricFamily("sse_fast_http_responses", "HTTP answers by status", labels=["status"])
         for status, count in sorted(self.responses.items()):

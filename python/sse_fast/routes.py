@@ -47,6 +47,7 @@ SSE_HEADERS = [
     ("x-accel-buffering", "no"),
 ]
 
+
 def _client_id(value: str, what: str = "clientId") -> str:
     if not _CLIENT_ID.match(value):
         raise HttpError(400, "invalid_client_id", f"{what} must match [A-Za-z0-9_.:@-]{{1,128}}")
@@ -134,7 +135,11 @@ class Api:
         allowed = self.settings.cors_origins
         if not origin or not allowed or ("*" not in allowed and origin not in allowed):
             return []
-        return [("access-control-allow-origin", origin), ("vary", "Origin"), ("access-control-allow-credentials", "true")]
+        return [
+            ("access-control-allow-origin", origin),
+            ("vary", "Origin"),
+            ("access-control-allow-credentials", "true"),
+        ]
 
     def _preflight(self, req: Request) -> Response:
         headers = self._cors(req)
