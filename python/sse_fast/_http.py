@@ -66,7 +66,7 @@ class StreamResponse:
     closed: Callable[[int], None]
 
 
-Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
+Handler = Callable[["Request"], Awaitable["Response | StreamResponse"]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,8 +50,12 @@ class RsgiSink:
 def _request(scope: Any, protocol: Any) -> Request:
     headers = {key.lower(): value for key, value in scope.headers.items()}
 
-    def chunks() -> AsyncIterator[bytes]:
-        return protocol.__aiter__()  # type: ignore[no-any-return]
+    async def chunks() -> AsyncIterator[bytes]:
+        # granian ends the body with an empty chunk; asking for more after it is a protocol error.
+        async for chunk in protocol:
+            if not chunk:
+                return
+            yield chunk
 
     return Request(scope.method, scope.path, parse_query(scope.query_string), headers, scope.client, chunks)
 
