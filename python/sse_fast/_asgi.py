@@ -9,6 +9,7 @@ sink reports backpressure and resumes the connection once the pending send compl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -135,7 +136,5 @@ async def serve(app: App, scope: dict[str, Any], receive: Receive, send: Send) -
         watcher.cancel()
         sink.close()
         answer.closed(sink.conn_id)
-    try:
+    with contextlib.suppress(Exception):  # the client may be gone already
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except Exception:  # the client is gone already
-        pass

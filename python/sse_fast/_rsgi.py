@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from granian.rsgi import ProtocolClosed
+from granian._granian import RSGIProtocolClosed as ProtocolClosed
 
 from sse_fast._http import Request, Response, parse_query
 

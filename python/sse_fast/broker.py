@@ -113,7 +113,7 @@ class Broker(abc.ABC):
         """Whether the broker can take publishes now (``/readyz``)."""
         return True
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook; the memory broker holds nothing to release
         """Release what the broker holds (connections to Redis, ...)."""
 
     @abc.abstractmethod

@@ -16,8 +16,9 @@ import msgspec
 
 from sse_fast._core import encode_json_frame, encode_retry, validate_topic
 from sse_fast._http import HttpError, Request, Response, Route, StreamResponse, json_response
-from sse_fast.auth import AuthFailure, Authenticator, Identity
+from sse_fast.auth import Authenticator, AuthFailure, Identity
 from sse_fast.broker import Broker, Opening
+from sse_fast.commands import CommandService
 from sse_fast.errors import TopicError
 from sse_fast.metrics import Metrics
 from sse_fast.models import (
@@ -30,7 +31,6 @@ from sse_fast.models import (
     new_message_id,
     openapi_schema,
 )
-from sse_fast.commands import CommandService
 from sse_fast.settings import Settings
 from sse_fast.streams import Sink, Streams, system_envelope
 
