@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from granian._granian import RSGIProtocolClosed as ProtocolClosed
 
+from sse_fast._backlog import BacklogWatch, Watched
 from sse_fast._http import Request, Response, parse_query
 
 if TYPE_CHECKING:
@@ -22,13 +23,15 @@ if TYPE_CHECKING:
 __all__ = ["RsgiSink", "serve"]
 
 
-class RsgiSink:
-    """A stream's RSGI transport."""
+class RsgiSink(Watched):
+    """A stream's RSGI transport, counted by the backlog watch (granian itself buffers without limit)."""
 
-    __slots__ = ("transport",)
+    __slots__ = ("transport", "watch")
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(self, transport: Any, watch: BacklogWatch, local: str, peer: str) -> None:
+        super().__init__(0, local, peer)
         self.transport: Any = transport
+        self.watch = watch
 
     def write(self, data: bytes) -> bool:
         transport = self.transport
@@ -37,14 +40,16 @@ class RsgiSink:
         try:
             transport.send_bytes(data).__next__()
         except StopIteration:  # queued: the normal, already-finished result
+            self.watch.wrote(self, len(data))
             return True
         except ProtocolClosed:  # the client is gone; granian's disconnect callback removes the connection
-            self.transport = None
+            self.close()
             return False
         return True
 
     def close(self) -> None:
         self.transport = None
+        self.watch.forget(self)
 
 
 def _request(scope: Any, protocol: Any) -> Request:
@@ -77,6 +82,6 @@ async def serve(app: App, scope: Any, protocol: Any) -> None:
     if isinstance(answer, Response):
         protocol.response_bytes(answer.status, answer.headers, answer.body)
         return
-    sink = RsgiSink(protocol.response_stream(200, answer.headers))
-    conn_id = await answer.open(sink)
-    _on_disconnect(protocol, answer.closed, conn_id)
+    sink = RsgiSink(protocol.response_stream(200, answer.headers), app.backlog, scope.server, scope.client)
+    sink.conn_id = await answer.open(sink)
+    _on_disconnect(protocol, answer.closed, sink.conn_id)

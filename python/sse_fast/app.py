@@ -14,6 +14,7 @@ import signal
 from typing import Any
 
 from sse_fast import _asgi, _rsgi
+from sse_fast._backlog import BacklogWatch
 from sse_fast.auth import Authenticator
 from sse_fast.broker import Broker, create_broker
 from sse_fast.commands import CommandService
@@ -48,6 +49,9 @@ class App:
             commands=self.commands,
             metrics=self.metrics,
         )
+        # Set for real in startup(), once the loop is known; until then a watch that never schedules.
+        self.backlog = BacklogWatch(settings.queue_bytes, self._slow_consumer, lambda _: None)
+        self.metrics.add_source(lambda: {"rsgi_backlog_checks": self.backlog.checks})
         self._started = False
 
     # -- lifecycle, shared by both interfaces ------------------------------------------------------------------
@@ -60,8 +64,12 @@ class App:
         if self.settings.auth == "none":
             log.warning("SSE_FAST_AUTH=none: every caller is trusted as the client it names, and is admin")
         self.streams.start(loop)
+        self.backlog = BacklogWatch(self.settings.queue_bytes, self._slow_consumer, loop.call_soon)
         self._hook_signals()
         log.info("sse-fast worker ready (broker %s, epoch %s)", type(self.broker).__name__, self.broker.epoch)
+
+    def _slow_consumer(self, conn_id: int) -> None:
+        self.streams.close(conn_id, "slow_consumer")
 
     def _hook_signals(self) -> None:
         """Run :meth:`begin_shutdown` on SIGTERM/SIGINT, before granian's own handler.
