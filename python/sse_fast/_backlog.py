@@ -55,7 +55,7 @@ class Watched:
 class BacklogWatch:
     """Finds RSGI streams whose unread backlog in granian passed ``limit`` bytes, and cuts them."""
 
-    def __init__(self, limit: int, on_slow: Callable[[int], None], schedule: Callable[[Callable[[], None]], None]):
+    def __init__(self, limit: int, on_slow: Callable[[int], None], schedule: Callable[[Callable[[], None]], object]):
         self.limit = limit
         self.step = max(1, limit // 2)
         self._on_slow = on_slow
