@@ -18,9 +18,10 @@ pytestmark = pytest.mark.e2e
 FAST = {"SSE_FAST_KEEPALIVE": "0.5", "SSE_FAST_HEARTBEAT": "1"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("server"), env=FAST) as srv:
+@pytest.fixture(scope="module", params=["rsgi", "asgi"])
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """One server per interface: every test that uses it runs under RSGI and under ASGI."""
+    with running_server(tmp_path_factory.mktemp("server"), env=FAST, interface=request.param) as srv:
         yield srv
 
 
@@ -341,7 +342,8 @@ def test_openapi_lists_every_route_with_generated_schemas(server: Server) -> Non
     assert envelope["additionalProperties"] is False
 
 
-def test_sigterm_sends_maintenance_and_exits_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("command", "interface"), [("serve", "rsgi"), ("granian", "rsgi"), ("granian", "asgi")])
+def test_sigterm_sends_maintenance_and_exits_cleanly(tmp_path: Path, command: str, interface: str) -> None:
     async def scenario(srv: Server) -> tuple[list[dict[str, Any]], int | None]:
         async with open_stream(srv.url, client_id="leaving") as stream:
             await stream.wait_for(lambda s: bool(s.system("connect")))
@@ -349,7 +351,8 @@ def test_sigterm_sends_maintenance_and_exits_cleanly(tmp_path: Path) -> None:
             await stream.wait_for(lambda s: s.closed.is_set(), timeout=15)
             return stream.system("maintenance"), stream.decoder.retry
 
-    with running_server(tmp_path, env={"SSE_FAST_RETRY_SPREAD": "2"}) as srv:
+    env = {"SSE_FAST_RETRY_SPREAD": "2"}
+    with running_server(tmp_path, env=env, command=command, interface=interface) as srv:
         maintenance, retry = asyncio.run(scenario(srv))
         assert srv.proc.wait(20) == 0
     assert len(maintenance) == 1
