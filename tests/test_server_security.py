@@ -226,3 +226,11 @@ def test_cors_answers_only_listed_origins(tmp_path: Path) -> None:
         preflight = httpx.options(f"{srv.url}/api/messages", headers={"Origin": "https://app.example"})
         assert preflight.status_code == 204
         assert "POST" in preflight.headers["access-control-allow-methods"]
+
+
+def test_a_message_that_could_never_fit_a_queue_is_refused_not_delivered(tmp_path: Path) -> None:
+    env = {"SSE_FAST_QUEUE_BYTES": "65536", "SSE_FAST_MAX_BODY": "65536"}
+    with running_server(tmp_path, env=env) as srv:
+        body = {"type": "json", "payload": "x" * 65400}
+        assert error_of(httpx.post(f"{srv.url}/api/messages", json=body)) == (413, "message_too_large")
+        assert httpx.post(f"{srv.url}/api/messages", json={"type": "json", "payload": "x" * 60000}).status_code == 202

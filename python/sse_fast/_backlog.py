@@ -65,14 +65,15 @@ class BacklogWatch:
         self.checks = 0
         self.cut = 0
 
-    def wrote(self, watched: Watched, n: int) -> None:
-        """Count ``n`` bytes handed to granian for this stream (the hot path: one add and one compare)."""
-        watched.sent += n
-        if watched.sent - watched.mark >= self.step and SUPPORTED:
-            self._suspects[id(watched)] = watched
-            if not self._pending:
-                self._pending = True
-                self._schedule(self._check)
+    def suspect(self, watched: Watched) -> None:
+        """``watched.sent`` passed ``watched.mark + step``: check the stream soon (the writer counts ``sent``)."""
+        if not SUPPORTED:
+            watched.mark = watched.sent
+            return
+        self._suspects[id(watched)] = watched
+        if not self._pending:
+            self._pending = True
+            self._schedule(self._check)
 
     def forget(self, watched: Watched) -> None:
         """The stream closed."""

@@ -23,6 +23,24 @@ if TYPE_CHECKING:
 __all__ = ["RsgiSink", "serve"]
 
 
+# The class of the finished awaitable granian returns for a queued write, learned from the first one (granian does
+# not export it). Comparing classes on the hot path spares raising and catching StopIteration on every write.
+_queued: type | None = None
+
+
+def _accepted(result: Any) -> bool:
+    """Step a ``send_bytes`` result once: True when the bytes were queued, False when the stream is closed."""
+    global _queued
+    try:
+        result.__next__()
+    except StopIteration:
+        _queued = type(result)
+        return True
+    except ProtocolClosed:
+        return False
+    return True
+
+
 class RsgiSink(Watched):
     """A stream's RSGI transport, counted by the backlog watch (granian itself buffers without limit)."""
 
@@ -37,14 +55,14 @@ class RsgiSink(Watched):
         transport = self.transport
         if transport is None:
             return False
-        try:
-            transport.send_bytes(data).__next__()
-        except StopIteration:  # queued: the normal, already-finished result
-            self.watch.wrote(self, len(data))
-            return True
-        except ProtocolClosed:  # the client is gone; granian's disconnect callback removes the connection
-            self.close()
+        result = transport.send_bytes(data)
+        if type(result) is not _queued and not _accepted(result):
+            self.close()  # the client is gone; granian's disconnect callback removes the connection
             return False
+        sent = self.sent + len(data)
+        self.sent = sent
+        if sent - self.mark >= self.watch.step:
+            self.watch.suspect(self)
         return True
 
     def close(self) -> None:

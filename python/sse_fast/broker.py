@@ -20,8 +20,8 @@ from typing import Literal
 
 import msgspec
 
-from sse_fast._core import NORMAL, Frame, ReplayLog
-from sse_fast.models import Envelope, new_message_id
+from sse_fast._core import Frame, ReplayLog
+from sse_fast.models import Envelope, ValidationFailure, new_message_id
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
@@ -233,7 +233,14 @@ class MemoryBroker(Broker):
     def _deliver(self, envelope: Envelope, *, exclude: str | None, to_mailbox: bool) -> Accepted:
         assert self.streams is not None, "attach() the broker to the streams first"
         data = _json.encode(envelope)
-        priority = envelope.priority if envelope.priority is not None else NORMAL
+        if len(data) + len(envelope.type) + 16 > self.settings.queue_bytes:
+            # It could never fit a connection's queue: every recipient would be cut as a slow consumer.
+            raise ValidationFailure(
+                413,
+                "message_too_large",
+                f"the framed message is larger than SSE_FAST_QUEUE_BYTES ({self.settings.queue_bytes})",
+            )
+        priority = envelope.priority
         if envelope.ephemeral:
             frame = Frame(data, event=envelope.type, priority=priority)
         else:
