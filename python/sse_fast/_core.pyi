@@ -9,6 +9,31 @@ from typing import Final, Generic, Literal, TypeVar, final
 
 _T = TypeVar("_T")
 
+__all__ = [
+    "CRITICAL",
+    "HIGH",
+    "LOW",
+    "NORMAL",
+    "Decoder",
+    "Delivery",
+    "Event",
+    "Frame",
+    "FrameQueue",
+    "Hub",
+    "PriorityQueue",
+    "PushResult",
+    "ReplayLog",
+    "ReplayResult",
+    "__version__",
+    "build_profile",
+    "encode_comment",
+    "encode_event",
+    "encode_json_frame",
+    "encode_retry",
+    "topic_matches",
+    "validate_topic",
+]
+
 __version__: Final[str]
 #: ``"release"`` or ``"debug"``: how the extension was compiled. Benchmarks refuse a debug build.
 build_profile: Final[str]
