@@ -359,3 +359,20 @@ def test_sigterm_sends_maintenance_and_exits_cleanly(tmp_path: Path, command: st
     assert retry is not None
     assert 3000 <= retry <= 5000
     assert maintenance[0]["payload"]["detail"]["retryMs"] == retry
+
+
+def test_serve_refuses_several_workers_on_the_memory_broker(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "sse-fast"), "serve", "--workers", "2", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "SSE_FAST_KEEPALIVE": "abc"},
+    )
+    assert result.returncode == 2
+    assert "redis://" in result.stderr
+    assert "SSE_FAST_KEEPALIVE='abc'" in result.stderr, "every problem is reported at once"

@@ -58,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as err:
-        print(f"sse-fast: invalid settings:\n{err}", file=sys.stderr)
+        print(f"sse-fast: {err}", file=sys.stderr)
         return 2
     from granian import Granian
     from granian.constants import Interfaces, Loops
