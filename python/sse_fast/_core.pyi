@@ -202,7 +202,8 @@ class FrameQueue:
     """
 
     def __new__(cls, *, max_frames: int, max_bytes: int, id_prefix: str = "") -> FrameQueue: ...
-    def push(self, frame: Frame) -> Literal["accepted", "overflow", "dropped"]: ...
+    def push(self, frame: Frame) -> Literal["accepted", "overflow", "dropped", "duplicate"]:
+        """Queue a frame; ``"duplicate"``: a resumable frame at or below ``set_watermark``'s seq, not queued."""
     def drain(self, max_bytes: int = 9223372036854775807) -> bytes: ...
     @property
     def watermark(self) -> int:

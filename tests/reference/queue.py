@@ -173,6 +173,7 @@ class FrameQueue:
         # "overflow" joins it for ever.
         self._pending: list[int] = []
         self._done: set[int] = set()
+        self._floor = 0  # resumable frames at or below it were written by a replay: refused as duplicates
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -185,9 +186,11 @@ class FrameQueue:
         return self._queue.counters()
 
     def set_watermark(self, seq: int) -> None:
-        self.watermark = self._written = seq
+        self.watermark = self._written = self._floor = seq
 
     def push(self, frame: FrameLike) -> Outcome:
+        if frame.seq is not None and frame.seq <= self._floor:
+            return "duplicate"
         result = self._queue.push(frame, frame.priority, size=len(frame), resumable=frame.seq is not None)
         if frame.seq is not None and result.outcome != "dropped":
             heapq.heappush(self._pending, frame.seq)

@@ -340,6 +340,7 @@ fn deliver(id: u64, conn: &mut Conn, frame: &Arc<Frame>, out: &mut Delivery, tot
             out.dropped += 1;
             totals.dropped += 1;
         }
+        PushOutcome::Duplicate(_) => {} // the replay that opened this stream wrote it already
     }
     totals.queued_frames = totals.queued_frames + conn.queue.len() - frames;
     totals.queued_bytes = totals.queued_bytes + conn.queue.bytes() - bytes;

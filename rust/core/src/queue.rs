@@ -23,6 +23,9 @@ pub enum PushOutcome<T> {
     Overflow(T),
     /// An ephemeral item did not fit and evicting every candidate would not have made room. Nothing changed.
     Dropped(T),
+    /// A resumable frame at or below a [`FrameQueue`]'s replay floor: the replay that opened the stream already
+    /// wrote it, so it is not queued again (a broker whose live feed and replay can overlap relies on this).
+    Duplicate(T),
 }
 
 /// Event counts since a queue was created.
@@ -324,6 +327,8 @@ pub struct FrameQueue {
     written: u64,
     /// The smallest seq refused with `Overflow` (`u64::MAX`: none).
     lost: u64,
+    /// Resumable frames at or below this seq were written by the replay that opened the stream.
+    floor: u64,
 }
 
 impl FrameQueue {
@@ -334,12 +339,16 @@ impl FrameQueue {
             watermark: 0,
             written: 0,
             lost: u64::MAX,
+            floor: 0,
         }
     }
 
     /// Queue a frame at its own priority, sized by its length; resumable when it has a seq.
     pub fn push(&mut self, frame: Arc<Frame>) -> PushOutcome<Arc<Frame>> {
         let (priority, size, seq) = (frame.priority(), frame.len(), frame.seq());
+        if seq.is_some_and(|seq| seq <= self.floor) {
+            return PushOutcome::Duplicate(frame);
+        }
         // A frame queue never ages (`drain` pops in strict priority order), so it skips the clock read: about
         // 23 ns, most of the cost of a push, times every recipient of a broadcast.
         let outcome = self.queue.push_at(frame, priority, size, seq.is_some(), 0);
@@ -398,10 +407,12 @@ impl FrameQueue {
         self.watermark
     }
 
-    /// Start from this low-water mark, after a replay was written outside the queue.
+    /// Start from this low-water mark, after a replay was written outside the queue: resumable frames at or
+    /// below it are refused as [`PushOutcome::Duplicate`] from now on.
     pub fn set_watermark(&mut self, seq: u64) {
         self.watermark = seq;
         self.written = seq;
+        self.floor = seq;
     }
 
     /// How many frames are queued.
@@ -507,7 +518,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Entry<Arc<Frame>>>(), 32);
         let size = std::mem::size_of::<FrameQueue>();
         println!("size_of::<FrameQueue>() = {size}");
-        assert!(size <= 224, "FrameQueue grew to {size} bytes");
+        assert!(size <= 232, "FrameQueue grew to {size} bytes");
     }
 
     #[test]
@@ -738,6 +749,19 @@ mod tests {
         tokens
     }
 
+    #[test]
+    fn frames_the_replay_wrote_are_refused_as_duplicates() {
+        let mut q = FrameQueue::new(16, 1 << 20);
+        q.set_watermark(10);
+        let old = Arc::new(Frame::new(b"{}", "json", 1, Some(9)).unwrap());
+        assert!(matches!(q.push(old), PushOutcome::Duplicate(_)));
+        let new = Arc::new(Frame::new(b"{}", "json", 1, Some(11)).unwrap());
+        assert!(matches!(q.push(new), PushOutcome::Accepted { .. }));
+        let ephemeral = Arc::new(Frame::new(b"{}", "json", 1, None).unwrap());
+        assert!(matches!(q.push(ephemeral), PushOutcome::Accepted { .. }));
+        assert_eq!(q.len(), 2);
+    }
+
     fn push_all(q: &mut FrameQueue, frames: &[(u8, Option<u64>)]) {
         for &(priority, seq) in frames {
             accepted(q.push(frame(priority, seq)));
@@ -788,8 +812,9 @@ mod tests {
     fn set_watermark_starts_after_a_replay() {
         let mut q = FrameQueue::new(10, 10_000);
         q.set_watermark(40);
-        push_all(&mut q, &[(NORMAL, Some(38)), (NORMAL, Some(41))]);
-        assert_eq!(drained(&mut q), ["-/38", "41/41"]);
+        assert!(matches!(q.push(frame(NORMAL, Some(38))), PushOutcome::Duplicate(_)));
+        push_all(&mut q, &[(NORMAL, Some(41))]);
+        assert_eq!(drained(&mut q), ["41/41"]);
         assert_eq!(q.watermark(), 41);
     }
 

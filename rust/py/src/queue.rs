@@ -53,6 +53,7 @@ fn outcome_name<T>(outcome: &PushOutcome<T>) -> &'static str {
         PushOutcome::Accepted { .. } => "accepted",
         PushOutcome::Overflow(_) => "overflow",
         PushOutcome::Dropped(_) => "dropped",
+        PushOutcome::Duplicate(_) => "duplicate",
     }
 }
 
@@ -121,7 +122,7 @@ impl PyPriorityQueue {
         let outcome_name = outcome_name(&outcome);
         let (handle, evicted) = match outcome {
             PushOutcome::Accepted { handle, evicted } => (handle, evicted),
-            PushOutcome::Overflow(_) | PushOutcome::Dropped(_) => (0, Vec::new()),
+            PushOutcome::Overflow(_) | PushOutcome::Dropped(_) | PushOutcome::Duplicate(_) => (0, Vec::new()),
         };
         Ok(PyPushResult {
             outcome: outcome_name,
