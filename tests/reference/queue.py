@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
 T = TypeVar("T")
-Outcome = Literal["accepted", "overflow", "dropped"]
+Outcome = Literal["accepted", "overflow", "dropped", "duplicate"]
 
 LEVELS = 4
 CRITICAL = LEVELS - 1
