@@ -1,0 +1,67 @@
+"""The writer and the broker in one process: priority overtaking in a backed-up queue, and resume across it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from sse_fast import Decoder
+from sse_fast.broker import MemoryBroker
+from sse_fast.models import Envelope, new_message_id
+from sse_fast.settings import Settings
+from sse_fast.streams import Streams
+
+
+class RecordingSink:
+    """A sink that records what it is given."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> bool:
+        self.data += data
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def envelope(payload: int, priority: int, target: str) -> Envelope:
+    return Envelope(id=new_message_id(), type="json", priority=priority, payload=payload, target=target, source="t")
+
+
+async def test_overtaking_frames_carry_no_id_and_a_resume_replays_from_the_low_water_mark() -> None:
+    settings = Settings()
+    broker = MemoryBroker(settings)
+    streams = Streams(settings, id_prefix=f"{broker.epoch}-", node_id="n", new_id=new_message_id)
+    broker.attach(streams)
+    streams._loop = asyncio.get_running_loop()
+    sink = RecordingSink()
+    conn = streams.open("reader", (), sink)
+    streams.hub.set_watermark(conn.id, broker.log.head)
+
+    conn.blocked = True  # the connection is backed up (a full ASGI channel): frames wait in its Rust queue
+    for n, priority in [(1, 0), (2, 0), (3, 3)]:  # two LOW, then one CRITICAL that will overtake them
+        await broker.publish(envelope(n, priority, "reader"))
+    streams.unblock(conn.id)
+    await asyncio.sleep(0)  # ok-sleep: one loop turn for the writer
+
+    events = Decoder().feed(bytes(sink.data))
+    order = [(msgspec.json.decode(e.data)["payload"], e.id) for e in events]
+    epoch = broker.epoch
+    # The CRITICAL frame goes first and carries no id (two LOW frames before it are still queued); the last LOW
+    # frame carries the cursor that covers all three.
+    assert [payload for payload, _ in order] == [3, 1, 2]
+    assert order[0][1] is None
+    assert order[2][1] == f"{epoch}-3"
+
+    # A client cut right after the overtaking frame resumes from the mark before it: everything is replayed, and
+    # the overtaking frame comes again (the SDK drops it by message id).
+    replay = await broker.open_stream("reader", (), f"{epoch}-0")
+    assert replay.resumed
+    assert [msgspec.json.decode(f.body.split(b"data: ")[1])["payload"] for f in replay.frames] == [1, 2, 3]
+    # A client that saw the final id resumes with nothing missing and nothing repeated.
+    after = await broker.open_stream("reader", (), f"{epoch}-3")
+    assert after.resumed
+    assert after.frames == []
