@@ -15,6 +15,7 @@ from sse_fast._core import (
     encode_retry,
 )
 from sse_fast.errors import AuthError, FrameError, SseFastError, TopicError
+from sse_fast.scheduler import PermanentError, Scheduler, TaskContext
 
 __all__ = [
     "CRITICAL",
@@ -25,7 +26,10 @@ __all__ = [
     "Decoder",
     "Event",
     "FrameError",
+    "PermanentError",
+    "Scheduler",
     "SseFastError",
+    "TaskContext",
     "TopicError",
     "__version__",
     "build_profile",

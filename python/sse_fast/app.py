@@ -13,7 +13,7 @@ import secrets
 import signal
 from typing import Any
 
-from sse_fast import _asgi, _rsgi
+from sse_fast import _asgi, _rsgi, demo
 from sse_fast._backlog import BacklogWatch
 from sse_fast.auth import Authenticator
 from sse_fast.broker import Broker, create_broker
@@ -21,6 +21,7 @@ from sse_fast.commands import CommandService
 from sse_fast.metrics import Metrics
 from sse_fast.models import new_message_id
 from sse_fast.routes import Api
+from sse_fast.scheduler import Scheduler
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
@@ -32,7 +33,7 @@ log = logging.getLogger("sse_fast")
 class App:
     """One worker's server: routes, streams, broker and scheduler, behind the RSGI and ASGI entry points."""
 
-    def __init__(self, settings: Settings, *, commands: CommandService | None = None) -> None:
+    def __init__(self, settings: Settings, *, scheduler: Scheduler | None = None) -> None:
         self.settings = settings
         self.node_id = secrets.token_hex(3)
         self.broker: Broker = create_broker(settings)
@@ -40,12 +41,16 @@ class App:
         self.broker.attach(self.streams)
         self.metrics = Metrics()
         self.metrics.bind(self.streams, self.broker)
-        self.commands = commands or CommandService()
+        self.scheduler = scheduler or Scheduler()
+        self.scheduler.bind(self.broker, settings)
+        self.streams.add_tick_job(self.scheduler.tick)
+        auth = Authenticator(settings)
+        self.commands = CommandService(self.scheduler, auth=auth)
         self.api = Api(
             settings,
             broker=self.broker,
             streams=self.streams,
-            auth=Authenticator(settings),
+            auth=auth,
             commands=self.commands,
             metrics=self.metrics,
         )
@@ -65,6 +70,7 @@ class App:
             log.warning("SSE_FAST_AUTH=none: every caller is trusted as the client it names, and is admin")
         self.streams.start(loop)
         self.backlog = BacklogWatch(self.settings.queue_bytes, self._slow_consumer, loop.call_soon)
+        self.scheduler.start(loop)
         self._hook_signals()
         log.info("sse-fast worker ready (broker %s, epoch %s)", type(self.broker).__name__, self.broker.epoch)
 
@@ -91,7 +97,9 @@ class App:
                 return
 
     def begin_shutdown(self) -> None:
-        """Refuse new streams, and send every open one ``maintenance`` with a spread ``retry:``, then close it."""
+        """Cancel the running tasks (their ``task_cancelled`` events go out first), refuse new streams, and send
+        every open one ``maintenance`` with a spread ``retry:``, then close it."""
+        self.scheduler.shutdown()
         if self.streams.accepting:
             log.info("shutting down: closing %d stream(s) with a maintenance notice", len(self.streams))
             self.streams.announce_maintenance()
@@ -102,6 +110,7 @@ class App:
             return
         self._started = False
         self.begin_shutdown()
+        await self.scheduler.close()
         self.streams.stop()
         await self.broker.close()
 
@@ -123,9 +132,10 @@ class App:
         await _asgi.serve(self, scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, *, commands: CommandService | None = None) -> App:
-    """Build the application from ``settings`` (default: ``Settings.from_env()``)."""
-    return App(settings or Settings.from_env(), commands=commands)
+def create_app(settings: Settings | None = None, *, scheduler: Scheduler | None = None) -> App:
+    """Build the application from ``settings`` (default: ``Settings.from_env()``), running ``scheduler``'s tasks."""
+    return App(settings or Settings.from_env(), scheduler=scheduler)
 
 
-app = create_app()
+app = create_app(scheduler=demo.scheduler())
+"""The app granian runs, with the demo task handlers (:mod:`sse_fast.demo`)."""

@@ -11,6 +11,7 @@ Every store here is bounded (``SSE_FAST_*`` settings), and counted in :meth:`Bro
 from __future__ import annotations
 
 import abc
+import asyncio
 import heapq
 import secrets
 import time
@@ -108,6 +109,13 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def tick(self, now: float) -> None:
         """Periodic work (about once a second): ack timeouts and redelivery, expiry."""
+
+    def publish_now(self, envelope: Envelope) -> None:
+        """Deliver without awaiting: for the synchronous shutdown path (it runs in the SIGTERM handler).
+
+        A broker that must await I/O only schedules the publish on the running loop.
+        """
+        asyncio.get_running_loop().create_task(self.publish(envelope))
 
     def ready(self) -> bool:
         """Whether the broker can take publishes now (``/readyz``)."""
@@ -229,6 +237,9 @@ class MemoryBroker(Broker):
         if envelope.require_ack:
             self._track(envelope, accepted, exclude, now)
         return accepted
+
+    def publish_now(self, envelope: Envelope) -> None:
+        self._deliver(envelope, exclude=None, to_mailbox=True)
 
     def _deliver(self, envelope: Envelope, *, exclude: str | None, to_mailbox: bool) -> Accepted:
         assert self.streams is not None, "attach() the broker to the streams first"

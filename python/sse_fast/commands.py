@@ -1,13 +1,29 @@
-"""The HTTP face of the scheduler: ``POST /api/commands`` and ``/api/tasks``.
+"""The HTTP face of the scheduler: ``POST /api/commands`` (PROTOCOL.md section 4) and ``/api/tasks``.
 
-Until a scheduler is configured, commands are answered ``503 scheduler_unavailable``.
+Both speak to one :class:`~sse_fast.scheduler.Scheduler`; its refusals (:class:`~sse_fast.scheduler.SchedulerError`)
+become JSON errors with their status, and a command with ``requireAck`` gets its ``ack`` event either way.
+
+=========================================  ============================  ============================================
+request                                    answer                        notes
+=========================================  ============================  ============================================
+``execute``                                202 ``{success, taskId,        a repeated ``commandId`` (same client)
+                                           status: "pending"}``          answers 200 with ``duplicate: true``
+``cancel`` / ``POST .../cancel``           200 ``{..., "cancelled"}``    after the handler's cleanup has run
+``pause`` / ``POST .../pause``             200 paused, or 202 running    202: it pauses at its next checkpoint
+``resume`` / ``POST .../resume``           200 ``{..., status}``         ``running``, or ``pending`` (waits a slot)
+``query`` / ``GET /api/tasks/{taskId}``    200 task record
+``sync`` / ``GET /api/tasks``              200 ``{"tasks": [...]}``      ``?all=true``: every client's (admin)
+=========================================  ============================  ============================================
 """
 
 from __future__ import annotations
 
-from sse_fast._http import HttpError, Response, Route
-from sse_fast.auth import Identity
-from sse_fast.models import Envelope
+from typing import Any
+
+from sse_fast._http import HttpError, Request, Response, Route, json_response
+from sse_fast.auth import Authenticator, Identity
+from sse_fast.models import CommandAnswer, CommandPayload, Envelope, TaskRecord, TasksAnswer, convert
+from sse_fast.scheduler import Scheduler, SchedulerError
 
 __all__ = ["CommandService"]
 
@@ -15,10 +31,129 @@ __all__ = ["CommandService"]
 class CommandService:
     """Routes commands and task requests to the scheduler."""
 
+    def __init__(self, scheduler: Scheduler, *, auth: Authenticator) -> None:
+        self.scheduler = scheduler
+        self.auth = auth
+
     def routes(self) -> list[Route]:
         """The ``/api/tasks`` endpoints."""
-        return []
+        return [
+            Route("GET", "/api/tasks", self.list_tasks, "The caller's tasks (`?all=true`: everyone's, admin)", None,
+                  {200: TasksAnswer}),
+            Route("GET", "/api/tasks/{taskId}", self.get_task, "One task record", None, {200: TaskRecord}),
+            Route("POST", "/api/tasks/{taskId}/cancel", self.cancel_task, "Cancel a task", None,
+                  {200: CommandAnswer}),
+            Route("POST", "/api/tasks/{taskId}/pause", self.pause_task, "Pause a task", None,
+                  {200: CommandAnswer, 202: CommandAnswer}),
+            Route("POST", "/api/tasks/{taskId}/resume", self.resume_task, "Resume a paused task", None,
+                  {200: CommandAnswer}),
+        ]  # fmt: skip
+
+    # -- POST /api/commands ----------------------------------------------------------------------------------
 
     async def submit(self, caller: Identity, envelope: Envelope) -> Response:
         """Handle a command envelope sent by ``caller``."""
-        raise HttpError(503, "scheduler_unavailable", "no scheduler is configured on this server")
+        command = convert(envelope.payload, CommandPayload)
+        require_ack = command.require_ack or envelope.require_ack
+        try:
+            return await self._command(caller, command, envelope.priority, require_ack)
+        except SchedulerError as err:
+            if require_ack:
+                self.scheduler.ack(caller.client_id, command.command_id, success=False, priority=envelope.priority)
+            raise _http_error(err) from None
+        except HttpError:
+            if require_ack:
+                self.scheduler.ack(caller.client_id, command.command_id, success=False, priority=envelope.priority)
+            raise
+
+    async def _command(self, caller: Identity, command: CommandPayload, priority: int, require_ack: bool) -> Response:
+        if command.action == "execute":
+            assert command.task is not None  # CommandPayload checks it
+            record, new = self.scheduler.submit(
+                caller.client_id,
+                command.task,
+                command.params,
+                priority=priority,
+                timeout_ms=command.timeout,
+                command_id=command.command_id,
+                require_ack=require_ack,
+            )
+            if not new:
+                body = {"success": True, "taskId": record.task_id, "status": record.status, "duplicate": True}
+                return json_response(200, body)
+            return _answer(202, record)
+        if command.action == "sync":
+            answer = self._sync(caller)
+        else:
+            assert command.task_id is not None  # CommandPayload checks it
+            answer = await self._act(caller, command.action, command.task_id)
+        if require_ack:  # the outcome of an `execute` is its task's end; of anything else, the answer
+            self.scheduler.ack(caller.client_id, command.command_id, success=True, priority=priority)
+        return answer
+
+    async def _act(self, caller: Identity, action: str, task_id: str) -> Response:
+        self._check_owner(caller, task_id)
+        scheduler = self.scheduler
+        if action == "query":
+            return json_response(200, scheduler.get(task_id))
+        if action == "cancel":
+            return _answer(200, await scheduler.cancel(task_id))
+        if action == "pause":
+            record, paused = scheduler.pause(task_id)
+            return _answer(200 if paused else 202, record)
+        return _answer(200, scheduler.resume(task_id))
+
+    def _check_owner(self, caller: Identity, task_id: str) -> None:
+        try:
+            owner = self.scheduler.owner(task_id)
+        except SchedulerError as err:
+            raise _http_error(err) from None
+        if not caller.admin and caller.client_id != owner:
+            raise HttpError(403, "not_owner", "this task belongs to another client")
+
+    def _sync(self, caller: Identity) -> Response:
+        return json_response(200, TasksAnswer(tasks=self.scheduler.tasks(caller.client_id)))
+
+    # -- /api/tasks ------------------------------------------------------------------------------------------
+
+    async def list_tasks(self, req: Request) -> Response:
+        """``GET /api/tasks``: the caller's tasks; ``?all=true`` every client's (admin)."""
+        caller = self.auth.api_identity(req.headers, req.query, None)
+        if req.query.get("all", "").lower() in ("1", "true", "yes"):
+            if not caller.admin:
+                raise HttpError(403, "admin_required", "listing every client's tasks needs admin rights")
+            return json_response(200, TasksAnswer(tasks=self.scheduler.tasks()))
+        return self._sync(caller)
+
+    async def get_task(self, req: Request) -> Response:
+        """``GET /api/tasks/{taskId}``."""
+        return await self._path_action(req, "query")
+
+    async def cancel_task(self, req: Request) -> Response:
+        """``POST /api/tasks/{taskId}/cancel``."""
+        return await self._path_action(req, "cancel")
+
+    async def pause_task(self, req: Request) -> Response:
+        """``POST /api/tasks/{taskId}/pause``."""
+        return await self._path_action(req, "pause")
+
+    async def resume_task(self, req: Request) -> Response:
+        """``POST /api/tasks/{taskId}/resume``."""
+        return await self._path_action(req, "resume")
+
+    async def _path_action(self, req: Request, action: str) -> Response:
+        caller = self.auth.api_identity(req.headers, req.query, None)
+        try:
+            return await self._act(caller, action, req.path_params["taskId"])
+        except SchedulerError as err:
+            raise _http_error(err) from None
+
+
+def _answer(status: int, record: TaskRecord) -> Response:
+    return json_response(status, CommandAnswer(task_id=record.task_id, status=record.status))
+
+
+def _http_error(err: SchedulerError) -> HttpError:
+    headers = [("retry-after", str(err.retry_after))] if err.retry_after else None
+    detail: Any = err.detail
+    return HttpError(err.status, err.code, err.message, detail, headers=headers)

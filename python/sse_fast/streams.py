@@ -271,9 +271,10 @@ class Streams:
         spread = int(self.settings.retry_spread * 1000)
         for conn in list(self._conns.values()):
             retry_ms = base + random.randint(0, spread)
+            queued = b"" if conn.blocked else self.hub.drain(conn.id)  # frames of this loop turn go out first
             self.remove(conn.id)
             data = system_envelope("maintenance", {"retryMs": retry_ms}, message_id=self._new_id())
             try:
-                conn.sink.write(b"retry: %d\n" % retry_ms + encode_json_frame(data, event="system"))
+                conn.sink.write(queued + b"retry: %d\n" % retry_ms + encode_json_frame(data, event="system"))
             finally:
                 conn.sink.close()
