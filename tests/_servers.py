@@ -64,13 +64,19 @@ def start_server(
     command: str = "serve",
     interface: str = "rsgi",
     extra_args: tuple[str, ...] = (),
+    app: str = "sse_fast.app:app",
 ) -> Server:
-    """Start ``sse-fast serve`` (or plain ``granian``) on a free port and wait until ``/healthz`` answers."""
+    """Start ``sse-fast serve`` (or plain ``granian``) on a free port and wait until ``/healthz`` answers.
+
+    ``app`` is the application granian runs (``command="granian"`` only); modules in ``tests/`` import as top-level.
+    """
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_FAST_")}
     full_env.update({"SSE_FAST_KEEPALIVE": "15", "PYTHONUNBUFFERED": "1"})
     full_env.update(env or {})
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
     if command == "serve":
+        assert app == "sse_fast.app:app", "sse-fast serve runs sse_fast.app:app; use command='granian' for another"
         args = [str(BIN / "sse-fast"), "serve", "--port", str(port), "--interface", interface]
     else:
         args = [
@@ -83,7 +89,7 @@ def start_server(
             str(port),
             "--loop",
             "uvloop",
-            "sse_fast.app:app",
+            app,
         ]
     log_path = tmp_path / f"server-{port}.log"
     with log_path.open("wb") as log:

@@ -163,12 +163,11 @@ class _Spec:
         try:
             value = msgspec.convert(params, self.params)
         except msgspec.ValidationError as exc:
-            expected = {f.name: str(f.type) for f in msgspec.structs.fields(self.params)}
             raise SchedulerError(
                 422,
                 "invalid_params",
                 f"invalid params for task {self.name!r}: {exc}",
-                {"task": self.name, "expected": expected},
+                {"task": self.name, "params": msgspec.json.schema(self.params)},
             ) from None
         kwargs = {name: getattr(value, name) for name in self.params.__struct_fields__}
         if self.extra_params:
