@@ -311,8 +311,8 @@ async def test_limits_hold_under_50_concurrent_submissions_from_5_clients(server
         opened = [await s.__aenter__() for s in streams]
         try:
             submissions = [
-                execute(http, server.url, clients[i % 5], "probe-narrow" if i % 5 == 0 else "probe",
-                        params={"hold": 0.05}, priority=i % 4)
+                execute(http, server.url, clients[i % 5], "probe-narrow" if i % 7 == 0 else "probe",
+                        params={"hold": 0.3}, priority=i % 4)
                 for i in range(50)
             ]  # fmt: skip
             task_ids = await asyncio.gather(*submissions)
