@@ -170,6 +170,19 @@ async def test_params_are_checked_against_the_signature(make: Any, params: dict[
     assert scheduler.tasks() == []  # nothing left behind
 
 
+async def test_params_are_bounded_in_size(make: Any) -> None:
+    scheduler = make(max_params_bytes=100)
+
+    @scheduler.task("echo")
+    async def echo(ctx: TaskContext, text: str) -> str:
+        return text
+
+    assert scheduler.submit("alice", "echo", {"text": "x" * 50})[0].status == "pending"
+    with pytest.raises(SchedulerError) as err:
+        scheduler.submit("alice", "echo", {"text": "x" * 100})
+    assert (err.value.status, err.value.code) == (422, "invalid_params")
+
+
 async def test_var_keyword_handlers_take_any_params(make: Any) -> None:
     scheduler = make()
 

@@ -21,8 +21,8 @@ APP = "_task_app:app"
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
 
-def serve(tmp_path: Path, **env: str) -> Server:
-    return start_server(tmp_path, command="granian", app=APP, env=env)
+def serve(tmp_path: Path, interface: str = "rsgi", **env: str) -> Server:
+    return start_server(tmp_path, command="granian", app=APP, env=env, interface=interface)
 
 
 @pytest.fixture(scope="module")
@@ -403,8 +403,9 @@ async def test_another_clients_task_is_403_unless_admin(tmp_path: Path) -> None:
         server.stop(signal.SIGKILL)
 
 
-async def test_shutdown_cancels_running_tasks_before_the_streams_close(tmp_path: Path) -> None:
-    server = serve(tmp_path)
+@pytest.mark.parametrize("interface", ["rsgi", "asgi"])
+async def test_shutdown_cancels_running_tasks_before_the_streams_close(tmp_path: Path, interface: str) -> None:
+    server = serve(tmp_path, interface)
     try:
         async with httpx.AsyncClient() as http, open_stream(server.url, client_id="last") as stream:
             task_id = await execute(http, server.url, "last", "count", params={"to": 10_000, "interval": 0.02})

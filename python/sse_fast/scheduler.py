@@ -396,7 +396,7 @@ class Scheduler:
     per ``aging_ms`` waited. ``progress_rate``: progress events per second per task. Retry ``n`` waits
     ``min(retry_max, retry_base * 2**(n-1))`` seconds times a random factor in [0.5, 1]. ``cancel_grace``: how long
     a cancelled handler may take to clean up. ``max_result_bytes``: the largest JSON result kept (a larger one
-    fails the task).
+    fails the task); ``max_params_bytes``: the largest JSON params accepted (records keep them).
     """
 
     def __init__(
@@ -413,6 +413,7 @@ class Scheduler:
         retry_max: float = 30.0,
         cancel_grace: float = 5.0,
         max_result_bytes: int = 64 * 1024,
+        max_params_bytes: int = 64 * 1024,
     ) -> None:
         self._given = (concurrency, client_concurrency, queue_size, retention, retention_count)
         self.aging_ms = aging_ms
@@ -421,6 +422,7 @@ class Scheduler:
         self.retry_max = retry_max
         self.cancel_grace = cancel_grace
         self.max_result_bytes = max_result_bytes
+        self.max_params_bytes = max_params_bytes
         self._specs: dict[str, _Spec] = {}
         self._publisher: Publisher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -559,6 +561,10 @@ class Scheduler:
             detail = {"task": task, "known": self.handlers}
             raise SchedulerError(400, "unknown_task", f"no task handler named {task!r}", detail)
         params = params or {}
+        size = len(msgspec.json.encode(params))
+        if size > self.max_params_bytes:
+            message = f"params are {size} bytes of JSON, over {self.max_params_bytes}"
+            raise SchedulerError(422, "invalid_params", message, {"task": task, "limit": self.max_params_bytes})
         kwargs = spec.bind(params)
         if self._waiting >= self.queue_size:
             raise SchedulerError(429, "queue_full", f"{self._waiting} tasks are waiting already", retry_after=1)
