@@ -53,7 +53,7 @@ async def crunch(ctx: TaskContext, rounds: int, seconds: float) -> int:
     """Block its thread ``seconds`` per round, with a checkpoint and progress between rounds."""
     for i in range(rounds):
         await ctx.checkpoint()
-        time.sleep(seconds)  # noqa: ASYNC251 - the point: blocking work in a thread handler
+        time.sleep(seconds)  # the point: blocking work in a thread handler
         await ctx.progress(100 * (i + 1) / rounds)
     return rounds
 

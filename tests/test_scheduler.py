@@ -738,7 +738,7 @@ async def test_a_thread_handler_blocks_its_thread_not_the_loop(make: Any, record
         try:
             for i in range(rounds):
                 await ctx.checkpoint()
-                time.sleep(0.1)  # noqa: ASYNC251 - blocking work: fine in a thread
+                time.sleep(0.1)  # blocking work: fine in a thread
                 await ctx.progress(100 * (i + 1) / rounds)
             return rounds
         finally:
