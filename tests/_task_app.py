@@ -9,8 +9,7 @@ import asyncio
 import time
 from collections import Counter
 
-from sse_fast import PermanentError, Scheduler, TaskContext, demo
-from sse_fast.app import create_app
+from sse_fast import PermanentError, Scheduler, TaskContext, create_app, demo
 
 scheduler: Scheduler = demo.scheduler(retry_base=0.05, cancel_grace=2.0)
 _running: Counter[str] = Counter()

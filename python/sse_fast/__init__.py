@@ -7,34 +7,46 @@ from sse_fast._core import (
     NORMAL,
     Decoder,
     Event,
+    PriorityQueue,
     __version__,
     build_profile,
     encode_comment,
     encode_event,
     encode_json_frame,
     encode_retry,
+    topic_matches,
+    validate_topic,
 )
 from sse_fast.errors import AuthError, FrameError, SseFastError, TopicError
 from sse_fast.scheduler import PermanentError, Scheduler, TaskContext
+from sse_fast.server import App, create_app
+from sse_fast.settings import Settings, SettingsError
 
 __all__ = [
     "CRITICAL",
     "HIGH",
     "LOW",
     "NORMAL",
+    "App",
     "AuthError",
     "Decoder",
     "Event",
     "FrameError",
     "PermanentError",
+    "PriorityQueue",
     "Scheduler",
+    "Settings",
+    "SettingsError",
     "SseFastError",
     "TaskContext",
     "TopicError",
     "__version__",
     "build_profile",
+    "create_app",
     "encode_comment",
     "encode_event",
     "encode_json_frame",
     "encode_retry",
+    "topic_matches",
+    "validate_topic",
 ]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sse_fast._http import Request, Response, parse_query
 
 if TYPE_CHECKING:
-    from sse_fast.app import App
+    from sse_fast.server import App
 
 __all__ = ["serve"]
 

@@ -18,7 +18,7 @@ from sse_fast._backlog import BacklogWatch, Watched
 from sse_fast._http import Request, Response, parse_query
 
 if TYPE_CHECKING:
-    from sse_fast.app import App
+    from sse_fast.server import App
 
 __all__ = ["RsgiSink", "serve"]
 

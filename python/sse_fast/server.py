@@ -1,0 +1,138 @@
+"""The server: :class:`App`, one worker's routes, streams, broker and scheduler, and :func:`create_app`.
+
+``App`` speaks both granian interfaces with the same routes, streams and broker; the interface-specific code is
+in :mod:`sse_fast._rsgi` and :mod:`sse_fast._asgi`, twins with the same shape. :mod:`sse_fast.app` holds the
+instance that ``granian sse_fast.app:app`` runs; importing this module builds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from typing import Any
+
+from sse_fast import _asgi, _rsgi
+from sse_fast._backlog import BacklogWatch
+from sse_fast.auth import Authenticator
+from sse_fast.broker import Broker, create_broker
+from sse_fast.commands import CommandService
+from sse_fast.metrics import Metrics
+from sse_fast.models import new_message_id
+from sse_fast.routes import Api
+from sse_fast.scheduler import Scheduler
+from sse_fast.settings import Settings
+from sse_fast.streams import Streams
+
+__all__ = ["App", "create_app"]
+
+log = logging.getLogger("sse_fast")
+
+
+class App:
+    """One worker's server: routes, streams, broker and scheduler, behind the RSGI and ASGI entry points."""
+
+    def __init__(self, settings: Settings, *, scheduler: Scheduler | None = None) -> None:
+        self.settings = settings
+        self.node_id = secrets.token_hex(3)
+        self.broker: Broker = create_broker(settings)
+        self.streams = Streams(settings, id_prefix=f"{self.broker.epoch}-", node_id=self.node_id, new_id=new_message_id)
+        self.broker.attach(self.streams)
+        self.metrics = Metrics()
+        self.metrics.bind(self.streams, self.broker)
+        self.scheduler = scheduler or Scheduler()
+        self.scheduler.bind(self.broker, settings)
+        self.streams.add_tick_job(self.scheduler.tick)
+        auth = Authenticator(settings)
+        self.commands = CommandService(self.scheduler, auth=auth)
+        self.api = Api(
+            settings,
+            broker=self.broker,
+            streams=self.streams,
+            auth=auth,
+            commands=self.commands,
+            metrics=self.metrics,
+        )
+        # Set for real in startup(), once the loop is known; until then a watch that never schedules.
+        self.backlog = BacklogWatch(settings.queue_bytes, self._slow_consumer, lambda _: None)
+        self.metrics.add_source(lambda: {"rsgi_backlog_checks": self.backlog.checks})
+        self.metrics.add_source(lambda: {f"scheduler_{k}": v for k, v in self.scheduler.counters().items()})
+        self._started = False
+
+    # -- lifecycle, shared by both interfaces ------------------------------------------------------------------
+
+    def startup(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the worker's ticker and hook SIGTERM (idempotent). ``loop`` may not be running yet."""
+        if self._started:
+            return
+        self._started = True
+        if self.settings.auth == "none":
+            log.warning("SSE_FAST_AUTH=none: every caller is trusted as the client it names, and is admin")
+        self.streams.start(loop)
+        self.backlog = BacklogWatch(self.settings.queue_bytes, self._slow_consumer, loop.call_soon)
+        self.scheduler.start(loop)
+        self._hook_signals()
+        log.info("sse-fast worker ready (broker %s, epoch %s)", type(self.broker).__name__, self.broker.epoch)
+
+    def _slow_consumer(self, conn_id: int) -> None:
+        self.streams.close(conn_id, "slow_consumer")
+
+    def _hook_signals(self) -> None:
+        """Run :meth:`begin_shutdown` on SIGTERM/SIGINT, before granian's own handler.
+
+        granian waits for every open connection to end before it calls the app's shutdown hooks, and open streams
+        never end by themselves: the maintenance frame has to go out from the signal, not from those hooks.
+        """
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                self.begin_shutdown()
+                if callable(previous):
+                    previous(signum, frame)
+
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread (an embedding server): its own shutdown path applies
+                return
+
+    def begin_shutdown(self) -> None:
+        """Cancel the running tasks (their ``task_cancelled`` events go out first), refuse new streams, and send
+        every open one ``maintenance`` with a spread ``retry:``, then close it."""
+        self.scheduler.shutdown()
+        if self.streams.accepting:
+            log.info("shutting down: closing %d stream(s) with a maintenance notice", len(self.streams))
+            self.streams.announce_maintenance()
+
+    async def shutdown(self) -> None:
+        """The last step of a worker's life (granian's ``__rsgi_del__`` or the ASGI lifespan)."""
+        if not self._started:
+            return
+        self._started = False
+        self.begin_shutdown()
+        await self.scheduler.close()
+        self.streams.stop()
+        await self.broker.close()
+
+    # -- the two interfaces ------------------------------------------------------------------------------------
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.startup(loop)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop.is_running():
+            loop.create_task(self.shutdown())
+        else:
+            loop.run_until_complete(self.shutdown())
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        await _rsgi.serve(self, scope, protocol)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _asgi.serve(self, scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, scheduler: Scheduler | None = None) -> App:
+    """Build the application from ``settings`` (default: ``Settings.from_env()``), running ``scheduler``'s tasks."""
+    return App(settings or Settings.from_env(), scheduler=scheduler)
