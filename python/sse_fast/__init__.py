@@ -17,7 +17,17 @@ from sse_fast._core import (
     topic_matches,
     validate_topic,
 )
-from sse_fast.errors import AuthError, FrameError, SseFastError, TopicError
+from sse_fast.client import Client, Message, Subscription
+from sse_fast.errors import (
+    AuthError,
+    ConnectionLostError,
+    FrameError,
+    QueueFullError,
+    ServerError,
+    SseFastError,
+    TaskError,
+    TopicError,
+)
 from sse_fast.scheduler import PermanentError, Scheduler, TaskContext
 from sse_fast.server import App, create_app
 from sse_fast.settings import Settings, SettingsError
@@ -29,16 +39,23 @@ __all__ = [
     "NORMAL",
     "App",
     "AuthError",
+    "Client",
+    "ConnectionLostError",
     "Decoder",
     "Event",
     "FrameError",
+    "Message",
     "PermanentError",
     "PriorityQueue",
+    "QueueFullError",
     "Scheduler",
+    "ServerError",
     "Settings",
     "SettingsError",
     "SseFastError",
+    "Subscription",
     "TaskContext",
+    "TaskError",
     "TopicError",
     "__version__",
     "build_profile",
