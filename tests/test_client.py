@@ -203,6 +203,23 @@ async def test_messages_iterator_skips_system_and_heartbeats_unless_asked() -> N
         assert client.stats().heartbeats == 1
 
 
+async def test_messages_that_arrive_before_any_consumer_are_held_for_the_first() -> None:
+    async with scripted(await stream_of(envelope("text", "early"))) as server, fast_client(server.url) as client:
+        await until(lambda: len(client._inbound) == 2)  # connect and "early", read before anyone listens
+        iterator = client.messages(system=True)
+        assert (await anext(iterator)).payload["event"] == "connect"
+        assert (await anext(iterator)).payload == "early"
+
+
+async def test_with_no_consumer_the_held_messages_are_bounded() -> None:
+    frames = [envelope("text", i) for i in range(5)]
+    async with scripted(await stream_of(*frames)) as server, fast_client(server.url, queue_size=2) as client:
+        await until(lambda: client.stats().dropped == 4)  # connect + 5 texts, 2 held
+        assert [m.payload for m in list(client._inbound)] == [3, 4]
+        iterator = client.messages()
+        assert [(await anext(iterator)).payload, (await anext(iterator)).payload] == [3, 4]
+
+
 async def test_messages_iterator_ends_on_close() -> None:
     async with scripted(await stream_of()) as server:
         client = fast_client(server.url)
@@ -478,7 +495,7 @@ async def test_garbage_and_oversized_lines_make_it_reconnect_not_crash_or_grow()
             assert stats.reconnects == 2
             assert client.state == "connected"
             assert len(client._seen) <= 10_000
-            assert client._inbound.qsize() <= client._inbound.maxsize
+            assert len(client._inbound) <= 100
 
 
 async def test_a_garbage_cursor_is_not_sent_back() -> None:

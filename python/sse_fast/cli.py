@@ -102,9 +102,12 @@ def _granian_log_level(level: str) -> Any:
 def _listen(args: argparse.Namespace) -> int:
     from sse_fast.client import run_listen
 
-    return asyncio.run(
-        run_listen(args.url, client_id=args.client_id, topics=args.topics, token=args.token, as_json=args.json)
-    )
+    try:
+        return asyncio.run(
+            run_listen(args.url, client_id=args.client_id, topics=args.topics, token=args.token, as_json=args.json)
+        )
+    except KeyboardInterrupt:  # Ctrl-C is how one stops listening
+        return 0
 
 
 def _publish(args: argparse.Namespace) -> int:

@@ -380,7 +380,12 @@ class Client:
         self._outbox: PriorityQueue[_Outgoing] = PriorityQueue(max_items=queue_size)
         self._outbox_ready = asyncio.Event()
         self._in_flight: _Outgoing | None = None
-        self._inbound: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=queue_size)
+        # Reader -> dispatcher, bounded by queue_size: the reader waits for room while someone consumes, and drops
+        # the oldest (counted) while nobody does, so that messages that arrive before the first handler or
+        # iterator is registered (the ``connect`` event, a mailbox) are held for it rather than lost.
+        self._inbound: deque[Envelope] = deque()
+        self._inbound_ready = asyncio.Event()
+        self._inbound_room = asyncio.Event()
 
         self._handlers: list[_Handler] = []
         self._handler_order = 0
@@ -673,11 +678,31 @@ class Client:
         for event in events:
             message = self._on_event(event.data)
             if message is not None:
-                # Blocks while the dispatcher is behind: the server's queue absorbs the rest, then resumes us.
-                await self._inbound.put(message)
+                await self._hand_over(message)
         cursor = decoder.last_event_id
         if cursor:
             self._cursor = _valid_cursor(cursor) or self._cursor
+
+    async def _hand_over(self, message: Envelope) -> None:
+        # Waits while the dispatcher is behind: the server's queue absorbs the rest, then resumes us.
+        while len(self._inbound) >= self._queue_size:
+            if not self._has_consumers():
+                dropped = self._inbound.popleft()
+                self._counts["dropped"] += 1
+                if dropped.id is not None and self._seen.get(dropped.id) == "pending":
+                    del self._seen[dropped.id]  # a replay or redelivery may bring it to a consumer later
+                continue
+            self._inbound_room.clear()
+            await self._inbound_room.wait()
+        self._inbound.append(message)
+        self._inbound_ready.set()
+
+    def _has_consumers(self) -> bool:
+        return bool(self._handlers or self._listeners)
+
+    def _consumers_changed(self) -> None:
+        self._inbound_ready.set()
+        self._inbound_room.set()
 
     def _on_event(self, data: str) -> Envelope | None:
         """Bookkeeping for one frame; returns the message to dispatch, if any."""
@@ -733,7 +758,12 @@ class Client:
 
     async def _dispatch_loop(self) -> None:
         while True:
-            message = await self._inbound.get()
+            if not self._inbound or not self._has_consumers():
+                self._inbound_ready.clear()
+                await self._inbound_ready.wait()
+                continue
+            message = self._inbound.popleft()
+            self._inbound_room.set()
             try:
                 await self._dispatch(message)
             except Exception:  # a bug here must not stop the dispatcher
@@ -800,9 +830,11 @@ class Client:
         def remove() -> None:
             with contextlib.suppress(ValueError):
                 self._handlers.remove(handler)
+            self._consumers_changed()
 
         handler.subscription = Subscription(remove)
         self._handlers.append(handler)
+        self._consumers_changed()
         return handler.subscription
 
     async def messages(self, *, system: bool = False, heartbeats: bool = False) -> AsyncIterator[Envelope]:
@@ -819,6 +851,7 @@ class Client:
         if self._closed or self._stopped:
             return
         self._listeners.add(listener)
+        self._consumers_changed()
         try:
             while True:
                 while not listener.items:
@@ -831,6 +864,7 @@ class Client:
                 yield listener.items.popleft()
         finally:
             self._listeners.discard(listener)
+            self._consumers_changed()
 
     # -- tasks -----------------------------------------------------------------------------------------------
 
