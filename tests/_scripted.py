@@ -81,7 +81,7 @@ class Reply:
         body = {"clientId": "c1", "connectionId": "n.1", "resumed": resumed, "missed": 0, "serverTime": 0, **detail}
         await self.event(envelope("system", {"event": "connect", "detail": body}), id=cursor)
 
-    async def hold(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - a test script's own deadline
+    async def hold(self, timeout: float = 30.0) -> None:
         """Keep the stream open until the client goes away (or ``timeout``)."""
         with contextlib.suppress(TimeoutError, ConnectionError):
             async with asyncio.timeout(timeout):
@@ -119,7 +119,7 @@ class ScriptedServer:
         """The requests made to ``path`` so far."""
         return [r for r in self.requests if r.path == path]
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait until ``predicate()`` holds (checked on every request and every 50 ms), or fail."""
         await until(predicate, timeout, self._changed)
 
@@ -187,7 +187,7 @@ async def scripted(script: Script) -> AsyncIterator[ScriptedServer]:
 
 async def until(
     predicate: Callable[[], bool],
-    timeout: float = 10.0,  # noqa: ASYNC109 - the deadline of a condition, as in tests/_servers.py
+    timeout: float = 10.0,
     changed: asyncio.Event | None = None,
 ) -> None:
     """Wait until ``predicate()`` holds, re-checking every 20-50 ms (or when ``changed`` is set); fail after
