@@ -757,6 +757,36 @@ async def test_close_is_idempotent_and_stops_everything() -> None:
             await client.connect()
 
 
+async def test_close_from_a_handler_ends_the_dispatcher() -> None:
+    async with scripted(await stream_of(envelope("text", "bye"))) as server:
+        client = fast_client(server.url)
+        closed: list[str] = []
+
+        async def handler(message: Message) -> None:
+            await client.close()
+            closed.append(client.state)
+
+        client.subscribe("text", handler)
+        await client.connect()
+        dispatcher = client._dispatcher
+        assert dispatcher is not None
+        await until(dispatcher.done)
+        assert closed == ["disconnected"]
+        assert all(t.done() for t in (client._runner, client._sender) if t is not None)
+
+
+async def test_an_unusable_url_stops_with_the_error() -> None:
+    client = fast_client("ftp://127.0.0.1:1")
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await client.connect()
+    assert client.state == "error"
+    await client.close()
+    client = fast_client("http://[::1")
+    with pytest.raises(httpx.InvalidURL):
+        await client.connect()
+    await client.close()
+
+
 async def test_a_shared_http_client_is_not_closed() -> None:
     async with scripted(await stream_of()) as server, httpx.AsyncClient() as http:
         async with fast_client(server.url, http_client=http) as client:

@@ -361,6 +361,7 @@ class Client:
         self._state: State = "disconnected"
         self._state_callbacks: list[Callable[[State, State], Any]] = []
         self._connected = asyncio.Event()
+        self._connections = 0  # times the state became `connected`
         self._closed = False
         self._fatal: BaseException | None = None
         self._stream_wanted = False
@@ -438,10 +439,11 @@ class Client:
         self._stream_wanted = True
         if self._runner is None or self._runner.done():
             self._fatal, self._stopped = None, False
-            self._runner = asyncio.create_task(self._run(), name=f"sse-fast client {self.client_id} stream")
+            self._runner = asyncio.create_task(self._run_guarded(), name=f"sse-fast client {self.client_id} stream")
         self._start_workers()
+        connections = self._connections
         await self._until_connected()
-        if self._closed:
+        if self._closed and self._connections == connections:
             raise ConnectionLostError("the client was closed while connecting")
         if self._state != "connected" and self._fatal is not None:
             raise self._fatal
@@ -479,6 +481,9 @@ class Client:
         if self._own_http:
             await self._http.aclose()
         self._set_state("disconnected")
+        if current in tasks:  # closed from a handler: the dispatcher ends once that handler returns
+            assert current is not None
+            current.cancel()
 
     def _start_workers(self) -> None:
         if self._sender is None:
@@ -529,6 +534,7 @@ class Client:
             return
         self._state = state
         if state == "connected":
+            self._connections += 1
             self._connected.set()
             self._connected_at = time.monotonic()
         else:
@@ -567,6 +573,13 @@ class Client:
 
     # -- the connection manager ------------------------------------------------------------------------------
 
+    async def _run_guarded(self) -> None:
+        try:
+            await self._run()
+        except Exception as err:  # a bad URL or header, or a bug: stop in `error` rather than die silently
+            log.exception("the stream of %s failed", self.client_id)
+            self._finish(err)
+
     async def _run(self) -> None:
         failures = 0
         first = True
@@ -589,6 +602,8 @@ class Client:
                 return
             except _Lost as err:
                 reason, floor = str(err), err.floor
+            except httpx.UnsupportedProtocol:
+                raise  # a wrong URL does not get better by retrying
             except (httpx.HTTPError, FrameError, OSError) as err:
                 reason = f"{type(err).__name__}: {err}"
             delivered = delivered or self._delivered
@@ -697,6 +712,9 @@ class Client:
         self._inbound.append(message)
         self._inbound_ready.set()
 
+    def _wants_heartbeats(self) -> bool:
+        return any(h.type == "heartbeat" for h in self._handlers) or any(x.heartbeats for x in self._listeners)
+
     def _has_consumers(self) -> bool:
         return bool(self._handlers or self._listeners)
 
@@ -719,6 +737,8 @@ class Client:
             self._on_system(message)
         elif message.type == "heartbeat":
             self._counts["heartbeats"] += 1
+            if not self._wants_heartbeats():
+                return None  # it fed the watchdog; nobody asked to see it
         elif message.id is not None and self._is_duplicate(message):
             return None
         self._route_task_event(message)
