@@ -1051,3 +1051,66 @@ async def test_real_bad_token_raises_auth_error(tmp_path: Path) -> None:
         assert caught.value.status == 401
         assert client.state == "error"
         await client.close()
+
+
+@pytest.mark.e2e
+async def test_real_run_task_reports_progress_and_returns_the_result(tmp_path: Path) -> None:
+    from _servers import running_server
+
+    with running_server(tmp_path, env=REAL_ENV) as server:
+        async with real_client(server.url, "alice") as alice:
+            seen: list[float] = []
+            counts: list[Any] = []
+            alice.subscribe("json", lambda m: counts.append(m.payload["count"]))
+            result = await alice.run_task(
+                "count", {"to": 3, "interval": 0.01}, on_progress=lambda p: seen.append(p.progress)
+            )
+            assert result == {"counted": 3}
+            assert seen[-1] == 100
+            assert seen == sorted(seen)
+            await until(lambda: counts == [1, 2, 3])
+
+
+@pytest.mark.e2e
+async def test_real_run_task_failures_cancel_and_query(tmp_path: Path) -> None:
+    from _servers import running_server
+
+    with running_server(tmp_path, env=REAL_ENV) as server:
+        async with real_client(server.url, "alice") as alice:
+            with pytest.raises(TaskError) as caught:
+                await alice.run_task("fail", {"message": "nope", "permanent": True})
+            assert caught.value.status == "failed"
+            assert "nope" in str(caught.value.error)
+            with pytest.raises(ServerError) as unknown:
+                await alice.run_task("no-such-task")
+            assert unknown.value.status == 400
+            running = asyncio.create_task(alice.run_task("sleep", {"seconds": 30}))
+            await until(lambda: any(w.task_id for w in alice._task_waiters.values()))
+            (task_id,) = [w.task_id for w in alice._task_waiters.values() if w.task_id]
+            assert task_id is not None
+            record = await alice.query_progress(task_id)
+            assert record.task == "sleep"
+            assert record.status in ("pending", "running")
+            answer = await alice.cancel_task(task_id)
+            assert isinstance(answer, CommandAnswer)
+            with pytest.raises(TaskError) as cancelled:
+                await running
+            assert cancelled.value.status == "cancelled"
+            assert (await alice.query_progress(task_id)).status == "cancelled"
+
+
+@pytest.mark.e2e
+async def test_the_documented_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from _servers import ROOT, running_server
+
+    doc = (ROOT / "docs" / "client.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len([line for line in code.splitlines() if line.strip()]) <= 10
+    with running_server(tmp_path, env=REAL_ENV) as server:
+        code = code.replace("http://127.0.0.1:8000", server.url).replace("asyncio.run(main())", "")
+        namespace: dict[str, Any] = {}
+        exec(compile(code, "docs/client.md", "exec"), namespace)
+        await namespace["main"]()
+    out = capsys.readouterr().out
+    assert "100.0%" in out
+    assert "result: {'counted': 3}" in out
