@@ -1103,13 +1103,14 @@ async def test_real_run_task_failures_cancel_and_query(tmp_path: Path) -> None:
 async def test_the_documented_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from _servers import ROOT, running_server
 
-    doc = (ROOT / "docs" / "client.md").read_text()
-    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The Python client", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert len([line for line in code.splitlines() if line.strip()]) <= 10
     with running_server(tmp_path, env=REAL_ENV) as server:
         code = code.replace("http://127.0.0.1:8000", server.url).replace("asyncio.run(main())", "")
         namespace: dict[str, Any] = {}
-        exec(compile(code, "docs/client.md", "exec"), namespace)
+        exec(compile(code, "README.md", "exec"), namespace)
         await namespace["main"]()
     out = capsys.readouterr().out
     assert "100.0%" in out
