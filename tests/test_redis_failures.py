@@ -188,3 +188,18 @@ async def test_several_workers_on_redis_serve_as_one(tmp_path: Path) -> None:
             for stream in streams:
                 await stream.wait_for(lambda s: payloads(s) == ["all"])
             await asyncio.sleep(0)
+
+
+async def test_unacked_messages_are_redelivered_by_the_cluster_then_expire(tmp_path: Path) -> None:
+    env = {"SSE_FAST_ACK_TIMEOUT": "1", "SSE_FAST_ACK_RETRIES": "2"}
+    with running_redis(tmp_path) as redis_server, nodes(tmp_path, redis_server.url, 2, **env) as (a, b):
+        async with open_stream(b.url, client_id="slow-acker") as stream:
+            await connected(stream)
+            body = {"type": "json", "target": "slow-acker", "payload": "again", "requireAck": True}
+            answer = post(a, "/api/messages", body)
+            message_id = answer.json()["messageId"]
+            # One delivery and two redeliveries (same message id, a new cursor each), then expired.
+            await stream.wait_for(lambda s: len(payloads(s)) == 3, timeout=15)
+            assert {e["id"] for e in stream.envelopes("json")} == {message_id}
+            eventually(lambda: httpx.get(f"{b.url}/api/messages/{message_id}").json()["status"] == "expired")
+            assert len(payloads(stream)) == 3

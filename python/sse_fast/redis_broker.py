@@ -443,7 +443,8 @@ class RedisBroker(Broker):
             if not await self._call(self._redis.set(key, b"1", nx=True, ex=int(self.settings.dedupe_window))):
                 self.duplicates += 1
                 return Accepted(envelope.id or "", 0, False, duplicate=True)
-        route = [self.node_id, data.decode(), envelope.type, envelope.priority, envelope.target, envelope.topic, exclude]
+        route = [self.node_id, data.decode(), envelope.type, envelope.priority, envelope.target, envelope.topic]
+        route.append(exclude)
         await self._call(self._redis.publish(EPHEMERAL, _json.encode(route)))
         self.published += 1
         return Accepted(envelope.id or "", self._route_ephemeral(route), False)
