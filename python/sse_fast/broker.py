@@ -90,13 +90,18 @@ class Broker(abc.ABC):
         self.streams = streams
         streams.add_tick_job(self.tick)
 
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:  # noqa: B027 - optional hook
+        """Start background work on the worker's loop (which may not be running yet)."""
+
     @abc.abstractmethod
     async def publish(self, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
         """Deliver an accepted, validated envelope (id, timestamp and source already set by the server)."""
 
     @abc.abstractmethod
-    async def open_stream(self, client_id: str, topics: tuple[str, ...], cursor: str | None) -> Opening:
-        """What a stream that just registered with the hub must receive before its live frames."""
+    async def open_stream(
+        self, client_id: str, topics: tuple[str, ...], cursor: str | None, *, conn_id: int | None = None
+    ) -> Opening:
+        """What a stream that just registered with the hub (as ``conn_id``) must receive before its live frames."""
 
     @abc.abstractmethod
     async def ack(self, client_id: str, message_ids: list[str], *, admin: bool) -> int:
@@ -274,7 +279,9 @@ class MemoryBroker(Broker):
 
     # -- opening a stream ------------------------------------------------------------------------------------
 
-    async def open_stream(self, client_id: str, topics: tuple[str, ...], cursor: str | None) -> Opening:
+    async def open_stream(
+        self, client_id: str, topics: tuple[str, ...], cursor: str | None, *, conn_id: int | None = None
+    ) -> Opening:
         seq = self.log.head
         head = self.log.cursor(seq)
         mailbox = self.mailboxes.take(client_id, time.time())
@@ -391,4 +398,6 @@ def create_broker(settings: Settings) -> Broker:
     """The broker the settings name: ``memory`` (default) or a Redis URL."""
     if settings.broker == "memory":
         return MemoryBroker(settings)
-    raise NotImplementedError(f"SSE_FAST_BROKER={settings.broker!r}: the Redis broker is not built yet; use memory")
+    from sse_fast.redis_broker import RedisBroker  # redis-py is imported only when it is used
+
+    return RedisBroker(settings)

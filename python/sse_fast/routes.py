@@ -176,6 +176,8 @@ class Api:
             cursor = "invalid"
         if not self.streams.accepting:
             raise HttpError(503, "shutting_down", "the server is shutting down", headers=[("retry-after", "5")])
+        if not self.broker.ready():
+            raise HttpError(503, "broker_unavailable", "the broker is unreachable", headers=[("retry-after", "2")])
         if len(self.streams) >= self.settings.max_connections:
             raise HttpError(503, "server_full", "too many connections", headers=[("retry-after", "5")])
 
@@ -199,10 +201,20 @@ class Api:
 
     async def _open(self, client_id: str, topics: tuple[str, ...], cursor: str | None, sink: Sink) -> int:
         conn = self.streams.open(client_id, topics, sink)
-        opening = await self.broker.open_stream(client_id, topics, cursor)
+        # Live frames routed to it while the broker answers (a Redis round trip) wait until the opening is written.
+        conn.blocked = True
+        try:
+            opening = await self.broker.open_stream(client_id, topics, cursor, conn_id=conn.id)
+        except Exception as err:  # the headers are out: end the stream; the client reconnects and resumes
+            log.warning("could not open a stream for %s: %s", client_id, err)
+            self.streams.close(conn.id, "broker_unavailable")
+            return conn.id
+        if self.streams.get(conn.id) is None:  # replaced or closed meanwhile
+            return conn.id
         sink.write(self._opening_bytes(conn.id, client_id, cursor, opening))
         self.streams.hub.set_watermark(conn.id, opening.watermark)
         self.metrics.replayed += opening.missed
+        self.streams.unblock(conn.id)
         return conn.id
 
     def _opening_bytes(self, conn_id: int, client_id: str, cursor: str | None, opening: Opening) -> bytes:

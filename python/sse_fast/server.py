@@ -70,6 +70,7 @@ class App:
         if self.settings.auth == "none":
             log.warning("SSE_FAST_AUTH=none: every caller is trusted as the client it names, and is admin")
         self.streams.start(loop)
+        self.broker.start(loop)
         self.backlog = BacklogWatch(self.settings.queue_bytes, self._slow_consumer, loop.call_soon)
         self.scheduler.start(loop)
         self._hook_signals()

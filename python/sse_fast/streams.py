@@ -86,6 +86,7 @@ class Streams:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._tick_jobs: list[Callable[[float], None]] = []
+        self._remove_hooks: list[Callable[[int, str], None]] = []
         self._next_keepalive = 0.0
         self._next_heartbeat = 0.0
         self.accepting = True
@@ -108,6 +109,10 @@ class Streams:
     def add_tick_job(self, job: Callable[[float], None]) -> None:
         """Run ``job(wall_clock_seconds)`` on every tick (about once a second): ack timeouts, expiry, ..."""
         self._tick_jobs.append(job)
+
+    def add_remove_hook(self, hook: Callable[[int, str], None]) -> None:
+        """Call ``hook(conn_id, client_id)`` whenever a connection is removed (a broker's presence)."""
+        self._remove_hooks.append(hook)
 
     def stop(self) -> None:
         """Stop the ticker."""
@@ -186,9 +191,12 @@ class Streams:
 
     def remove(self, conn_id: int) -> None:
         """Forget a connection whose socket closed: frees its queue, its indexes and its sink."""
-        if self._conns.pop(conn_id, None) is not None:
+        conn = self._conns.pop(conn_id, None)
+        if conn is not None:
             self.hub.remove(conn_id)
             self.closed_total += 1
+            for hook in self._remove_hooks:
+                hook(conn_id, conn.client_id)
 
     def close(self, conn_id: int, reason: str, *, retry_ms: int | None = None) -> None:
         """Close a stream with a last ``system`` ``disconnect`` frame (best effort: the socket may be full)."""

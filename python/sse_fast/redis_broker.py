@@ -1,0 +1,861 @@
+"""The Redis broker: many workers and many nodes behave as one server (``SSE_FAST_BROKER=redis://...``).
+
+One Redis Stream, ``sse:log``, is both the replay log and the fan-out. A publish is one ``XADD`` (a Lua script that
+also dedupes, tracks the ack, and fills the target's mailbox when the target has no connection anywhere); every
+node runs one ``XREAD BLOCK`` loop from the last id it saw and hands each entry to its own Rust hub. So a publish
+costs one Redis message per node, never one per recipient, and every node sees the entries in the same order.
+
+A Redis stream id ``<ms>-<n>`` becomes the u64 seq of the Rust queues as ``ms << 20 | n``: ids stay ordered, and a
+seq fits in 61 bits until the year 38000. The bound: at most 2**20 entries within one millisecond (Redis does far
+fewer). The cursor is ``<epoch>-<seq>``, the epoch a random token kept in Redis (``sse:epoch``), so cursors are
+valid on every node and across node restarts. ``sse:floor`` is the seq the log starts from: when Redis comes back
+without its data, the first node to notice writes a new floor, and every cursor below it is ``expired``.
+
+Ephemeral messages go over pub/sub (``sse:eph``): no log, no mailbox, no cursor. ``sse:control`` carries
+``replaced`` closes to the node that holds the connection.
+
+Presence: ``sse:pres:<client>`` is a sorted set of ``<node>:<conn>`` by connect time; a node is alive while its
+``sse:node:<node>`` key (refreshed every tick, 15 s TTL) exists, so the connections of a dead node stop counting
+within 15 s. Every structure is bounded: the log by ``MAXLEN ~`` and ``MINID`` (TTL), mailboxes by ``LTRIM`` and
+``EXPIRE``, presence, dedupe and ack keys by ``EXPIRE``, the ack deadline set by a cap on its size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import msgspec
+import redis
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from sse_fast._core import Frame, topic_matches
+from sse_fast._http import HttpError
+from sse_fast.broker import Accepted, Broker, Opening
+from sse_fast.models import Envelope, ValidationFailure, new_message_id
+from sse_fast.settings import Settings
+from sse_fast.streams import Streams
+
+__all__ = ["RedisBroker", "cursor_seq", "stream_id"]
+
+log = logging.getLogger("sse_fast.redis")
+
+_T = TypeVar("_T")
+_json = msgspec.json.Encoder()
+
+LOG = "sse:log"
+EPOCH = "sse:epoch"
+FLOOR = "sse:floor"
+EPHEMERAL = "sse:eph"
+CONTROL = "sse:control"
+NODES = "sse:nodes"
+ACK_DUE = "sse:acks:due"
+NODE_TTL = 15
+PRESENCE_TTL = 24 * 3600
+#: How long a publish waits for this node's reader to route its entry (to count ``delivered``).
+DELIVERY_WAIT = 1.0
+#: Seconds a client waits before retrying a publish refused while Redis is unreachable.
+RETRY_AFTER = "2"
+_SEQ_BITS = 20
+_N_MASK = (1 << _SEQ_BITS) - 1
+
+
+def cursor_seq(entry_id: bytes | str) -> int:
+    """The u64 seq of a Redis stream id ``<ms>-<n>``."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, n = text.partition("-")
+    return int(ms) << _SEQ_BITS | int(n or 0)
+
+
+def stream_id(seq: int) -> str:
+    """The Redis stream id of a seq (the inverse of :func:`cursor_seq`)."""
+    return f"{seq >> _SEQ_BITS}-{seq & _N_MASK}"
+
+
+# Creates the epoch and the floor once; returns them. The floor is one below the first seq Redis can still issue.
+_INIT = """
+local t = redis.call('TIME')
+local floor = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('SET', KEYS[2], floor)
+end
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
+"""
+
+_LIVE = """
+local function live(zset, node_prefix)
+  local out = {}
+  for _, m in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
+    local node = string.match(m, '^([^:]+):')
+    if node and redis.call('EXISTS', node_prefix .. node) == 1 then
+      out[#out + 1] = m
+    else
+      redis.call('ZREM', zset, m)
+    end
+  end
+  return out
+end
+"""
+
+# KEYS: log, dedupe, presence, mailbox, ack hash, ack due.
+# ARGV: maxlen, dedupe window (0: none), mailbox ('1' when targeted), node prefix, mailbox size, mailbox ttl,
+#       ack ('1'), ack deadline ms, ack key ttl, max pending acks, data, event, priority, exclude, then XADD fields.
+_PUBLISH = (
+    _LIVE
+    + """
+if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  return {'', 0, 0}
+end
+local fields = {}
+for i = 15, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+local queued, dropped = 0, 0
+if ARGV[3] == '1' and #live(KEYS[3], ARGV[4]) == 0 then
+  local size = tonumber(ARGV[5])
+  local n = redis.call('LPUSH', KEYS[4], id .. '\\n' .. ARGV[13] .. '\\n' .. ARGV[12] .. '\\n' .. ARGV[11])
+  if n > size then dropped = n - size; redis.call('LTRIM', KEYS[4], 0, size - 1) end
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+  queued = 1
+end
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[5], 'env', ARGV[11], 'status', 'pending', 'attempts', 1, 'exclude', ARGV[14], 'by', '')
+  redis.call('EXPIRE', KEYS[5], ARGV[9])
+  redis.call('ZADD', KEYS[6], ARGV[8], string.sub(KEYS[5], 9))
+  local extra = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[10])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[6], 0, extra - 1) end
+end
+return {id, queued, dropped}
+"""
+)
+
+# KEYS: presence, mailbox, epoch, floor. ARGV: member, now ms, node prefix, presence ttl.
+_CONNECT = (
+    _LIVE
+    + """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local members = live(KEYS[1], ARGV[3])
+local mail = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2])
+return {redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[4]) or '0', members, mail}
+"""
+)
+
+# KEYS: ack hash. ARGV: client id, admin ('1'). Only the target (or anyone, for a message without one) may ack.
+_ACK = """
+local env = redis.call('HGET', KEYS[1], 'env')
+if not env then return {0, 0, ''} end
+local target = cjson.decode(env)['target']
+if ARGV[2] ~= '1' and type(target) == 'string' and target ~= ARGV[1] then return {0, 0, ''} end
+local by = redis.call('HGET', KEYS[1], 'by') or ''
+for c in string.gmatch(by, '[^,]+') do
+  if c == ARGV[1] then return {1, 0, ''} end
+end
+if by == '' then by = ARGV[1] else by = by .. ',' .. ARGV[1] end
+redis.call('HSET', KEYS[1], 'by', by, 'status', 'acked')
+return {1, 1, redis.call('HGET', KEYS[1], 'env')}
+"""
+
+# KEYS: ack due. ARGV: now ms, timeout ms, retries, limit, hash prefix. Claims due entries (one node gets each).
+_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[4])
+local out = {}
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  local key = ARGV[5] .. id
+  local status = redis.call('HGET', key, 'status')
+  if status == 'pending' or status == 'delivered' then
+    local attempts = tonumber(redis.call('HGET', key, 'attempts'))
+    if attempts > tonumber(ARGV[3]) then
+      redis.call('HSET', key, 'status', 'expired')
+      out[#out + 1] = {id, '', ''}
+    else
+      redis.call('HSET', key, 'attempts', attempts + 1)
+      redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+      out[#out + 1] = {id, redis.call('HGET', key, 'env'), redis.call('HGET', key, 'exclude') or ''}
+    end
+  end
+end
+return out
+"""
+
+_MARK_DELIVERED = """
+if redis.call('HGET', KEYS[1], 'status') == 'pending' then redis.call('HSET', KEYS[1], 'status', 'delivered') end
+return 0
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _ack_key(message_id: str) -> str:
+    return f"sse:ack:{message_id}"  # 8 characters before the id: the publish script cuts them off (string.sub 9)
+
+
+def _sees(fields: dict[bytes, bytes], client_id: str, topics: tuple[str, ...]) -> bool:
+    """Whether a subscriber may see a log entry: the hub's routing rule (target, else topic, else broadcast)."""
+    target = fields.get(b"t")
+    if target is not None:
+        return target.decode() == client_id
+    topic = fields.get(b"o")
+    if topic is not None:
+        return any(topic_matches(p, topic.decode()) for p in topics)
+    exclude = fields.get(b"x")
+    return exclude is None or exclude.decode() != client_id
+
+
+class RedisBroker(Broker):
+    """A broker whose log, mailboxes, acks, dedupe and presence live in Redis, shared by every worker and node."""
+
+    def __init__(self, settings: Settings, *, node_id: str | None = None) -> None:
+        super().__init__(settings)
+        self.url = settings.broker
+        self.node_id = node_id or secrets.token_hex(3)
+        self.epoch, self._floor, self._last_id = self._bootstrap()
+        self._last_seq = max(cursor_seq(self._last_id), self._floor)
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 2.0,
+            # Commands fail fast instead of hanging; the reader's XREAD BLOCK stays below its own timeout.
+            "socket_timeout": 3.0,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 5,
+        }
+        self._redis = aioredis.Redis.from_url(self.url, **options)
+        self._reader = aioredis.Redis.from_url(self.url, **options)
+        self._pubsub_client = aioredis.Redis.from_url(self.url, **{**options, "socket_timeout": None})
+        self._scripts = {
+            name: self._redis.register_script(src)
+            for name, src in (
+                ("init", _INIT),
+                ("publish", _PUBLISH),
+                ("connect", _CONNECT),
+                ("ack", _ACK),
+                ("due", _DUE),
+                ("mark", _MARK_DELIVERED),
+            )
+        }
+        self._up = True
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tick_task: asyncio.Task[None] | None = None
+        # This node's publishes whose entry the reader has routed: entry id -> connections written to.
+        self._routed: OrderedDict[bytes, int] = OrderedDict()
+        self._waiters: dict[bytes, asyncio.Future[int]] = {}
+        self._members: dict[int, str] = {}  # conn id -> client id, for presence
+        self._gone: list[tuple[int, str]] = []
+        self._marks: list[str] = []
+        self._last_refresh = 0.0
+        self.cluster_connections = 0
+        self.cluster_nodes = 0
+        self.published = 0
+        self.duplicates = 0
+        self.redelivered = 0
+        self.acks_expired = 0
+        self.acked = 0
+        self.mailbox_dropped = 0
+        self.resets = 0
+        self.reconnects = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def _bootstrap(self) -> tuple[str, int, bytes]:
+        """The epoch, the floor and the log's last id, read once at construction (blocking, retried for 10 s).
+
+        The epoch must be known before the first stream: it is the prefix of every ``id:`` line the hub writes.
+        """
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with redis.Redis.from_url(self.url, socket_timeout=3, socket_connect_timeout=2) as client:
+                    epoch, floor = client.eval(_INIT, 2, EPOCH, FLOOR, secrets.token_hex(4))
+                    try:
+                        last = client.xinfo_stream(LOG)["last-generated-id"]
+                    except ResponseError:  # no log yet
+                        last = b"0-0"
+                    return _text(epoch), int(floor) << _SEQ_BITS, last if isinstance(last, bytes) else last.encode()
+            except redis.ConnectionError as err:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cannot reach Redis at {self.url}: {err}") from err
+                time.sleep(0.5)  # the worker cannot serve without its epoch: wait for Redis a little
+
+    def attach(self, streams: Streams) -> None:
+        """Bind to this worker's streams; presence follows every connection that closes."""
+        super().attach(streams)
+        self.node_id = streams.node_id
+        streams.add_remove_hook(self._removed)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the reader and the pub/sub listener on ``loop`` (which may not be running yet)."""
+        if self._tasks:
+            return
+        self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._listen_loop())]
+
+    def _ensure_started(self) -> None:
+        if not self._tasks:
+            self.start(asyncio.get_running_loop())
+
+    def ready(self) -> bool:
+        """False while Redis is unreachable (``/readyz`` answers 503)."""
+        return self._up and not self._closing
+
+    async def close(self) -> None:
+        """Stop the loops, withdraw this node's presence (best effort) and close the Redis connections."""
+        self._closing = True
+        for task in [*self._tasks, *([self._tick_task] if self._tick_task else [])]:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(RedisError, OSError):
+            pipe = self._redis.pipeline(transaction=False)
+            for conn_id, client_id in self._members.items():
+                pipe.zrem(self._presence(client_id), self._member(conn_id))
+            pipe.delete(f"sse:node:{self.node_id}")
+            pipe.zrem(NODES, self.node_id)
+            await pipe.execute()
+        for client in (self._redis, self._reader, self._pubsub_client):
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    # -- Redis calls that fail fast ----------------------------------------------------------------------------
+
+    async def _call(self, awaitable: Awaitable[_T]) -> _T:
+        """Run one Redis call; an unreachable Redis is a 503 with ``Retry-After``, never a hang."""
+        try:
+            return await awaitable
+        except (RedisError, OSError) as err:
+            if isinstance(err, ResponseError):
+                raise
+            self._down(err)
+            raise HttpError(
+                503,
+                "broker_unavailable",
+                "the message broker (Redis) is unreachable; retry later",
+                headers=[("retry-after", RETRY_AFTER)],
+            ) from None
+
+    def _down(self, err: BaseException) -> None:
+        if self._up:
+            log.warning("Redis unreachable (%s); publishes answer 503 until it is back", err)
+        self._up = False
+
+    def _refuse_if_down(self) -> None:
+        if not self._up:
+            raise HttpError(
+                503,
+                "broker_unavailable",
+                "the message broker (Redis) is unreachable; retry later",
+                headers=[("retry-after", RETRY_AFTER)],
+            )
+
+    # -- publishing ------------------------------------------------------------------------------------------
+
+    async def publish(self, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
+        self._ensure_started()
+        self._refuse_if_down()
+        data = _json.encode(envelope)
+        if len(data) + len(envelope.type) + 16 > self.settings.queue_bytes:
+            raise ValidationFailure(
+                413,
+                "message_too_large",
+                f"the framed message is larger than SSE_FAST_QUEUE_BYTES ({self.settings.queue_bytes})",
+            )
+        if envelope.ephemeral:
+            return await self._publish_ephemeral(envelope, data, exclude)
+        entry_id, queued = await self._append(envelope, data, exclude=exclude, dedupe=True, track=True)
+        if not entry_id:
+            self.duplicates += 1
+            return Accepted(envelope.id or "", 0, False, duplicate=True)
+        return Accepted(envelope.id or "", await self._delivered(entry_id), queued)
+
+    async def _append(
+        self, envelope: Envelope, data: bytes, *, exclude: str | None, dedupe: bool, track: bool
+    ) -> tuple[bytes, bool]:
+        """XADD one envelope (with dedupe, mailbox and ack tracking); ``b""`` as the id when it is a duplicate."""
+        message_id = envelope.id or ""
+        target = envelope.target
+        fields: list[Any] = [b"d", data, b"e", envelope.type, b"p", envelope.priority, b"n", self.node_id]
+        if target is not None:
+            fields += [b"t", target]
+        elif envelope.topic is not None:
+            fields += [b"o", envelope.topic]
+        elif exclude is not None:
+            fields += [b"x", exclude]
+        if envelope.require_ack:
+            fields += [b"a", message_id]
+        s = self.settings
+        keys = [
+            LOG,
+            f"sse:dd:{envelope.source or ''}:{message_id}",
+            self._presence(target or ""),
+            f"sse:mbox:{target or ''}",
+            _ack_key(message_id),
+            ACK_DUE,
+        ]
+        args: list[Any] = [
+            s.replay_size,
+            int(s.dedupe_window) if dedupe and s.dedupe_window >= 1 else 0,
+            "1" if target is not None else "0",
+            "sse:node:",
+            s.mailbox_size,
+            int(s.mailbox_ttl) or 1,
+            "1" if envelope.require_ack and track else "0",
+            int((time.time() + s.ack_timeout) * 1000),
+            int(s.ack_timeout * (s.ack_retries + 2)) + 3600,
+            s.max_pending_acks,
+            data,
+            envelope.type,
+            envelope.priority,
+            exclude or "",
+            *fields,
+        ]
+        entry_id, queued, dropped = await self._call(self._scripts["publish"](keys=keys, args=args))
+        self.published += 1
+        self.mailbox_dropped += int(dropped)
+        return (entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()), bool(queued)
+
+    async def _delivered(self, entry_id: bytes) -> int:
+        """Connections on this node that the entry reached, once this node's reader has routed it."""
+        if entry_id in self._routed:
+            return self._routed.pop(entry_id)
+        waiter = self._waiters[entry_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(waiter, DELIVERY_WAIT)
+        except TimeoutError:
+            return 0  # accepted (it is in the log): the reader is slow or Redis just went away
+        finally:
+            self._waiters.pop(entry_id, None)
+            self._routed.pop(entry_id, None)
+
+    async def _publish_ephemeral(self, envelope: Envelope, data: bytes, exclude: str | None) -> Accepted:
+        if self.settings.dedupe_window >= 1:
+            key = f"sse:dd:{envelope.source or ''}:{envelope.id or ''}"
+            if not await self._call(self._redis.set(key, b"1", nx=True, ex=int(self.settings.dedupe_window))):
+                self.duplicates += 1
+                return Accepted(envelope.id or "", 0, False, duplicate=True)
+        route = [self.node_id, data.decode(), envelope.type, envelope.priority, envelope.target, envelope.topic]
+        route.append(exclude)
+        await self._call(self._redis.publish(EPHEMERAL, _json.encode(route)))
+        self.published += 1
+        return Accepted(envelope.id or "", self._route_ephemeral(route), False)
+
+    def _route_ephemeral(self, route: list[Any]) -> int:
+        assert self.streams is not None
+        _, data, event, priority, target, topic, exclude = route
+        raw = data if isinstance(data, bytes) else str(data).encode()
+        frame = Frame(raw, event=event, priority=priority)
+        return self.streams.deliver(frame, target=target, topic=topic, exclude=exclude).delivered
+
+    # -- the reader: the log is the fan-out --------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        backoff = 0.05
+        synced = False
+        while not self._closing:
+            try:
+                if not synced or not self._up:
+                    await self._reconnect()
+                    synced = True
+                reply: Any = await self._reader.xread({LOG: self._last_id}, count=1000, block=1000)
+                backoff = 0.05
+                for _, entries in reply or []:
+                    for entry_id, fields in entries:
+                        self._route(entry_id, fields)
+                self._flush_marks()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as err:
+                self._down(err)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:  # a bug in routing one entry must not stop the node's fan-out
+                log.exception("the Redis reader failed; continuing")
+                await asyncio.sleep(backoff)
+
+    async def _reconnect(self) -> None:
+        """Redis answers again: check the epoch and the floor; a new floor means Redis lost its data."""
+        epoch, floor = await self._redis.eval(_INIT, 2, EPOCH, FLOOR, self.epoch)
+        self.reconnects += not self._up
+        if _text(epoch) != self.epoch:
+            log.error("Redis holds epoch %s, this worker %s: restart the worker", _text(epoch), self.epoch)
+        new_floor = int(floor) << _SEQ_BITS
+        if new_floor != self._floor:
+            self._reset(new_floor)
+        await self._heartbeat()
+        if not self._up:
+            log.warning("Redis reachable again; resuming from log id %s", _text(self._last_id))
+        self._up = True
+
+    def _reset(self, floor: int) -> None:
+        """Redis came back without its data: what the log held is gone, and this node's streams may have missed
+        entries that were appended before the crash. Close them, so that each client resumes from its cursor and
+        is told ``expired`` (it lost messages) instead of silently missing them."""
+        self.resets += 1
+        self._floor = floor
+        self._last_seq = max(self._last_seq, floor)
+        assert self.streams is not None
+        log.error("Redis lost its data (new log floor); closing %d stream(s) so that they resume", len(self.streams))
+        for conn in self.streams.connections():
+            self.streams.close(conn.id, "broker_reset")
+
+    def _route(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        assert self.streams is not None
+        seq = cursor_seq(entry_id)
+        self._last_id, self._last_seq = entry_id, max(seq, self._last_seq)
+        target, topic, exclude = fields.get(b"t"), fields.get(b"o"), fields.get(b"x")
+        frame = Frame(fields[b"d"], event=fields[b"e"].decode(), priority=int(fields[b"p"]), seq=seq)
+        delivery = self.streams.deliver(
+            frame,
+            target=target.decode() if target else None,
+            topic=topic.decode() if topic else None,
+            exclude=exclude.decode() if exclude else None,
+        )
+        ack = fields.get(b"a")
+        if ack is not None and delivery.delivered:
+            self._marks.append(ack.decode())
+        if fields.get(b"n", b"").decode() == self.node_id:
+            waiter = self._waiters.get(entry_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(delivery.delivered)
+            elif waiter is None:
+                self._routed[entry_id] = delivery.delivered
+                while len(self._routed) > 10_000:
+                    self._routed.popitem(last=False)
+
+    def _flush_marks(self) -> None:
+        if not self._marks:
+            return
+        marks, self._marks = self._marks, []
+
+        async def flush() -> None:
+            with contextlib.suppress(RedisError, OSError):
+                for message_id in marks:
+                    await self._scripts["mark"](keys=[_ack_key(message_id)])
+
+        asyncio.get_running_loop().create_task(flush())
+
+    # -- pub/sub: ephemeral messages and control ---------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(EPHEMERAL, CONTROL)
+                backoff = 0.05
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._on_message(message)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as err:
+                self._down(err)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                log.exception("the Redis listener failed; continuing")
+            finally:
+                with contextlib.suppress(BaseException):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        channel = _text(message["channel"])
+        body = msgspec.json.decode(message["data"])
+        if channel == EPHEMERAL:
+            if body[0] != self.node_id:
+                self._route_ephemeral(body)
+        elif channel == CONTROL and body.get("node") == self.node_id:
+            self._control(body)
+
+    def _control(self, body: dict[str, Any]) -> None:
+        assert self.streams is not None
+        if body.get("op") == "close":
+            conn_id = int(body["conn"])
+            if self.streams.get(conn_id) is not None:
+                self.streams.closed_replaced += 1
+                self.streams.close(conn_id, str(body.get("reason", "replaced")))
+
+    # -- opening a stream ------------------------------------------------------------------------------------
+
+    async def open_stream(
+        self, client_id: str, topics: tuple[str, ...], cursor: str | None, *, conn_id: int | None = None
+    ) -> Opening:
+        """Register the stream's presence, take its mailbox, and replay the log after ``cursor``.
+
+        The seam is exact without waiting: the stream joined the hub before this call, when this node's reader had
+        routed every entry up to ``head``; the reader gives it every entry after ``head`` live, and the replay
+        covers ``(cursor, head]``. A cursor ahead of ``head`` (from a node whose reader was further) becomes the
+        queue's floor at once, so that the live entries up to it are refused as duplicates.
+        """
+        self._ensure_started()
+        head = self._last_seq
+        since = self._parse(cursor)
+        floor = max(head, since or 0)
+        if conn_id is not None:
+            assert self.streams is not None
+            self.streams.hub.set_watermark(conn_id, floor)
+            self._members[conn_id] = client_id
+        member = self._member(conn_id if conn_id is not None else 0)
+        keys = [self._presence(client_id), f"sse:mbox:{client_id}", EPOCH, FLOOR]
+        args: list[Any] = [member, int(time.time() * 1000), "sse:node:", PRESENCE_TTL]
+        pipe = self._redis.pipeline(transaction=False)
+        await self._scripts["connect"](keys=keys, args=args, client=pipe)
+        pipe.xinfo_stream(LOG)
+        replies: list[Any] = await self._call(pipe.execute(raise_on_error=False))
+        if isinstance(replies[0], BaseException):
+            raise replies[0]
+        epoch, log_floor, members, mail = replies[0]
+        gap = self._gap(cursor, since, _text(epoch), int(log_floor) << _SEQ_BITS, replies[1])
+        self._enforce_limit(client_id, [_text(m) for m in members])
+        resumed = cursor is not None and gap is None
+        frames: list[Frame] = []
+        if resumed and since is not None and since < head:
+            frames = await self._replay(since, head, client_id, topics)
+        covered = since if resumed and since is not None else floor
+        extra = self._mailbox(mail, covered)
+        start = cursor if resumed and cursor is not None else f"{self.epoch}-{floor}"
+        return Opening(start, floor, resumed=resumed, gap=gap, frames=frames, extra=extra)
+
+    def _parse(self, cursor: str | None) -> int | None:
+        """The seq of a plausible cursor of this epoch (not in the future), else None."""
+        if cursor is None:
+            return None
+        epoch, _, seq = cursor.rpartition("-")
+        if epoch != self.epoch or not seq.isdigit() or len(seq) > 20:
+            return None
+        value = int(seq)
+        if value >> _SEQ_BITS > (time.time() + 60) * 1000:
+            return None
+        return value
+
+    def _gap(self, cursor: str | None, since: int | None, epoch: str, floor: int, info: Any) -> str | None:
+        if cursor is None:
+            return None
+        if epoch != self.epoch:  # Redis lost its data since this node last looked
+            self._schedule_reset_check()
+            return "expired" if since is not None else "unknown_cursor"
+        if since is None:
+            return "unknown_cursor"
+        if since < floor:
+            return "expired"
+        if isinstance(info, BaseException):  # no log yet: nothing was ever issued after the floor
+            return None if since == floor else "unknown_cursor"
+        last = cursor_seq(info.get("last-generated-id", b"0-0"))
+        if since > max(last, floor):
+            return "unknown_cursor"
+        deleted = info.get("max-deleted-entry-id")
+        if deleted is not None:
+            return "expired" if cursor_seq(deleted) > since else None
+        first = info.get("first-entry")  # Redis < 7: conservative (may call a complete log expired)
+        return "expired" if first and cursor_seq(first[0]) > since + 1 and len(info) else None
+
+    def _schedule_reset_check(self) -> None:
+        if self._up:
+            self._down(RuntimeError("the epoch changed in Redis"))
+
+    async def _replay(self, since: int, head: int, client_id: str, topics: tuple[str, ...]) -> list[Frame]:
+        entries: Any = await self._call(self._redis.xrange(LOG, f"({stream_id(since)}", stream_id(head)))
+        return [
+            Frame(f[b"d"], event=f[b"e"].decode(), priority=int(f[b"p"]), seq=cursor_seq(entry_id))
+            for entry_id, f in entries
+            if _sees(f, client_id, topics)
+        ]
+
+    def _mailbox(self, mail: list[bytes], covered: int) -> list[Frame]:
+        """Mailbox entries (newest first in Redis) not covered by the replay or the live feed, oldest first."""
+        limit = (time.time() - self.settings.mailbox_ttl) * 1000
+        frames = []
+        for raw in reversed(mail):
+            entry_id, priority, event, data = raw.split(b"\n", 3)
+            seq = cursor_seq(entry_id)
+            if seq <= covered and seq >> _SEQ_BITS >= limit:
+                frames.append(Frame(data, event=event.decode(), priority=int(priority), seq=seq))
+        return frames
+
+    def _enforce_limit(self, client_id: str, members: list[str]) -> None:
+        """Past the per-client limit cluster-wide, the oldest connections are closed as ``replaced``."""
+        excess = len(members) - self.settings.max_connections_per_client
+        if excess <= 0:
+            return
+        assert self.streams is not None
+        for member in members[:excess]:
+            node, _, conn = member.partition(":")
+            if node == self.node_id:
+                if self.streams.get(int(conn)) is not None:
+                    self.streams.closed_replaced += 1
+                    self.streams.close(int(conn), "replaced")
+            else:
+                notice = _json.encode({"op": "close", "node": node, "conn": int(conn), "reason": "replaced"})
+                asyncio.get_running_loop().create_task(self._send_control(notice, client_id, member))
+
+    async def _send_control(self, notice: bytes, client_id: str, member: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.publish(CONTROL, notice)
+            await self._redis.zrem(self._presence(client_id), member)
+
+    def _presence(self, client_id: str) -> str:
+        return f"sse:pres:{client_id}"
+
+    def _member(self, conn_id: int) -> str:
+        return f"{self.node_id}:{conn_id}"
+
+    def _removed(self, conn_id: int, client_id: str) -> None:
+        """A connection of this node closed: withdraw its presence soon (batched)."""
+        if self._members.pop(conn_id, None) is None:
+            return
+        self._gone.append((conn_id, client_id))
+        if len(self._gone) == 1:
+            with contextlib.suppress(RuntimeError):  # no running loop: the next tick flushes it
+                asyncio.get_running_loop().call_soon(self._flush_gone)
+
+    def _flush_gone(self) -> None:
+        gone, self._gone = self._gone, []
+        if not gone:
+            return
+
+        async def flush() -> None:
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for conn_id, client_id in gone:
+                    pipe.zrem(self._presence(client_id), self._member(conn_id))
+                await pipe.execute()
+            except (RedisError, OSError):
+                self._gone.extend(gone)  # retried on the next tick
+
+        asyncio.get_running_loop().create_task(flush())
+
+    # -- acks ------------------------------------------------------------------------------------------------
+
+    async def ack(self, client_id: str, message_ids: list[str], *, admin: bool) -> int:
+        self._refuse_if_down()
+        known = 0
+        for message_id in message_ids:
+            found, new, env = await self._call(
+                self._scripts["ack"](keys=[_ack_key(message_id)], args=[client_id, "1" if admin else "0"])
+            )
+            if not found:
+                continue
+            if not new:
+                known += 1
+                continue
+            envelope = msgspec.json.decode(env, type=Envelope)
+            known += 1
+            self.acked += 1
+            await self._notify_source(envelope, client_id)
+        return known
+
+    async def _notify_source(self, envelope: Envelope, acked_by: str) -> None:
+        source = envelope.source
+        if not source or source in ("server", "anonymous", "scheduler"):
+            return
+        notice = Envelope(
+            id=new_message_id(),
+            type="ack",
+            priority=envelope.priority,
+            timestamp=int(time.time() * 1000),
+            source="server",
+            target=source,
+            payload={"messageId": envelope.id, "clientId": acked_by},
+            correlation_id=envelope.id,
+        )
+        await self._append(notice, _json.encode(notice), exclude=None, dedupe=False, track=False)
+
+    async def message_status(self, message_id: str) -> tuple[str, str, list[str]] | None:
+        values = await self._call(self._redis.hmget(_ack_key(message_id), ["env", "status", "by"]))
+        env, status, by = values
+        if env is None:
+            return None
+        envelope = msgspec.json.decode(env, type=Envelope)
+        return envelope.source or "", _text(status), [c for c in _text(by or b"").split(",") if c]
+
+    # -- periodic work ---------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Once a second: node heartbeat, cluster counts, ack redelivery, log TTL (on a task; never blocks)."""
+        if self._closing or (self._tick_task is not None and not self._tick_task.done()):
+            return
+        self._tick_task = asyncio.get_running_loop().create_task(self._tick(now))
+
+    async def _tick(self, now: float) -> None:
+        if not self._up:
+            return
+        try:
+            self._flush_gone()
+            await self._heartbeat()
+            await self._redeliver(now)
+            if self.settings.replay_ttl > 0:
+                await self._redis.xtrim(LOG, minid=stream_id(int((now - self.settings.replay_ttl) * 1000) << 20))
+            if now - self._last_refresh > 600:
+                self._last_refresh = now
+                await self._refresh_presence()
+        except (RedisError, OSError) as err:
+            self._down(err)
+        except Exception:
+            log.exception("Redis tick failed")
+
+    async def _heartbeat(self) -> None:
+        """Keep this node alive in Redis (its connections count while it is), and read the cluster's counts."""
+        assert self.streams is not None
+        now = time.time()
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(f"sse:node:{self.node_id}", len(self.streams), ex=NODE_TTL)
+        pipe.zadd(NODES, {self.node_id: now})
+        pipe.zremrangebyscore(NODES, "-inf", now - NODE_TTL)
+        pipe.expire(NODES, NODE_TTL * 4)
+        pipe.zrange(NODES, 0, -1)
+        pipe.get(EPOCH)
+        replies = await pipe.execute()
+        nodes = replies[4]
+        if replies[5] is None:  # Redis lost its data without dropping our connections (FLUSHALL, failover)
+            self._down(RuntimeError("the epoch is gone from Redis"))
+            return
+        counts = await self._redis.mget([f"sse:node:{_text(n)}" for n in nodes]) if nodes else []
+        self.cluster_nodes = sum(1 for c in counts if c is not None)
+        self.cluster_connections = sum(int(c) for c in counts if c is not None)
+
+    async def _refresh_presence(self) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for client_id in set(self._members.values()):
+            pipe.expire(self._presence(client_id), PRESENCE_TTL)
+        await pipe.execute()
+
+    async def _redeliver(self, now: float) -> None:
+        s = self.settings
+        claimed = await self._scripts["due"](
+            keys=[ACK_DUE], args=[int(now * 1000), int(s.ack_timeout * 1000), s.ack_retries, 1000, "sse:ack:"]
+        )
+        for _message_id, env, exclude in claimed:
+            if not env:
+                self.acks_expired += 1
+                continue
+            envelope = msgspec.json.decode(env, type=Envelope)
+            await self._append(envelope, env, exclude=_text(exclude) or None, dedupe=False, track=False)
+            self.redelivered += 1
+
+    # -- introspection ---------------------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "published": self.published,
+            "duplicates": self.duplicates,
+            "mailbox_dropped": self.mailbox_dropped,
+            "acks_acked": self.acked,
+            "acks_redelivered": self.redelivered,
+            "acks_expired": self.acks_expired,
+            "cluster_connections": self.cluster_connections,
+            "cluster_nodes": self.cluster_nodes,
+            "broker_up": int(self._up),
+            "broker_reconnects": self.reconnects,
+            "broker_resets": self.resets,
+        }
