@@ -117,6 +117,21 @@ def running_server(tmp_path: Path, **kwargs: Any) -> Iterator[Server]:
         server.stop(signal.SIGKILL) if server.proc.poll() is None else None
 
 
+def kill_node(server: Server) -> None:
+    """SIGKILL a node: granian's worker processes first (they would outlive their parent), then the parent."""
+    children = []
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process may end while we look
+            stat = path.read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == server.proc.pid:
+                children.append(int(stat.split()[0]))
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    server.proc.kill()
+    server.proc.wait()
+
+
 @dataclass
 class Stream:
     """An open ``GET /sse`` read in the background; events are decoded with the Rust decoder."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ import httpx
 import pytest
 
 from _redis import running_redis
-from _servers import Server, Stream, open_stream, running_server
+from _servers import Server, Stream, kill_node, open_stream, running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -127,21 +125,6 @@ async def test_per_client_limit_holds_across_nodes(tmp_path: Path) -> None:
                         assert answer.json()["queued"] is False
                         for s in (second, third):
                             await s.wait_for(lambda s: payloads(s) == ["x"])
-
-
-def kill_node(server: Server) -> None:
-    """SIGKILL a node: granian's worker processes first (they would outlive their parent), then the parent."""
-    children = []
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):  # a process may end while we look
-            stat = path.read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == server.proc.pid:
-                children.append(int(stat.split()[0]))
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
-    server.proc.kill()
-    server.proc.wait()
 
 
 def metric(server: Server, name: str) -> float:

@@ -22,9 +22,11 @@ from typing import Literal
 import msgspec
 
 from sse_fast._core import Frame, ReplayLog
-from sse_fast.models import Envelope, ValidationFailure, new_message_id
+from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure, new_message_id
+from sse_fast.scheduler import Scheduler
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
+from sse_fast.task_registry import LocalTaskRegistry, TaskRegistry
 
 __all__ = ["Accepted", "Broker", "MemoryBroker", "Opening", "create_broker"]
 
@@ -125,6 +127,15 @@ class Broker(abc.ABC):
     def ready(self) -> bool:
         """Whether the broker can take publishes now (``/readyz``)."""
         return True
+
+    def task_registry(self, scheduler: Scheduler) -> TaskRegistry:
+        """Where task records are found and task controls go: here, ``scheduler``'s own tasks (one worker)."""
+        return LocalTaskRegistry(scheduler)
+
+    async def connections(self) -> list[ConnectionInfo]:
+        """The rows of ``GET /api/connections``: this worker's streams (a shared broker lists the cluster's)."""
+        assert self.streams is not None
+        return self.streams.rows()
 
     async def close(self) -> None:  # noqa: B027 - optional hook; the memory broker holds nothing to release
         """Release what the broker holds (connections to Redis, ...)."""

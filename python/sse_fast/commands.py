@@ -1,7 +1,9 @@
 """The HTTP face of the scheduler: ``POST /api/commands`` (PROTOCOL.md section 4) and ``/api/tasks``.
 
-Both speak to one :class:`~sse_fast.scheduler.Scheduler`; its refusals (:class:`~sse_fast.scheduler.SchedulerError`)
-become JSON errors with their status, and a command with ``requireAck`` gets its ``ack`` event either way.
+``execute`` goes to this worker's :class:`~sse_fast.scheduler.Scheduler`; everything else goes through the
+:class:`~sse_fast.task_registry.TaskRegistry` the broker chose, which finds tasks wherever they run (with Redis, on
+any node). Refusals (:class:`~sse_fast.scheduler.SchedulerError`) become JSON errors with their status, and a
+command with ``requireAck`` gets its ``ack`` event either way.
 
 =========================================  ============================  ============================================
 request                                    answer                        notes
@@ -24,15 +26,17 @@ from sse_fast._http import HttpError, Request, Response, Route, json_response
 from sse_fast.auth import Authenticator, Identity
 from sse_fast.models import CommandAnswer, CommandPayload, Envelope, TaskRecord, TasksAnswer, convert
 from sse_fast.scheduler import Scheduler, SchedulerError
+from sse_fast.task_registry import LocalTaskRegistry, TaskRegistry
 
 __all__ = ["CommandService"]
 
 
 class CommandService:
-    """Routes commands and task requests to the scheduler."""
+    """Routes commands and task requests to the scheduler (``execute``) and the task registry (the rest)."""
 
-    def __init__(self, scheduler: Scheduler, *, auth: Authenticator) -> None:
+    def __init__(self, scheduler: Scheduler, registry: TaskRegistry | None = None, *, auth: Authenticator) -> None:
         self.scheduler = scheduler
+        self.registry = registry or LocalTaskRegistry(scheduler)
         self.auth = auth
 
     def routes(self) -> list[Route]:
@@ -81,9 +85,10 @@ class CommandService:
             if not new:
                 body = {"success": True, "taskId": record.task_id, "status": record.status, "duplicate": True}
                 return json_response(200, body)
+            await self.registry.flush()  # a query on another node right after this answer finds the task
             return _answer(202, record)
         if command.action == "sync":
-            answer = self._sync(caller)
+            answer = await self._sync(caller)
         else:
             assert command.task_id is not None  # CommandPayload checks it
             answer = await self._act(caller, command.action, command.task_id)
@@ -92,27 +97,29 @@ class CommandService:
         return answer
 
     async def _act(self, caller: Identity, action: str, task_id: str) -> Response:
-        self._check_owner(caller, task_id)
-        scheduler = self.scheduler
+        registry = self.registry
+        record = await self._owned(caller, task_id)
         if action == "query":
-            return json_response(200, scheduler.get(task_id))
+            return json_response(200, record)
         if action == "cancel":
-            return _answer(200, await scheduler.cancel(task_id))
+            return _answer(200, await registry.cancel(task_id))
         if action == "pause":
-            record, paused = scheduler.pause(task_id)
+            record, paused = await registry.pause(task_id)
             return _answer(200 if paused else 202, record)
-        return _answer(200, scheduler.resume(task_id))
+        return _answer(200, await registry.resume(task_id))
 
-    def _check_owner(self, caller: Identity, task_id: str) -> None:
+    async def _owned(self, caller: Identity, task_id: str) -> TaskRecord:
+        """The task's record, when the caller may see and steer it (its submitter, or an admin)."""
         try:
-            owner = self.scheduler.owner(task_id)
+            record = await self.registry.get(task_id)
         except SchedulerError as err:
             raise _http_error(err) from None
-        if not caller.admin and caller.client_id != owner:
+        if not caller.admin and caller.client_id != record.client_id:
             raise HttpError(403, "not_owner", "this task belongs to another client")
+        return record
 
-    def _sync(self, caller: Identity) -> Response:
-        return json_response(200, TasksAnswer(tasks=self.scheduler.tasks(caller.client_id)))
+    async def _sync(self, caller: Identity) -> Response:
+        return json_response(200, TasksAnswer(tasks=await self.registry.tasks(caller.client_id)))
 
     # -- /api/tasks ------------------------------------------------------------------------------------------
 
@@ -122,8 +129,8 @@ class CommandService:
         if req.query.get("all", "").lower() in ("1", "true", "yes"):
             if not caller.admin:
                 raise HttpError(403, "admin_required", "listing every client's tasks needs admin rights")
-            return json_response(200, TasksAnswer(tasks=self.scheduler.tasks()))
-        return self._sync(caller)
+            return json_response(200, TasksAnswer(tasks=await self.registry.tasks()))
+        return await self._sync(caller)
 
     async def get_task(self, req: Request) -> Response:
         """``GET /api/tasks/{taskId}``."""

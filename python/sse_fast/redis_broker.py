@@ -12,12 +12,16 @@ valid on every node and across node restarts. ``sse:floor`` is the seq the log s
 without its data, the first node to notice writes a new floor, and every cursor below it is ``expired``.
 
 Ephemeral messages go over pub/sub (``sse:eph``): no log, no mailbox, no cursor. ``sse:control`` carries
-``replaced`` closes to the node that holds the connection.
+``replaced`` closes to the node that holds the connection, and task controls and their answers between nodes
+(:mod:`sse_fast.redis_tasks`, the task registry this broker chooses).
 
 Presence: ``sse:pres:<client>`` is a sorted set of ``<node>:<conn>`` by connect time; a node is alive while its
 ``sse:node:<node>`` key (refreshed every tick, 15 s TTL) exists, so the connections of a dead node stop counting
-within 15 s. Every structure is bounded: the log by ``MAXLEN ~`` and ``MINID`` (TTL), mailboxes by ``LTRIM`` and
-``EXPIRE``, presence, dedupe and ack keys by ``EXPIRE``, the ack deadline set by a cap on its size.
+within 15 s. ``sse:conns:<node>`` is a hash of the node's connections (the rows of ``GET /api/connections``):
+written when a stream opens, deleted when it closes, rewritten with fresh queue stats every
+:data:`CONNECTIONS_REFRESH` seconds, and expiring with the node's heartbeat. Every structure is bounded: the log by
+``MAXLEN ~`` and ``MINID`` (TTL), mailboxes by ``LTRIM`` and ``EXPIRE``, presence, dedupe, ack keys and connection
+rows by ``EXPIRE``, the ack deadline set by a cap on its size.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import redis
@@ -41,9 +45,13 @@ from redis.retry import Retry
 from sse_fast._core import Frame, topic_matches
 from sse_fast._http import HttpError
 from sse_fast.broker import Accepted, Broker, Opening
-from sse_fast.models import Envelope, ValidationFailure, new_message_id
+from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure, new_message_id
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
+
+if TYPE_CHECKING:
+    from sse_fast.redis_tasks import RedisTaskRegistry
+    from sse_fast.scheduler import Scheduler
 
 __all__ = ["RedisBroker", "cursor_seq", "stream_id"]
 
@@ -51,6 +59,7 @@ log = logging.getLogger("sse_fast.redis")
 
 _T = TypeVar("_T")
 _json = msgspec.json.Encoder()
+_row = msgspec.json.Decoder(ConnectionInfo)
 
 LOG = "sse:log"
 EPOCH = "sse:epoch"
@@ -61,6 +70,8 @@ NODES = "sse:nodes"
 ACK_DUE = "sse:acks:due"
 NODE_TTL = 15
 PRESENCE_TTL = 24 * 3600
+#: Seconds between the rewrites of a node's connection rows (``lastActiveAt`` and queue stats are as of then).
+CONNECTIONS_REFRESH = 5
 #: How long a publish waits for this node's reader to route its entry (to count ``delivered``).
 DELIVERY_WAIT = 1.0
 #: Seconds a client waits before retrying a publish refused while Redis is unreachable.
@@ -255,6 +266,9 @@ class RedisBroker(Broker):
         self._gone: list[tuple[int, str]] = []
         self._marks: list[str] = []
         self._last_refresh = 0.0
+        self._last_rows = 0.0
+        self._control_ops: dict[str, Callable[[dict[str, Any]], None]] = {"close": self._close_replaced}
+        self._registry: RedisTaskRegistry | None = None
         self.cluster_connections = 0
         self.cluster_nodes = 0
         self.published = 0
@@ -310,6 +324,9 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         """Stop the loops, withdraw this node's presence (best effort) and close the Redis connections."""
+        if self._registry is not None and self._up:
+            with contextlib.suppress(Exception):  # the last task events of a shutdown: best effort, bounded
+                await asyncio.wait_for(self._registry.flush(), 2.0)
         self._closing = True
         for task in [*self._tasks, *([self._tick_task] if self._tick_task else [])]:
             task.cancel()
@@ -320,7 +337,7 @@ class RedisBroker(Broker):
             pipe = self._redis.pipeline(transaction=False)
             for conn_id, client_id in self._members.items():
                 pipe.zrem(self._presence(client_id), self._member(conn_id))
-            pipe.delete(f"sse:node:{self.node_id}")
+            pipe.delete(f"sse:node:{self.node_id}", self._rows_key(self.node_id))
             pipe.zrem(NODES, self.node_id)
             await pipe.execute()
         for client in (self._redis, self._reader, self._pubsub_client):
@@ -343,6 +360,25 @@ class RedisBroker(Broker):
                 "the message broker (Redis) is unreachable; retry later",
                 headers=[("retry-after", RETRY_AFTER)],
             ) from None
+
+    async def call(self, awaitable: Awaitable[_T]) -> _T:
+        """One Redis call for a collaborator of this broker (the task registry): 503 when Redis is unreachable."""
+        return await self._call(awaitable)
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The client for commands (not the reader's, not pub/sub's)."""
+        return self._redis
+
+    def task_registry(self, scheduler: Scheduler) -> RedisTaskRegistry:
+        """Task records in Redis, controls relayed to the node that runs the task."""
+        from sse_fast.redis_tasks import RedisTaskRegistry
+
+        if self._registry is None:
+            self._registry = RedisTaskRegistry(scheduler, self)
+            assert self.streams is not None, "attach() the broker to the streams first"
+            self.streams.add_tick_job(self._registry.tick)
+        return self._registry
 
     def _down(self, err: BaseException) -> None:
         if self._up:
@@ -579,12 +615,29 @@ class RedisBroker(Broker):
             self._control(body)
 
     def _control(self, body: dict[str, Any]) -> None:
+        handler = self._control_ops.get(str(body.get("op")))
+        if handler is not None:
+            handler(body)
+
+    def _close_replaced(self, body: dict[str, Any]) -> None:
         assert self.streams is not None
-        if body.get("op") == "close":
-            conn_id = int(body["conn"])
-            if self.streams.get(conn_id) is not None:
-                self.streams.closed_replaced += 1
-                self.streams.close(conn_id, str(body.get("reason", "replaced")))
+        conn_id = int(body["conn"])
+        if self.streams.get(conn_id) is not None:
+            self.streams.closed_replaced += 1
+            self.streams.close(conn_id, str(body.get("reason", "replaced")))
+
+    def on_control(self, op: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``handler(body)`` (on the loop; it must not block) for ``sse:control`` messages of ``op`` that name
+        this node (``body["node"]``)."""
+        self._control_ops[op] = handler
+
+    async def send_control(self, body: dict[str, Any]) -> None:
+        """Publish a control message; the node named ``body["node"]`` acts on it."""
+        await self._call(self._redis.publish(CONTROL, _json.encode(body)))
+
+    async def node_alive(self, node: str) -> bool:
+        """Whether ``node``'s heartbeat key exists (a dead node's expires within 15 s)."""
+        return bool(await self._call(self._redis.exists(f"sse:node:{node}")))
 
     # -- opening a stream ------------------------------------------------------------------------------------
 
@@ -612,6 +665,10 @@ class RedisBroker(Broker):
         pipe = self._redis.pipeline(transaction=False)
         await self._scripts["connect"](keys=keys, args=args, client=pipe)
         pipe.xinfo_stream(LOG)
+        conn = self.streams.get(conn_id) if self.streams is not None and conn_id is not None else None
+        if conn is not None and self.streams is not None:
+            pipe.hset(self._rows_key(self.node_id), str(conn.id), _json.encode(self.streams.info(conn)))
+            pipe.expire(self._rows_key(self.node_id), NODE_TTL)
         replies: list[Any] = await self._call(pipe.execute(raise_on_error=False))
         if isinstance(replies[0], BaseException):
             raise replies[0]
@@ -707,6 +764,10 @@ class RedisBroker(Broker):
     def _presence(self, client_id: str) -> str:
         return f"sse:pres:{client_id}"
 
+    @staticmethod
+    def _rows_key(node: str) -> str:
+        return f"sse:conns:{node}"
+
     def _member(self, conn_id: int) -> str:
         return f"{self.node_id}:{conn_id}"
 
@@ -729,6 +790,7 @@ class RedisBroker(Broker):
                 pipe = self._redis.pipeline(transaction=False)
                 for conn_id, client_id in gone:
                     pipe.zrem(self._presence(client_id), self._member(conn_id))
+                pipe.hdel(self._rows_key(self.node_id), *(str(conn_id) for conn_id, _ in gone))
                 await pipe.execute()
             except (RedisError, OSError):
                 self._gone.extend(gone)  # retried on the next tick
@@ -793,6 +855,9 @@ class RedisBroker(Broker):
         try:
             self._flush_gone()
             await self._heartbeat()
+            if now - self._last_rows >= CONNECTIONS_REFRESH:
+                self._last_rows = now
+                await self._write_rows()
             await self._redeliver(now)
             if self.settings.replay_ttl > 0:
                 await self._redis.xtrim(LOG, minid=stream_id(int((now - self.settings.replay_ttl) * 1000) << 20))
@@ -815,6 +880,7 @@ class RedisBroker(Broker):
         pipe.expire(NODES, NODE_TTL * 4)
         pipe.zrange(NODES, 0, -1)
         pipe.get(EPOCH)
+        pipe.expire(self._rows_key(self.node_id), NODE_TTL)
         replies = await pipe.execute()
         nodes = replies[4]
         if replies[5] is None:  # Redis lost its data without dropping our connections (FLUSHALL, failover)
@@ -823,6 +889,18 @@ class RedisBroker(Broker):
         counts = await self._redis.mget([f"sse:node:{_text(n)}" for n in nodes]) if nodes else []
         self.cluster_nodes = sum(1 for c in counts if c is not None)
         self.cluster_connections = sum(int(c) for c in counts if c is not None)
+
+    async def _write_rows(self) -> None:
+        """Rewrite this node's connection rows, with their current queue stats (atomically: no empty moment)."""
+        assert self.streams is not None
+        key = self._rows_key(self.node_id)
+        rows = {str(conn.id): _json.encode(self.streams.info(conn)) for conn in self.streams.connections()}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(key)
+        if rows:
+            pipe.hset(key, mapping=rows)  # type: ignore[arg-type]
+            pipe.expire(key, NODE_TTL)
+        await pipe.execute()
 
     async def _refresh_presence(self) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -844,6 +922,24 @@ class RedisBroker(Broker):
             self.redelivered += 1
 
     # -- introspection ---------------------------------------------------------------------------------------
+
+    async def connections(self) -> list[ConnectionInfo]:
+        """Every live node's connections: this node's as they are now, the others' from their rows in Redis (their
+        ``lastActiveAt`` and queue stats as of that node's last refresh, at most CONNECTIONS_REFRESH s old)."""
+        assert self.streams is not None
+        nodes = [_text(n) for n in await self._call(self._redis.zrange(NODES, 0, -1))]
+        others = [n for n in nodes if n != self.node_id]
+        rows = self.streams.rows()
+        if others:
+            alive = await self._call(self._redis.mget([f"sse:node:{n}" for n in others]))
+            pipe = self._redis.pipeline(transaction=False)
+            live = [n for n, beat in zip(others, alive, strict=True) if beat is not None]
+            for node in live:
+                pipe.hvals(self._rows_key(node))
+            for values in await self._call(pipe.execute()):
+                rows += [_row.decode(value) for value in values]
+        rows.sort(key=lambda r: (r.connected_at, r.connection_id))
+        return rows
 
     def counters(self) -> dict[str, int]:
         return {

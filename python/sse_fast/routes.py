@@ -85,7 +85,7 @@ class Api:
             Route("POST", "/api/commands", self.command, "Send a command (the scheduler)", Envelope),
             Route("POST", "/api/ack", self.ack, "Acknowledge messages", AckRequest),
             Route("GET", "/api/messages/{id}", self.message_status, "Delivery status of a requireAck message"),
-            Route("GET", "/api/connections", self.connections, "Live connections of this worker (admin)"),
+            Route("GET", "/api/connections", self.connections, "Live connections (of the cluster, with Redis; admin)"),
             *self.commands.routes(),
             Route("GET", "/healthz", self.healthz, "Liveness"),
             Route("GET", "/readyz", self.readyz, "Readiness (broker reachable, accepting streams)"),
@@ -335,22 +335,7 @@ class Api:
         caller = self._caller(req)
         if not caller.admin:
             raise HttpError(403, "admin_required", "listing connections needs admin rights")
-        hub = self.streams.hub
-        rows = []
-        for conn in self.streams.connections():
-            queued, _, dropped = hub.queue_stats(conn.id)
-            rows.append(
-                {
-                    "clientId": conn.client_id,
-                    "connectionId": self.streams.public_id(conn.id),
-                    "topics": list(conn.topics),
-                    "connectedAt": int(conn.connected_at * 1000),
-                    "lastActiveAt": int(conn.last_active * 1000),
-                    "queuedFrames": queued,
-                    "droppedFrames": dropped,
-                }
-            )
-        return json_response(200, rows)
+        return json_response(200, await self.broker.connections())
 
     async def healthz(self, req: Request) -> Response:
         """``GET /healthz``: the worker is alive."""

@@ -444,6 +444,7 @@ class Scheduler:
         self._pump: asyncio.Task[None] | None = None
         self._drained: asyncio.Event | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._watchers: list[Callable[[TaskRecord], None]] = []
         # Counters for metrics and tests.
         self.peak_running = 0
         self.counts: Counter[str] = Counter()
@@ -526,6 +527,14 @@ class Scheduler:
             raise ValueError("run_in must be 'loop' or 'thread'")
         params, extra = _params_struct(name, fn)
         self._specs[name] = _Spec(name, fn, timeout, max_retries, concurrency, run_in, params, extra)
+
+    def watch(self, fn: Callable[[TaskRecord], None]) -> None:
+        """Call ``fn(record)`` whenever a task's record changes (a transition, a pause or resume, progress).
+
+        A shared task registry mirrors this node's tasks this way; ``fn`` runs on the scheduler's loop and must not
+        block (queue the record and write it later).
+        """
+        self._watchers.append(fn)
 
     @property
     def handlers(self) -> list[str]:
@@ -630,6 +639,7 @@ class Scheduler:
         if t.state == "resuming":  # resumed, not yet back to work: stay paused
             self._resuming.remove(t)
             t.state, t.status = "paused", "paused"
+            self._changed(t)
             return t.record(), True
         if t.state == "running":
             t.pause_requested = True
@@ -653,6 +663,7 @@ class Scheduler:
         elif t.state == "paused":
             t.state, t.status = "resuming", "pending"
             self._resuming.append(t)
+            self._changed(t)
             self._dispatch()
         else:
             raise SchedulerError(409, "not_paused", f"task {task_id} is {t.status}, not paused", {"status": t.status})
@@ -661,6 +672,14 @@ class Scheduler:
     def owner(self, task_id: str) -> str:
         """The client that submitted the task."""
         return self._get(task_id).client_id
+
+    def has(self, task_id: str) -> bool:
+        """Whether this scheduler holds the task (live, or finished and within retention)."""
+        return task_id in self._tasks
+
+    def live(self) -> list[TaskRecord]:
+        """The records of the tasks that have not ended."""
+        return [t.record() for t in self._tasks.values() if t.state != "done"]
 
     async def wait(self, task_id: str) -> TaskRecord:
         """Wait until the task has ended; its final record."""
@@ -1066,6 +1085,7 @@ class Scheduler:
         p.pending, p.last, p.last_resumable = None, payload, resumable
         p.last_sent = self.loop.time()
         self._send(self._envelope("progress", t.client_id, payload, t.priority, t.command_id, ephemeral=not resumable))
+        self._changed(t)
 
     def _flush_progress(self, t: _Task, *, final: bool) -> None:
         """At the end of an attempt: deliver the held-back value; at the end of the task, make the last resumable."""
@@ -1105,6 +1125,16 @@ class Scheduler:
     def _event(self, t: _Task, event: str, **fields: Any) -> None:
         payload = {"event": event, "taskId": t.id, "status": t.status, **fields}
         self._send(self._envelope("command", t.client_id, payload, t.priority, t.command_id))
+        self._changed(t)
+
+    def _changed(self, t: _Task) -> None:
+        if self._watchers:
+            record = t.record()
+            for fn in self._watchers:
+                try:
+                    fn(record)
+                except Exception:
+                    log.exception("a task watcher failed")
 
     @staticmethod
     def _envelope(

@@ -45,7 +45,8 @@ class App:
         self.scheduler.bind(self.broker, settings)
         self.streams.add_tick_job(self.scheduler.tick)
         auth = Authenticator(settings)
-        self.commands = CommandService(self.scheduler, auth=auth)
+        self.tasks = self.broker.task_registry(self.scheduler)
+        self.commands = CommandService(self.scheduler, self.tasks, auth=auth)
         self.api = Api(
             settings,
             broker=self.broker,

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import msgspec
 
 from sse_fast._core import CRITICAL, LOW, Delivery, Frame, Hub, encode_comment, encode_json_frame
+from sse_fast.models import ConnectionInfo
 from sse_fast.settings import Settings
 
 __all__ = ["Connection", "Sink", "Streams", "system_envelope"]
@@ -171,6 +172,23 @@ class Streams:
     def connections(self) -> Iterable[Connection]:
         """Every open connection (a snapshot)."""
         return list(self._conns.values())
+
+    def info(self, conn: Connection) -> ConnectionInfo:
+        """One connection as a row of ``GET /api/connections``."""
+        queued, _, dropped = self.hub.queue_stats(conn.id)
+        return ConnectionInfo(
+            client_id=conn.client_id,
+            connection_id=self.public_id(conn.id),
+            topics=list(conn.topics),
+            connected_at=int(conn.connected_at * 1000),
+            last_active_at=int(conn.last_active * 1000),
+            queued_frames=queued,
+            dropped_frames=dropped,
+        )
+
+    def rows(self) -> list[ConnectionInfo]:
+        """Every open connection of this worker as a row of ``GET /api/connections``."""
+        return [self.info(conn) for conn in self._conns.values()]
 
     def open(self, client_id: str, topics: tuple[str, ...], sink: Sink) -> Connection:
         """Register a stream. Past the per-client limit, the client's oldest stream is closed as ``replaced``."""

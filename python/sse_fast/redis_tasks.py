@@ -1,0 +1,248 @@
+"""The task registry of the Redis broker: every node's task records in Redis, controls sent to the owning node.
+
+Each node mirrors the records of the tasks it runs (:meth:`Scheduler.watch`): every transition, pause, resume and
+progress event marks the record dirty, and one writer per node writes the latest version of each dirty record
+(so a burst of progress costs one write). Any node then answers ``GET /api/tasks``, ``GET /api/tasks/{id}``,
+``query`` and ``sync`` from Redis (its own tasks from memory, which is fresher).
+
+``cancel``, ``pause`` and ``resume`` for a task of another node go over ``sse:control`` to that node, which acts on
+its scheduler, waits until its record is written, and answers over the same channel; the HTTP answer is the
+owner's (200, 202, 404, 409). The owner does not answer within the wait (it died, or Redis dropped the message):
+504 ``task_node_timeout``; its heartbeat key is gone (dead for up to 15 s): 503 ``task_node_unavailable``. A
+pending task stays pending on the node that accepted it: no node takes over another node's queue.
+
+Keys, all bounded:
+
+- ``sse:task:<id>``, a hash ``{rec: the TaskRecord as JSON, node: the node that runs it}``; ``EXPIRE`` the
+  scheduler's retention once the task has ended, :data:`LIVE_TTL` while it lives (refreshed by its node every
+  :data:`LIVE_REFRESH` seconds, so that the live records of a dead node vanish within :data:`LIVE_TTL`).
+- ``sse:tasks:<client>`` and ``sse:tasks:all``, sorted sets of task ids by ``createdAt``, trimmed to the
+  scheduler's ``retention_count`` newest and ``EXPIRE``d; ids whose hash expired are dropped when read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from redis.exceptions import RedisError
+
+from sse_fast._http import HttpError
+from sse_fast.models import TaskRecord
+from sse_fast.scheduler import Scheduler, SchedulerError
+from sse_fast.task_registry import LocalTaskRegistry
+
+if TYPE_CHECKING:
+    from sse_fast.redis_broker import RedisBroker
+
+__all__ = ["LIVE_REFRESH", "LIVE_TTL", "RedisTaskRegistry"]
+
+log = logging.getLogger("sse_fast.redis")
+
+#: Seconds a live task's record outlives its node's last refresh.
+LIVE_TTL: Final = 300
+#: Seconds between a node's refreshes of its live tasks' records.
+LIVE_REFRESH: Final = 60
+#: Seconds a pause or resume waits for the owner's answer (a cancel waits ``cancel_grace`` more).
+CONTROL_WAIT: Final = 5.0
+ALL: Final = "sse:tasks:all"
+_FINISHED: Final = frozenset({"completed", "failed", "cancelled", "timed_out"})
+_json = msgspec.json.Encoder()
+_record = msgspec.json.Decoder(TaskRecord)
+
+
+def _task_key(task_id: str) -> str:
+    return f"sse:task:{task_id}"
+
+
+def _index_key(client_id: str) -> str:
+    return f"sse:tasks:{client_id}"
+
+
+class RedisTaskRegistry(LocalTaskRegistry):
+    """Task records shared through Redis; controls relayed to the node that runs the task."""
+
+    def __init__(self, scheduler: Scheduler, broker: RedisBroker) -> None:
+        super().__init__(scheduler)
+        self.broker = broker
+        self._dirty: dict[str, TaskRecord] = {}
+        self._writing = asyncio.Lock()
+        self._writer: asyncio.Task[None] | None = None
+        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._serving: set[asyncio.Task[None]] = set()
+        self._last_refresh = time.monotonic()
+        scheduler.watch(self._changed)
+        broker.on_control("task", self._on_control)
+        broker.on_control("task_reply", self._on_reply)
+
+    # -- writing this node's records ---------------------------------------------------------------------------
+
+    def _changed(self, record: TaskRecord) -> None:
+        self._dirty[record.task_id] = record
+        if self._writer is None or self._writer.done():
+            with contextlib.suppress(RuntimeError):  # no running loop (a signal handler): the next tick writes it
+                self._writer = asyncio.get_running_loop().create_task(self._write_quietly())
+
+    async def _write_quietly(self) -> None:
+        try:
+            await self._write()
+        except (RedisError, OSError, HttpError) as err:
+            log.warning("could not write task records to Redis (retried on the next tick): %s", err)
+
+    async def flush(self) -> None:
+        """Write every dirty record now; when Redis is unreachable, log it and leave them for the next tick (what
+        was done to the task is done: the caller's answer should say so, not fail)."""
+        await self._write_quietly()
+
+    async def _write(self) -> None:
+        async with self._writing:
+            while self._dirty:
+                batch, self._dirty = self._dirty, {}
+                try:
+                    await self.broker.call(self._pipeline(batch.values()).execute())
+                except BaseException:
+                    self._dirty = {**batch, **self._dirty}  # newer versions win
+                    raise
+
+    def _pipeline(self, records: Any) -> Any:
+        s = self.scheduler
+        index_ttl = int(max(s.retention, LIVE_TTL)) + LIVE_REFRESH
+        pipe = self.broker.redis.pipeline(transaction=False)
+        node = self.broker.node_id
+        for record in records:
+            key = _task_key(record.task_id)
+            pipe.hset(key, mapping={"rec": _json.encode(record), "node": node})
+            pipe.expire(key, max(1, int(s.retention)) if record.status in _FINISHED else LIVE_TTL)
+            for index in (_index_key(record.client_id), ALL):
+                pipe.zadd(index, {record.task_id: record.created_at})
+                pipe.zremrangebyrank(index, 0, -(s.retention_count + 1))
+                pipe.expire(index, index_ttl)
+        return pipe
+
+    def tick(self, now: float) -> None:
+        """Write what could not be written, and keep this node's live records alive (every LIVE_REFRESH s)."""
+        if time.monotonic() - self._last_refresh >= LIVE_REFRESH:
+            self._last_refresh = time.monotonic()
+            for record in self.scheduler.live():
+                self._dirty.setdefault(record.task_id, record)
+        if self._dirty and (self._writer is None or self._writer.done()) and self.broker.ready():
+            self._writer = asyncio.get_running_loop().create_task(self._write_quietly())
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    async def _lookup(self, task_id: str) -> tuple[TaskRecord, str]:
+        rec, node = await self.broker.call(self.broker.redis.hmget(_task_key(task_id), ["rec", "node"]))
+        if rec is None:
+            raise SchedulerError(404, "task_not_found", f"no task {task_id!r} (unknown, or dropped after retention)")
+        return _record.decode(rec), node.decode() if isinstance(node, bytes) else str(node)
+
+    async def get(self, task_id: str) -> TaskRecord:
+        if self.scheduler.has(task_id):
+            return self.scheduler.get(task_id)
+        record, _ = await self._lookup(task_id)
+        return record
+
+    async def tasks(self, client_id: str | None = None) -> list[TaskRecord]:
+        index = ALL if client_id is None else _index_key(client_id)
+        redis = self.broker.redis
+        found_ids: list[Any] = await self.broker.call(redis.zrange(index, 0, -1))
+        ids = [i.decode() for i in found_ids]
+        local = {r.task_id: r for r in self.scheduler.tasks(client_id)}
+        remote = [i for i in ids if i not in local]
+        records = list(local.values())
+        if remote:
+            pipe = redis.pipeline(transaction=False)
+            for task_id in remote:
+                pipe.hget(_task_key(task_id), "rec")
+            found = await self.broker.call(pipe.execute())
+            gone = [task_id for task_id, rec in zip(remote, found, strict=True) if rec is None]
+            records += [_record.decode(rec) for rec in found if rec is not None]
+            if gone:
+                await self.broker.call(redis.zrem(index, *gone))
+        records.sort(key=lambda r: (r.created_at, r.task_id))
+        return records
+
+    # -- controls ----------------------------------------------------------------------------------------------
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        if self.scheduler.has(task_id):
+            record = await self.scheduler.cancel(task_id)
+            await self.flush()
+            return record
+        record, _ = await self._relay(task_id, "cancel", CONTROL_WAIT + self.scheduler.cancel_grace)
+        return record
+
+    async def pause(self, task_id: str) -> tuple[TaskRecord, bool]:
+        if self.scheduler.has(task_id):
+            answer = self.scheduler.pause(task_id)
+            await self.flush()
+            return answer
+        return await self._relay(task_id, "pause", CONTROL_WAIT)
+
+    async def resume(self, task_id: str) -> TaskRecord:
+        if self.scheduler.has(task_id):
+            record = self.scheduler.resume(task_id)
+            await self.flush()
+            return record
+        record, _ = await self._relay(task_id, "resume", CONTROL_WAIT)
+        return record
+
+    async def _relay(self, task_id: str, action: str, wait: float) -> tuple[TaskRecord, bool]:
+        """Send ``action`` to the node that runs the task; its answer (or its refusal, raised)."""
+        record, node = await self._lookup(task_id)
+        if node == self.broker.node_id:  # this node ran it, and has dropped it since
+            raise SchedulerError(404, "task_not_found", f"no task {task_id!r} (dropped after retention)")
+        if not await self.broker.node_alive(node):
+            message = f"the node that runs task {task_id} ({node}) is not reachable"
+            raise SchedulerError(503, "task_node_unavailable", message, {"status": record.status}, retry_after=5)
+        token = secrets.token_hex(8)
+        future = self._replies[token] = asyncio.get_running_loop().create_future()
+        body = {"op": "task", "node": node, "from": self.broker.node_id, "reply": token}
+        try:
+            await self.broker.send_control({**body, "action": action, "taskId": task_id})
+            answer = await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            message = f"the node that runs task {task_id} ({node}) did not answer within {wait:.0f}s"
+            raise SchedulerError(504, "task_node_timeout", message) from None
+        finally:
+            self._replies.pop(token, None)
+        error = answer.get("error")
+        if error is not None:
+            status, code, message, detail = error
+            raise SchedulerError(int(status), str(code), str(message), detail)
+        return msgspec.convert(answer["record"], TaskRecord), bool(answer["done"])
+
+    def _on_reply(self, body: dict[str, Any]) -> None:
+        future = self._replies.get(str(body.get("reply")))
+        if future is not None and not future.done():
+            future.set_result(body)
+
+    def _on_control(self, body: dict[str, Any]) -> None:
+        serving = asyncio.get_running_loop().create_task(self._serve(body))
+        self._serving.add(serving)
+        serving.add_done_callback(self._serving.discard)
+
+    async def _serve(self, body: dict[str, Any]) -> None:
+        """Act on a control for one of this node's tasks, and answer the node that relayed it."""
+        reply: dict[str, Any] = {"op": "task_reply", "node": body.get("from"), "reply": body.get("reply")}
+        task_id, action = str(body.get("taskId")), body.get("action")
+        try:
+            if action == "cancel":
+                record, done = await self.scheduler.cancel(task_id), True
+            elif action == "pause":
+                record, done = self.scheduler.pause(task_id)
+            elif action == "resume":
+                record, done = self.scheduler.resume(task_id), True
+            else:
+                raise SchedulerError(422, "unknown_action", f"unknown task action {action!r}")
+            await self.flush()
+            reply.update(record=msgspec.to_builtins(record), done=done)
+        except SchedulerError as err:
+            reply["error"] = [err.status, err.code, err.message, err.detail]
+        with contextlib.suppress(RedisError, OSError, HttpError):
+            await self.broker.send_control(reply)

@@ -1,0 +1,71 @@
+"""The task registry: where the commands endpoint finds task records and sends task controls (PROTOCOL.md section 4).
+
+A :class:`~sse_fast.scheduler.Scheduler` runs the tasks submitted to its own worker; the registry answers for the
+whole server. The broker chooses it (:meth:`sse_fast.broker.Broker.task_registry`):
+
+- :class:`LocalTaskRegistry` (the memory broker): the scheduler's own records, nothing more. One worker.
+- :class:`~sse_fast.redis_tasks.RedisTaskRegistry` (the Redis broker): every node mirrors its tasks' records into
+  Redis, so that any node can list and query them, and sends ``cancel``/``pause``/``resume`` to the node that runs
+  the task and answers with that node's answer.
+
+A task runs on the node that accepted its ``execute``, from submit to end (it is never moved or stolen).
+"""
+
+from __future__ import annotations
+
+import abc
+
+from sse_fast.models import TaskRecord
+from sse_fast.scheduler import Scheduler
+
+__all__ = ["LocalTaskRegistry", "TaskRegistry"]
+
+
+class TaskRegistry(abc.ABC):
+    """Task records and controls, wherever the task runs. Refusals raise :class:`~sse_fast.scheduler.SchedulerError`
+    (``task_not_found`` 404, ``task_finished`` and ``not_paused`` 409, ...)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> TaskRecord:
+        """The task's record."""
+
+    @abc.abstractmethod
+    async def tasks(self, client_id: str | None = None) -> list[TaskRecord]:
+        """The tasks of ``client_id`` (every client's when None), oldest first."""
+
+    @abc.abstractmethod
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel the task; returns once its handler's cleanup has run (see :meth:`Scheduler.cancel`)."""
+
+    @abc.abstractmethod
+    async def pause(self, task_id: str) -> tuple[TaskRecord, bool]:
+        """Pause the task; the record and whether the pause has taken effect already."""
+
+    @abc.abstractmethod
+    async def resume(self, task_id: str) -> TaskRecord:
+        """Resume a paused task."""
+
+    async def flush(self) -> None:  # noqa: B027 - optional hook; the local registry writes nothing
+        """Wait until every change of this node's tasks is visible to the other nodes."""
+
+
+class LocalTaskRegistry(TaskRegistry):
+    """The scheduler's own tasks: what one worker on the memory broker has."""
+
+    async def get(self, task_id: str) -> TaskRecord:
+        return self.scheduler.get(task_id)
+
+    async def tasks(self, client_id: str | None = None) -> list[TaskRecord]:
+        return self.scheduler.tasks(client_id)
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        return await self.scheduler.cancel(task_id)
+
+    async def pause(self, task_id: str) -> tuple[TaskRecord, bool]:
+        return self.scheduler.pause(task_id)
+
+    async def resume(self, task_id: str) -> TaskRecord:
+        return self.scheduler.resume(task_id)
