@@ -1,0 +1,772 @@
+"""``make bench-fanout``: sse-fast against sse-starlette on uvicorn, each a real server pinned to one core.
+
+Each contender runs as its own process pinned to core 0 (``taskset``); this runner, the load client, pins itself to
+core 1. For every subscriber count N it starts the server afresh and measures, in order:
+
+1. **connect**: N streams opened in ten steps; server RSS after each step (slope by least squares, first step
+   left out) and the kernel's socket memory (``/proc/net/sockstat`` TCP pages, ``Slab`` from ``/proc/meminfo``;
+   both ends of each loopback connection).
+2. **warm-up**: a few broadcasts, not measured.
+3. **broadcast, one frame per write**: each broadcast is sent once every stream got the previous one (lockstep),
+   so each write holds one frame: server CPU per delivery (``/proc/<pid>/stat``), deliveries/s.
+4. **broadcast, burst**: broadcasts sent back to back from ``--publishers`` connections, so frames pile up per stream
+   (coalesced writes): deliveries/s, CPU per delivery, frames per client read.
+5. **broadcast, paced** at each of ``--rates`` broadcasts/s for ``--paced-seconds``: publish -> receive latency
+   p50/p99/max (the send time is the *scheduled* time, stamped in the payload and checked at the client).
+6. **topic** (1% of the streams per topic) and **direct** (one client per message): a burst and a paced phase each.
+
+Every phase checks that each stream received exactly its sequence numbers, in order: a phase with a lost,
+duplicated or closed stream is reported as FAILED, not as a figure. Output: ``bench/results/fanout.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from client import Monitor, Publisher, Subscriber, cpu_seconds, descendants, open_streams, payload, rss_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+TOPICS = 100  # each topic reaches 1% of the streams
+SERVER_CORE, CLIENT_CORE = 0, 1
+
+# Targets of issue 8, at 10,000 subscribers.
+TARGETS = {
+    "cpu_us_per_delivery": 6.0,
+    "burst_frames_per_s": 1_000_000,
+    "kib_per_connection": 14.0,
+    "p99_ms_at_5_per_s": 60.0,
+    "ratio_cpu": 8.0,
+    "ratio_memory": 4.0,
+    "ratio_p99": 15.0,
+}
+
+
+@dataclass
+class Contender:
+    name: str
+    command: Callable[[int], list[str]]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _contenders() -> dict[str, Contender]:
+    bindir = Path(sys.executable).parent
+    return {
+        "sse-fast": Contender(
+            "sse-fast",
+            lambda port: [str(bindir / "sse-fast"), "serve", "--host", HOST, "--port", str(port)],
+            {
+                "SSE_FAST_KEEPALIVE": "300",
+                "SSE_FAST_HEARTBEAT": "600",
+                "SSE_FAST_LOG_LEVEL": "warning",
+                "SSE_FAST_SHUTDOWN_GRACE": "1",
+            },
+        ),
+        "sse-starlette": Contender(
+            "sse-starlette",
+            lambda port: (
+                [sys.executable, str(ROOT / "bench/peers/sse_starlette_app.py"), "--port", str(port), "--ping", "300"]
+            ),
+        ),
+        "granian-rsgi": Contender(
+            "granian-rsgi",
+            lambda port: [sys.executable, str(ROOT / "bench/peers/granian_rsgi_app.py"), "--port", str(port)],
+            {"PYTHONPATH": str(ROOT / "bench/peers")},
+        ),
+    }
+
+
+# -- the server process ------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A contender's process, pinned to ``SERVER_CORE``."""
+
+    def __init__(self, contender: Contender) -> None:
+        self.contender = contender
+        self.port = _free_port()
+        env = {**os.environ, **contender.env}
+        cmd = ["taskset", "-c", str(SERVER_CORE), *contender.command(self.port)]
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
+        self._wait_ready()
+        self.pids = descendants(self.proc.pid)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.contender.name} exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{self.port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.contender.name} did not answer /healthz within 30 s")
+
+    def cpu(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the server's processes."""
+        times = [cpu_seconds(p) for p in self.pids]
+        return sum(u for u, _ in times), sum(s for _, s in times)
+
+    def rss(self) -> int:
+        return sum(rss_bytes(p) for p in self.pids)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# -- kernel memory -----------------------------------------------------------------------------------------------
+
+
+def _kernel() -> dict[str, int]:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":", 1)
+            if key in ("Slab", "SUnreclaim", "MemAvailable"):
+                out[key] = int(value.split()[0]) * 1024
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                parts = line.split()
+                out["tcp_mem"] = int(parts[parts.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE")
+    return out
+
+
+def _slope(xs: list[int], ys: list[int]) -> float:
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+
+# -- one benchmark session ---------------------------------------------------------------------------------------
+
+
+class Session:
+    """N streams held against one server, and the phases run over them."""
+
+    def __init__(self, server: Server, n: int, args: argparse.Namespace) -> None:
+        self.server, self.n, self.args = server, n, args
+        self.mon = Monitor(n)
+        self.subs: list[Subscriber] = []
+        self.pubs: list[Publisher] = []
+
+    def _path(self, idx: int) -> str:
+        return f"/sse?clientId=c{idx}&topics=room.{idx % TOPICS}"
+
+    async def connect(self) -> dict[str, Any]:
+        steps = 10
+        counts, rss = [0], [self.server.rss()]
+        kernel0 = _kernel()
+        t0 = time.perf_counter()
+        for step in range(steps):
+            lo, hi = self.n * step // steps, self.n * (step + 1) // steps
+            self.subs += await open_streams(HOST, self.server.port, range(lo, hi), self.mon, path=self._path)
+            await asyncio.sleep(0.3)
+            counts.append(hi)
+            rss.append(self.server.rss())
+        elapsed = time.perf_counter() - t0
+        kernel1 = _kernel()
+        self.pubs = [await Publisher.connect(HOST, self.server.port) for _ in range(self.args.publishers)]
+        slope = _slope(counts[1:], rss[1:])
+        return {
+            "streams": self.n,
+            "seconds": round(elapsed, 2),
+            "rss_bytes_per_connection": round(slope),
+            "kib_per_connection": round(slope / 1024, 2),
+            "rss_before": rss[0],
+            "rss_after": rss[-1],
+            "kernel_tcp_mem_bytes_per_connection": round((kernel1["tcp_mem"] - kernel0["tcp_mem"]) / self.n),
+            "kernel_slab_bytes_per_connection": round((kernel1["Slab"] - kernel0["Slab"]) / self.n),
+            "kernel_note": "both ends of each loopback connection (client and server sockets); machine-wide",
+            "samples": list(zip(counts, rss, strict=True)),
+        }
+
+    # -- what each phase sends, and what each stream must then receive ---------------------------------------------
+
+    def _message(self, kind: str, j: int, t_ns: int | None = None) -> tuple[str, bytes, int]:
+        """Message ``j`` of a phase: (path, body, deliveries)."""
+        if kind == "broadcast":
+            p = payload(j, t_ns=t_ns)
+            return "/api/broadcast", b'{"message":{"type":"json","payload":%s}}' % p, self.n
+        if kind == "topic":
+            p = payload(j // TOPICS, t_ns=t_ns)
+            topic = j % TOPICS
+            reach = len(range(topic, self.n, TOPICS))
+            return "/api/messages", b'{"type":"json","topic":"room.%d","payload":%s}' % (topic, p), reach
+        p = payload(j // self.n, t_ns=t_ns)
+        return f"/api/direct/c{j % self.n}", b'{"type":"json","payload":%s}' % p, 1
+
+    def _expected(self, kind: str, count: int) -> list[int]:
+        if kind == "broadcast":
+            return [count] * self.n
+        if kind == "topic":
+            return [len(range(i % TOPICS, count, TOPICS)) for i in range(self.n)]
+        return [len(range(i, count, self.n)) for i in range(self.n)]
+
+    async def _post(self, pub: Publisher, path: str, body: bytes, errors: list[str]) -> None:
+        status, answer = await pub.post(path, body)
+        if status not in (200, 202):
+            errors.append(f"{path}: {status} {answer[:200]!r}")
+
+    async def phase(
+        self, kind: str, mode: str, count: int, *, rate: float = 0.0, measure: bool = True
+    ) -> dict[str, Any]:
+        """Send ``count`` messages of ``kind`` (lockstep, burst or paced) and check what every stream received."""
+        expected = self._expected(kind, count)
+        total = sum(expected)
+        self.mon.reset(expected, latency=mode == "paced")
+        errors: list[str] = []
+        gc.collect()
+        gc.disable()
+        cpu0, me0, t0 = self.server.cpu(), os.times(), time.perf_counter()
+        if mode == "lockstep":
+            due = 0
+            for j in range(count):
+                path, body, reach = self._message(kind, j)
+                due += reach
+                await self._post(self.pubs[0], path, body, errors)
+                await asyncio.wait_for(self.mon.wait_for(due), self.args.timeout)
+        elif mode == "burst":
+            await self._burst(kind, count, errors)
+        else:
+            await self._paced(kind, count, rate, errors)
+        sent_at = time.perf_counter()
+        timed_out = False
+        try:
+            done_at = await asyncio.wait_for(self.mon.wait_for(total), self.args.timeout)
+        except TimeoutError:
+            timed_out, done_at = True, time.perf_counter()
+        cpu1, me1 = self.server.cpu(), os.times()
+        await asyncio.sleep(0.3)  # late duplicates would show up here
+        gc.enable()
+        verdict = self.mon.verdict()
+        elapsed = done_at - t0
+        server_user, server_sys = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        server_cpu = server_user + server_sys
+        client_cpu = (me1.user - me0.user) + (me1.system - me0.system)
+        ok = not errors and not timed_out and not any(verdict.values())
+        result: dict[str, Any] = {
+            "kind": kind,
+            "mode": mode,
+            "messages": count,
+            "deliveries": total,
+            "ok": ok,
+            **verdict,
+            "http_errors": errors[:5],
+            "timed_out": timed_out,
+            "seconds": round(elapsed, 3),
+            "send_seconds": round(sent_at - t0, 3),
+            "server_cpu_s": round(server_cpu, 3),
+            "server_system_share": round(server_sys / server_cpu, 2) if server_cpu else None,
+            "client_cpu_s": round(client_cpu, 3),
+            "deliveries_per_s": round(total / elapsed) if elapsed > 0 else None,
+            "server_cpu_us_per_delivery": round(server_cpu * 1e6 / total, 2) if total else None,
+            "client_cpu_us_per_delivery": round(client_cpu * 1e6 / total, 2) if total else None,
+            "frames_per_read": round(self.mon.received / self.mon.reads, 2) if self.mon.reads else None,
+        }
+        if rate:
+            result["rate_per_s"] = rate
+        if self.mon.latencies:
+            lat = sorted(self.mon.latencies)
+            result["latency_ms"] = {
+                "p50": round(lat[len(lat) // 2] / 1e6, 2),
+                "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1e6, 2),
+                "max": round(lat[-1] / 1e6, 2),
+                "samples": len(lat),
+            }
+        return result
+
+    async def _burst(self, kind: str, count: int, errors: list[str]) -> None:
+        queue = iter(range(count))
+
+        async def worker(pub: Publisher) -> None:
+            for j in queue:
+                path, body, _ = self._message(kind, j)
+                await self._post(pub, path, body, errors)
+
+        await asyncio.gather(*(worker(p) for p in self.pubs))
+
+    async def _paced(self, kind: str, count: int, rate: float, errors: list[str]) -> None:
+        free: asyncio.Queue[Publisher] = asyncio.Queue()
+        for pub in self.pubs:
+            free.put_nowait(pub)
+        start_ns = time.time_ns()
+        start = time.perf_counter()
+        tasks = []
+
+        async def send(j: int) -> None:
+            # Stamp the scheduled time, not the actual one: a server that answers late is charged for it.
+            path, body, _ = self._message(kind, j, t_ns=start_ns + int(j * 1e9 / rate))
+            pub = await free.get()
+            try:
+                await self._post(pub, path, body, errors)
+            finally:
+                free.put_nowait(pub)
+
+        for j in range(count):
+            delay = start + j / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(j)))
+        await asyncio.gather(*tasks)
+
+    def close(self) -> None:
+        for sub in self.subs:
+            sub.close()
+        for pub in self.pubs:
+            pub.close()
+
+
+# -- the plan ----------------------------------------------------------------------------------------------------
+
+
+def _counts(n: int, args: argparse.Namespace) -> dict[str, int]:
+    return {
+        "lockstep": max(10, min(200, args.deliveries // n)),
+        "burst": max(16, min(200, 8 * args.deliveries // n // 8)),
+        "topic_burst": max(TOPICS, args.deliveries // max(1, n // TOPICS)),
+        "direct_burst": args.direct,
+    }
+
+
+async def run_session(contender: Contender, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"contender": contender.name, "n": n, "phases": []}
+    try:
+        server = Server(contender)
+    except RuntimeError as err:
+        out["error"] = str(err)
+        return out
+    session = Session(server, n, args)
+    try:
+        print(f"[{contender.name} N={n}] connecting", flush=True)
+        out["connect"] = await session.connect()
+        print(f"  {out['connect']['kib_per_connection']} KiB/connection", flush=True)
+        await session.phase("broadcast", "lockstep", 5, measure=False)
+        counts = _counts(n, args)
+        plan: list[tuple[str, str, int, float]] = [
+            ("broadcast", "lockstep", counts["lockstep"], 0.0),
+            ("broadcast", "burst", counts["burst"], 0.0),
+            *(("broadcast", "paced", max(1, round(rate * args.paced_seconds)), rate) for rate in args.rates),
+            ("topic", "burst", counts["topic_burst"], 0.0),
+            ("topic", "paced", round(args.topic_rate * args.paced_seconds), args.topic_rate),
+            ("direct", "burst", counts["direct_burst"], 0.0),
+            ("direct", "paced", round(args.direct_rate * args.paced_seconds), args.direct_rate),
+        ]
+        for kind, mode, count, rate in plan:
+            if args.phases and f"{kind}-{mode}" not in args.phases:
+                continue
+            profiler = _profiler(server, f"{contender.name}-{n}-{kind}-{mode}", args) if mode != "paced" else None
+            result = await session.phase(kind, mode, count, rate=rate)
+            if profiler is not None:
+                result["profile"] = _stop_profiler(profiler)
+            out["phases"].append(result)
+            print(f"  {_summary(result)}", flush=True)
+    except Exception as err:
+        out["error"] = f"{type(err).__name__}: {err}"
+        print(f"  ERROR {out['error']}", flush=True)
+    finally:
+        session.close()
+        await asyncio.sleep(0.5)
+        server.stop()
+    return out
+
+
+def _profiler(server: Server, name: str, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """py-spy (with native frames) on the server's busiest process, for the length of one phase."""
+    if not args.profile:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("  --profile needs py-spy (pip install py-spy)", flush=True)
+        return None
+    worker = max(server.pids, key=lambda p: sum(cpu_seconds(p)))
+    out = Path(args.profile) / f"{name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [spy, "record", "--native", "--nonblocking", "--pid", str(worker), "--format", "raw", "-r", "200"]
+    proc = subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # let it attach before the phase starts
+    return proc, out
+
+
+def _stop_profiler(profiler: tuple[subprocess.Popen[bytes], Path]) -> str:
+    proc, out = profiler
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    return str(out)
+
+
+def _summary(r: dict[str, Any]) -> str:
+    head = f"{r['kind']:9} {r['mode']:8}" + (f" {r['rate_per_s']}/s" if "rate_per_s" in r else "")
+    if not r["ok"]:
+        return f"{head} FAILED lost={r['lost']} dup={r['duplicated']} closed={r['closed']} " + (
+            f"timeout={r['timed_out']} errors={r['http_errors']}"
+        )
+    text = (
+        f"{head} {r['deliveries']} deliveries in {r['seconds']} s: {r['deliveries_per_s']}/s, "
+        f"server {r['server_cpu_us_per_delivery']} us/delivery ({r['server_system_share']} in kernel), "
+        f"client {r['client_cpu_us_per_delivery']} us, {r['frames_per_read']} frames/read"
+    )
+    if "latency_ms" in r:
+        lat = r["latency_ms"]
+        text += f", latency p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} ms"
+    return text
+
+
+# -- the report --------------------------------------------------------------------------------------------------
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    versions = {}
+    for dist in ("sse-fast", "granian", "uvloop", "msgspec", "sse-starlette", "starlette", "uvicorn", "httptools"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    load = os.getloadavg()
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "versions": versions,
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _phase(sess: dict[str, Any], kind: str, mode: str, rate: float | None = None) -> dict[str, Any] | None:
+    for p in sess.get("phases", []):
+        if p["kind"] == kind and p["mode"] == mode and (rate is None or p.get("rate_per_s") == rate):
+            return p
+    return None
+
+
+def _cell(p: dict[str, Any] | None, get: Callable[[dict[str, Any]], Any]) -> str:
+    if p is None:
+        return "n/a"
+    if not p["ok"]:
+        return f"FAILED (lost {p['lost']}, dup {p['duplicated']}, closed {p['closed']}, timeout {p['timed_out']})"
+    value = get(p)
+    return "n/a" if value is None else f"{value:,}" if isinstance(value, int) else f"{value}"
+
+
+def _rows(args: argparse.Namespace) -> list[tuple[str, Callable[[dict[str, Any]], str], str]]:
+    rows: list[tuple[str, Callable[[dict[str, Any]], str], str]] = [
+        (
+            "memory per connection, KiB (RSS slope)",
+            lambda s: str(s.get("connect", {}).get("kib_per_connection")),
+            "<= 14",
+        ),
+        (
+            "kernel memory per connection, KiB (Slab slope, both ends, machine-wide)",
+            lambda s: str(round(s.get("connect", {}).get("kernel_slab_bytes_per_connection", 0) / 1024, 2)),
+            "",
+        ),
+    ]
+    metrics: list[tuple[str, str, float | None, str, Callable[[dict[str, Any]], Any], str]] = [
+        (
+            "broadcast",
+            "lockstep",
+            None,
+            "server CPU us/delivery, broadcast, 1 frame/write",
+            lambda p: p["server_cpu_us_per_delivery"],
+            "<= 6",
+        ),
+        (
+            "broadcast",
+            "lockstep",
+            None,
+            "client CPU us/delivery (same phase)",
+            lambda p: p["client_cpu_us_per_delivery"],
+            "",
+        ),
+        (
+            "broadcast",
+            "burst",
+            None,
+            f"deliveries/s, broadcast burst ({args.publishers} publishers)",
+            lambda p: p["deliveries_per_s"],
+            ">= 1,000,000",
+        ),
+        (
+            "broadcast",
+            "burst",
+            None,
+            "server CPU us/delivery, broadcast burst",
+            lambda p: p["server_cpu_us_per_delivery"],
+            "",
+        ),
+        ("broadcast", "burst", None, "frames per client read, broadcast burst", lambda p: p["frames_per_read"], ">= 8"),
+    ]
+    for rate in args.rates:
+        target = "<= 60" if rate == 5 else ""
+        metrics.append(
+            (
+                "broadcast",
+                "paced",
+                rate,
+                f"latency p50 / p99 / max ms, broadcast {rate:g}/s",
+                lambda p: "{p50} / {p99} / {max}".format(**p["latency_ms"]),
+                target + (" (p99)" if target else ""),
+            )
+        )
+    metrics += [
+        (
+            "topic",
+            "burst",
+            None,
+            "server CPU us/delivery, topic (1%) burst",
+            lambda p: p["server_cpu_us_per_delivery"],
+            "",
+        ),
+        ("topic", "burst", None, "deliveries/s, topic burst", lambda p: p["deliveries_per_s"], ""),
+        (
+            "topic",
+            "paced",
+            None,
+            f"latency p50 / p99 / max ms, topic {args.topic_rate:g}/s",
+            lambda p: "{p50} / {p99} / {max}".format(**p["latency_ms"]),
+            "",
+        ),
+        (
+            "direct",
+            "burst",
+            None,
+            "server CPU us/delivery, direct burst",
+            lambda p: p["server_cpu_us_per_delivery"],
+            "",
+        ),
+        ("direct", "burst", None, "deliveries/s, direct burst", lambda p: p["deliveries_per_s"], ""),
+        (
+            "direct",
+            "paced",
+            None,
+            f"latency p50 / p99 / max ms, direct {args.direct_rate:g}/s",
+            lambda p: "{p50} / {p99} / {max}".format(**p["latency_ms"]),
+            "",
+        ),
+    ]
+    for kind, mode, rate, label, get, target in metrics:
+        rows.append((label, lambda s, k=kind, m=mode, r=rate, g=get: _cell(_phase(s, k, m, r), g), target))
+    return rows
+
+
+def _ratios(fast: dict[str, Any], peer: dict[str, Any], args: argparse.Namespace) -> dict[str, float | None]:
+    def ratio(get: Callable[[dict[str, Any]], float | None]) -> float | None:
+        try:
+            a, b = get(fast), get(peer)
+        except (KeyError, TypeError):
+            return None
+        return round(b / a, 2) if a and b else None
+
+    def ok(p: dict[str, Any] | None) -> dict[str, Any]:
+        if p is None or not p["ok"]:
+            raise KeyError("failed phase")
+        return p
+
+    out = {
+        "cpu_per_delivery": ratio(lambda s: ok(_phase(s, "broadcast", "lockstep"))["server_cpu_us_per_delivery"]),
+        "memory_per_connection": ratio(lambda s: s["connect"]["rss_bytes_per_connection"]),
+        "burst_throughput": ratio(lambda s: 1 / ok(_phase(s, "broadcast", "burst"))["deliveries_per_s"]),
+    }
+    for rate in args.rates:
+        out[f"p99_broadcast_{rate:g}_per_s"] = ratio(
+            lambda s, r=rate: ok(_phase(s, "broadcast", "paced", r))["latency_ms"]["p99"]
+        )
+    return out
+
+
+def render(report: dict[str, Any], args: argparse.Namespace) -> str:
+    m = report["machine"]
+    lines = [
+        "# bench/fanout: sse-fast against sse-starlette",
+        "",
+        "Numbers depend on the machine, and on what else runs on it: read the ratios (both contenders measured in",
+        "the same run, on the same core) before the absolute figures.",
+        "",
+        f"- date {m['date']}; {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']};"
+        f" load average at start {m['loadavg_at_start']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"- server pinned to core {SERVER_CORE}, load client (this runner, asyncio + uvloop, raw sockets) to core"
+        f" {CLIENT_CORE}; payload about 100 bytes; keepalive comments off (300 s) in both servers",
+        f"- command: `{report['command']}`",
+    ]
+    if report.get("note"):
+        lines.append(f"- conditions: {report['note']}")
+    lines.append("")
+    for n in report["ns"]:
+        sessions = {s["contender"]: s for s in report["sessions"] if s["n"] == n}
+        names = [c for c in report["contenders"] if c in sessions]
+        lines += [f"## N = {n:,} subscribers", ""]
+        lines.append("| metric | " + " | ".join(names) + " | target (sse-fast, N = 10,000) |")
+        lines.append("|---|" + "---|" * len(names) + "---|")
+        for label, get, target in _rows(args):
+            lines.append(f"| {label} | " + " | ".join(get(sessions[c]) for c in names) + f" | {target} |")
+        for c in names:
+            if "error" in sessions[c]:
+                lines.append(f"\n**{c}: run aborted: {sessions[c]['error']}**")
+        ratios = report["ratios"].get(str(n))
+        if ratios:
+            lines += [
+                "",
+                "sse-starlette / sse-fast in this run (higher is better for sse-fast): "
+                + ", ".join(f"{k} {v}x" for k, v in ratios.items()),
+                "",
+            ]
+        lines.append("")
+    lines += _verdict(report)
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(report: dict[str, Any]) -> list[str]:
+    fast = next((s for s in report["sessions"] if s["contender"] == "sse-fast" and s["n"] == 10_000), None)
+    if fast is None:
+        return ["(no N = 10,000 run of sse-fast: targets not assessed)"]
+    lines = ["## Targets (sse-fast, N = 10,000)", "", "| target | measured | met |", "|---|---|---|"]
+
+    def row(name: str, value: float | None, want: float, higher: bool) -> None:
+        met = value is not None and (value >= want if higher else value <= want)
+        lines.append(f"| {name} {'>=' if higher else '<='} {want:g} | {value} | {'yes' if met else 'NO'} |")
+
+    lock, burst = _phase(fast, "broadcast", "lockstep"), _phase(fast, "broadcast", "burst")
+    paced5 = _phase(fast, "broadcast", "paced", 5)
+    ok_all = all(p["ok"] for p in fast.get("phases", [])) and "error" not in fast
+    row("server CPU us/delivery", lock["server_cpu_us_per_delivery"] if lock and lock["ok"] else None, 6, False)
+    row("burst frames/s", burst["deliveries_per_s"] if burst and burst["ok"] else None, 1_000_000, True)
+    row("KiB/connection", fast.get("connect", {}).get("kib_per_connection"), 14, False)
+    row("p99 ms at 5/s", paced5["latency_ms"]["p99"] if paced5 and paced5["ok"] else None, 60, False)
+    lines.append(
+        f"| zero loss, zero duplicates, every phase | {'yes' if ok_all else 'NO'} | {'yes' if ok_all else 'NO'} |"
+    )
+    ratios = report["ratios"].get("10000", {})
+    row("x less CPU/delivery than sse-starlette", ratios.get("cpu_per_delivery"), 8, True)
+    row("x less memory/connection than sse-starlette", ratios.get("memory_per_connection"), 4, True)
+    row("x lower p99 at 5/s than sse-starlette", ratios.get("p99_broadcast_5_per_s"), 15, True)
+    return [*lines, ""]
+
+
+# -- main --------------------------------------------------------------------------------------------------------
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--n", default="1000,10000", help="subscriber counts, comma-separated (20000 needs the fd limit)")
+    p.add_argument("--contenders", default="sse-fast,sse-starlette,granian-rsgi")
+    p.add_argument("--deliveries", type=int, default=500_000, help="deliveries per burst or lockstep phase")
+    p.add_argument("--publishers", type=int, default=32, help="publisher connections in burst and paced phases")
+    p.add_argument("--direct", type=int, default=5_000, help="direct messages in the direct burst")
+    p.add_argument("--rates", default="2,5", help="paced broadcast rates (per s), comma-separated")
+    p.add_argument("--topic-rate", type=float, default=100.0)
+    p.add_argument("--direct-rate", type=float, default=200.0)
+    p.add_argument("--paced-seconds", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=120.0, help="longest wait for a phase's deliveries")
+    p.add_argument("--phases", default="", help="only these phases, e.g. broadcast-lockstep,topic-burst")
+    p.add_argument("--profile", default="", help="a directory: py-spy every burst and lockstep phase into it")
+    p.add_argument("--out", default=str(ROOT / "bench/results/fanout"), help="path stem of the .json and .md")
+    p.add_argument("--note", default="", help="conditions of this run, copied into the report")
+    args = p.parse_args(argv)
+    args.ns = [int(x) for x in args.n.split(",") if x]
+    args.rates = [float(x) for x in args.rates.split(",") if x]
+    args.names = [x for x in args.contenders.split(",") if x]
+    args.phases = {x for x in args.phases.split(",") if x}
+    return args
+
+
+def _limits(ns: list[int]) -> list[int]:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    usable = [n for n in ns if n + 200 <= hard]
+    for n in set(ns) - set(usable):
+        print(f"skipping N={n}: the open-file limit is {hard} (the client and each server hold one fd per stream)")
+    return usable
+
+
+async def _main(args: argparse.Namespace) -> dict[str, Any]:
+    contenders = _contenders()
+    report: dict[str, Any] = {
+        "machine": _machine(),
+        "command": " ".join(["python", "bench/fanout/run.py", *sys.argv[1:]]),
+        "note": args.note,
+        "ns": args.ns,
+        "contenders": args.names,
+        "sessions": [],
+        "ratios": {},
+        "method": __doc__,
+    }
+    for n in args.ns:
+        for name in args.names:
+            report["sessions"].append(await run_session(contenders[name], n, args))
+        by = {s["contender"]: s for s in report["sessions"] if s["n"] == n}
+        if "sse-fast" in by and "sse-starlette" in by:
+            report["ratios"][str(n)] = _ratios(by["sse-fast"], by["sse-starlette"], args)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if shutil.which("taskset") is None:
+        print("bench-fanout needs taskset (util-linux)", file=sys.stderr)
+        return 2
+    if (os.cpu_count() or 1) < 2:
+        print("bench-fanout needs two cores: one for the server, one for the load client", file=sys.stderr)
+        return 2
+    import uvloop
+
+    os.sched_setaffinity(0, {CLIENT_CORE})
+    args.ns = _limits(args.ns)
+    report = uvloop.run(_main(args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".md").write_text(render(report, args))
+    print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}\n")
+    print(render(report, args))
+    failed = any("error" in s or not all(p["ok"] for p in s["phases"]) for s in report["sessions"])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
