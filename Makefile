@@ -36,7 +36,7 @@ build: $(STAMP) ## Build the release extension into .venv
 run: build ## Run the server on $(HOST):$(PORT) with the embedded in-memory broker
 	$(VENV)/bin/sse-fast serve --host $(HOST) --port $(PORT)
 
-test: lint test-rust test-python ## Run lint, the Rust tests and the Python tests (fails if either collects nothing)
+test: lint test-rust test-python loadtest-smoke ## Run lint, the Rust tests, the Python tests and the load-test smoke (fails if either collects nothing)
 
 test-rust: ## cargo test for the workspace's core crate
 	cargo test -p sse-fast-core 2>&1 | tee $(VENV)/cargo-test.log
@@ -58,8 +58,23 @@ fmt: venv ## Format Rust and Python
 	$(VENV)/bin/ruff format python tests bench loadtest
 	$(VENV)/bin/ruff check --fix python tests bench loadtest
 
+# pytest-benchmark saves runs per machine id; the first run has none to compare with (a warning, an error under -W error).
+BENCH_SAVED = $(wildcard .benchmarks/$(shell $(PY) -c 'from pytest_benchmark.utils import get_machine_id as m; print(m())')/*.json)
+
 bench: build ## Micro-benchmarks (pytest-benchmark) against the pure-Python reference, compared with the saved baseline
-	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-autosave --benchmark-compare --benchmark-group-by=group -o testpaths=bench
+	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-autosave $(if $(BENCH_SAVED),--benchmark-compare,) --benchmark-group-by=group -o testpaths=bench
 
 clean: ## Remove build output
 	rm -rf target $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+FANOUT_ARGS ?=
+LOADTEST_ARGS ?=
+
+bench-fanout: build ## Fan-out: sse-fast against sse-starlette, pinned servers, N = 1,000 and 10,000 (bench/results/fanout.md)
+	$(PY) bench/fanout/run.py $(FANOUT_ARGS)
+
+loadtest: build ## Locust headless for 3 minutes (a local server, or LOADTEST_ARGS='--host URL'): CSV and HTML in loadtest/results/
+	$(PY) loadtest/run.py $(LOADTEST_ARGS)
+
+loadtest-smoke: build ## Locust for 20 s with 36 users against a local server; fails on any error, lost or duplicated message
+	$(PY) loadtest/run.py --smoke
