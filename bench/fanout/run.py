@@ -3,6 +3,8 @@
 Each contender runs as its own process pinned to core 0 (``taskset``); this runner, the load client, pins itself to
 core 1. For every subscriber count N it starts the server afresh and measures, in order:
 
+0. **send() floor**: ``send_floor.py`` measures the CPU of a plain ``socket.send`` of one frame to each of N
+   loopback sockets (read by an epoll client on the other core): no server can write a frame for less.
 1. **connect**: N streams opened in ten steps; server RSS after each step (slope by least squares, first step
    left out) and the kernel's socket memory (``/proc/net/sockstat`` TCP pages, ``Slab`` from ``/proc/meminfo``;
    both ends of each loopback connection).
@@ -15,8 +17,9 @@ core 1. For every subscriber count N it starts the server afresh and measures, i
    p50/p99/max (the send time is the *scheduled* time, stamped in the payload and checked at the client).
 6. **topic** (1% of the streams per topic) and **direct** (one client per message): a burst and a paced phase each.
 
-Every phase checks that each stream received exactly its sequence numbers, in order: a phase with a lost,
-duplicated or closed stream is reported as FAILED, not as a figure. Output: ``bench/results/fanout.{json,md}``.
+Every phase checks that each stream received exactly its sequence numbers, each once (concurrent publishers may
+swap neighbours): a phase with a lost, duplicated or closed stream is reported as FAILED, not as a figure.
+Output: ``bench/results/fanout.{json,md}``.
 """
 
 from __future__ import annotations
@@ -641,6 +644,14 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         sessions = {s["contender"]: s for s in report["sessions"] if s["n"] == n}
         names = [c for c in report["contenders"] if c in sessions]
         lines += [f"## N = {n:,} subscribers", ""]
+        floor = report.get("send_floor", {}).get(str(n), {})
+        if "us_per_send" in floor:
+            lines += [
+                f"Loopback `send()` floor on this machine at N = {n:,}: {floor['us_per_send']} us of CPU per send"
+                f" ({floor['us_system']} us in the kernel), plain `socket.send` of one frame to each socket in turn"
+                " (`bench/fanout/send_floor.py`).",
+                "",
+            ]
         lines.append("| metric | " + " | ".join(names) + " | target (sse-fast, N = 10,000) |")
         lines.append("|---|" + "---|" * len(names) + "---|")
         for label, get, target in _rows(args):
@@ -724,6 +735,17 @@ def _limits(ns: list[int]) -> list[int]:
     return usable
 
 
+def _send_floor(n: int) -> dict[str, Any]:
+    """``send_floor.py`` in its own process (it pins itself and forks a reader)."""
+    cmd = [sys.executable, str(Path(__file__).with_name("send_floor.py")), "--n", str(n)]
+    cmd += ["--rounds", str(max(5, 200_000 // n))]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+        return dict(json.loads(out.strip().splitlines()[-1]))
+    except (subprocess.SubprocessError, ValueError, IndexError) as err:
+        return {"error": str(err)}
+
+
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     contenders = _contenders()
     report: dict[str, Any] = {
@@ -734,9 +756,12 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         "contenders": args.names,
         "sessions": [],
         "ratios": {},
+        "send_floor": {},
         "method": __doc__,
     }
     for n in args.ns:
+        report["send_floor"][str(n)] = _send_floor(n)
+        print(f"[loopback send() floor, N={n}] {report['send_floor'][str(n)]}", flush=True)
         for name in args.names:
             report["sessions"].append(await run_session(contenders[name], n, args))
         by = {s["contender"]: s for s in report["sessions"] if s["n"] == n}
