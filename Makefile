@@ -59,10 +59,12 @@ fmt: venv ## Format Rust and Python
 	$(VENV)/bin/ruff check --fix python tests bench loadtest
 
 # pytest-benchmark saves runs per machine id; the first run has none to compare with (a warning, an error under -W error).
+# BENCH_ARGS='--benchmark-compare-fail=median:20%' turns a regression against the baseline into a failure.
+BENCH_ARGS ?=
 BENCH_SAVED = $(wildcard .benchmarks/$(shell $(PY) -c 'from pytest_benchmark.utils import get_machine_id as m; print(m())')/*.json)
 
 bench: build ## Micro-benchmarks (pytest-benchmark) against the pure-Python reference, compared with the saved baseline
-	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-autosave $(if $(BENCH_SAVED),--benchmark-compare,) --benchmark-group-by=group -o testpaths=bench
+	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-autosave $(if $(BENCH_SAVED),--benchmark-compare,) --benchmark-group-by=group -o testpaths=bench $(BENCH_ARGS)
 
 clean: ## Remove build output
 	rm -rf target $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
