@@ -224,6 +224,7 @@ class Publisher(asyncio.Protocol):
     """A keep-alive HTTP/1.1 connection for POSTs, one request in flight."""
 
     def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
         self.host_header = b"%s:%d" % (host.encode(), port)
         self.buf = b""
         self.fut: asyncio.Future[tuple[int, bytes]] | None = None
@@ -237,6 +238,12 @@ class Publisher(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+
+    async def ensure_open(self) -> None:
+        """Reconnect when the server closed the idle connection (uvicorn's keep-alive timeout is 5 s)."""
+        if self.transport is None or self.transport.is_closing():
+            self.buf = b""
+            await asyncio.get_running_loop().create_connection(lambda: self, self.host, self.port)
 
     def post(self, path: str, body: bytes) -> asyncio.Future[tuple[int, bytes]]:
         """Send one POST; the future gets ``(status, body)``."""
@@ -263,6 +270,7 @@ class Publisher(asyncio.Protocol):
             self.fut.set_result((status, body))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
         if self.fut is not None and not self.fut.done():
             self.fut.set_exception(ConnectionError(f"publisher connection lost: {exc}"))
 

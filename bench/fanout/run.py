@@ -243,7 +243,12 @@ class Session:
         return [len(range(i, count, self.n)) for i in range(self.n)]
 
     async def _post(self, pub: Publisher, path: str, body: bytes, errors: list[str]) -> None:
-        status, answer = await pub.post(path, body)
+        await pub.ensure_open()
+        try:
+            status, answer = await pub.post(path, body)
+        except ConnectionError as err:
+            errors.append(f"{path}: {err}")
+            return
         if status not in (200, 202):
             errors.append(f"{path}: {status} {answer[:200]!r}")
 
