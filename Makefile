@@ -36,7 +36,7 @@ build: $(STAMP) ## Build the release extension into .venv
 run: build ## Run the server on $(HOST):$(PORT) with the embedded in-memory broker
 	$(VENV)/bin/sse-fast serve --host $(HOST) --port $(PORT)
 
-test: lint test-rust test-python loadtest-smoke ## Run lint, the Rust tests, the Python tests and the load-test smoke (fails if either collects nothing)
+test: lint test-rust loadtest-smoke test-python ## Run lint, the Rust tests, the load-test smoke and the Python tests (fails if either collects nothing)
 
 test-rust: ## cargo test for the workspace's core crate
 	cargo test -p sse-fast-core 2>&1 | tee $(VENV)/cargo-test.log
