@@ -134,7 +134,7 @@ def main() -> int:
         pid = server.pid
     split = urlsplit(url)
     host, port = split.hostname or "127.0.0.1", split.port or 80
-    rounds = max(1, math.ceil(args.minutes * 60 / args.check_every))
+    rounds = math.floor(args.minutes * 60 / args.check_every) + 1  # checks at 0, every, ..., the full duration
     procs = max(1, math.ceil(args.streams / PER_PROCESS))
     rss0 = _rss(pid)
     started = time.time()
