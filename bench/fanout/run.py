@@ -483,6 +483,12 @@ def _machine() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
     load = os.getloadavg()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout
+    except OSError:
+        commit = ""
     return {
         "cpu": model,
         "cores": os.cpu_count(),
@@ -492,6 +498,7 @@ def _machine() -> dict[str, Any]:
         "versions": versions,
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": commit.strip(),
     }
 
 
@@ -645,7 +652,8 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         "Numbers depend on the machine, and on what else runs on it: read the ratios (both contenders measured in",
         "the same run, on the same core) before the absolute figures.",
         "",
-        f"- date {m['date']}; {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']};"
+        f"- date {m['date']}, commit {m.get('commit') or 'unknown'}; {m['cpu']}, {m['cores']} cores,"
+        f" Linux {m['kernel']}, Python {m['python']};"
         f" load average at start {m['loadavg_at_start']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         f"- server pinned to core {SERVER_CORE}, load client (this runner, asyncio + uvloop, raw sockets) to core"
