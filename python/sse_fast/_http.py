@@ -79,14 +79,17 @@ class Route:
     summary: str
     request: Any = None
     responses: Any = None
+    template: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "template", tuple(self.path.strip("/").split("/")))
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         """The path parameters when ``segments`` fit this route's template."""
-        template = self.path.strip("/").split("/")
-        if len(template) != len(segments):
+        if len(self.template) != len(segments):
             return None
         params: dict[str, str] = {}
-        for want, got in zip(template, segments, strict=True):
+        for want, got in zip(self.template, segments, strict=True):
             if want.startswith("{"):
                 if not got:
                     return None

@@ -9,7 +9,9 @@ the stream is still open. Dropping the transport ends the response cleanly.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from granian._granian import RSGIProtocolClosed as ProtocolClosed
@@ -83,10 +85,14 @@ def _request(scope: Any, protocol: Any) -> Request:
     return Request(scope.method, scope.path, parse_query(scope.query_string), headers, scope.client, chunks)
 
 
+def _closed(closed: Callable[[int], None], conn_id: int, _: object) -> None:
+    closed(conn_id)
+
+
 def _on_disconnect(protocol: Any, closed: Callable[[int], None], conn_id: int) -> None:
     waiter = protocol.client_disconnect()
     if hasattr(waiter, "add_done_callback"):
-        waiter.add_done_callback(lambda _: closed(conn_id))
+        waiter.add_done_callback(partial(_closed, closed, conn_id))  # a partial is far smaller than a closure
     else:  # the client left already
         closed(conn_id)
 
@@ -100,6 +106,7 @@ async def serve(app: App, scope: Any, protocol: Any) -> None:
     if isinstance(answer, Response):
         protocol.response_bytes(answer.status, answer.headers, answer.body)
         return
-    sink = RsgiSink(protocol.response_stream(200, answer.headers), app.backlog, scope.server, scope.client)
+    # Every stream of a listener has the same local address: one shared string, not one per stream.
+    sink = RsgiSink(protocol.response_stream(200, answer.headers), app.backlog, sys.intern(scope.server), scope.client)
     sink.conn_id = await answer.open(sink)
     _on_disconnect(protocol, answer.closed, sink.conn_id)

@@ -410,6 +410,7 @@ def _failure(message: str) -> ValidationFailure:
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # ascending in ASCII, so ids sort as text in time order
 _RANDOM_BITS = 80
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # every 10-bit value as two digits
 
 
 class _IdState:
@@ -440,7 +441,8 @@ def new_message_id() -> str:
             if _IdState.counter >> _RANDOM_BITS:
                 _IdState.last_ms, _IdState.counter = _IdState.last_ms + 1, 0
         value = (_IdState.last_ms << _RANDOM_BITS) | _IdState.counter
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+    # Two base32 digits (10 bits) per step: 13 look-ups instead of 26 (ids are made on every publish).
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in range(120, -1, -10)])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import msgspec
 from sse_fast._core import encode_json_frame, encode_retry, validate_topic
 from sse_fast._http import HttpError, Request, Response, Route, StreamResponse, json_response
 from sse_fast.auth import Authenticator, AuthFailure, Identity
-from sse_fast.broker import Broker, Opening
+from sse_fast.broker import Accepted, Broker, Opening
 from sse_fast.commands import CommandService
 from sse_fast.errors import TopicError
 from sse_fast.metrics import Metrics
@@ -46,6 +46,11 @@ SSE_HEADERS = [
     ("cache-control", "no-cache"),
     ("x-accel-buffering", "no"),
 ]
+
+
+def _duplicate(accepted: Accepted) -> Response:
+    """The answer to a message id this source already used within the dedupe window."""
+    return json_response(200, {"success": True, "messageId": accepted.message_id, "duplicate": True, "delivered": 0})
 
 
 def _client_id(value: str, what: str = "clientId") -> str:
@@ -250,11 +255,9 @@ class Api:
         return await self._publish(caller, envelope)
 
     async def _publish(self, caller: Identity, envelope: Envelope, *, exclude: str | None = None) -> Response:
-        self.auth.check_publish(caller, target=envelope.target, topic=envelope.topic)
-        accepted = await self.broker.publish(self._stamp(envelope, caller), exclude=exclude)
+        accepted = await self._accept(caller, envelope, exclude=exclude)
         if accepted.duplicate:
-            body = {"success": True, "messageId": accepted.message_id, "duplicate": True, "delivered": 0}
-            return json_response(200, body)
+            return _duplicate(accepted)
         body = {
             "success": True,
             "messageId": accepted.message_id,
@@ -262,6 +265,10 @@ class Api:
             "queued": accepted.queued,
         }
         return json_response(202, body)
+
+    async def _accept(self, caller: Identity, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
+        self.auth.check_publish(caller, target=envelope.target, topic=envelope.topic)
+        return await self.broker.publish(self._stamp(envelope, caller), exclude=exclude)
 
     async def direct(self, req: Request) -> Response:
         """``POST /api/direct/{clientId}``."""
@@ -283,11 +290,10 @@ class Api:
         if body.exclude_client_id is not None:
             _client_id(body.exclude_client_id, "excludeClientId")
         caller = self._caller(req, envelope.source)
-        answer = await self._publish(caller, envelope, exclude=body.exclude_client_id)
-        if answer.status != 202:
-            return answer
-        result = msgspec.json.decode(answer.body)
-        return json_response(202, {"success": True, "sentCount": result["delivered"], "messageId": result["messageId"]})
+        accepted = await self._accept(caller, envelope, exclude=body.exclude_client_id)
+        if accepted.duplicate:
+            return _duplicate(accepted)
+        return json_response(202, {"success": True, "sentCount": accepted.delivered, "messageId": accepted.message_id})
 
     async def command(self, req: Request) -> Response:
         """``POST /api/commands``: to the scheduler, or relayed to ``target`` like a message."""
