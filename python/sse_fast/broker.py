@@ -124,6 +124,18 @@ class Broker(abc.ABC):
         """
         asyncio.get_running_loop().create_task(self.publish(envelope))
 
+    def encode(self, envelope: Envelope) -> bytes:
+        """The envelope as one line of JSON; 413 when its frame could never fit a connection's queue."""
+        data = _json.encode(envelope)
+        if len(data) + len(envelope.type) + 16 > self.settings.queue_bytes:
+            # Every recipient would overflow and be cut as a slow consumer: refuse it instead.
+            raise ValidationFailure(
+                413,
+                "message_too_large",
+                f"the framed message is larger than SSE_FAST_QUEUE_BYTES ({self.settings.queue_bytes})",
+            )
+        return data
+
     def ready(self) -> bool:
         """Whether the broker can take publishes now (``/readyz``)."""
         return True
@@ -259,14 +271,7 @@ class MemoryBroker(Broker):
 
     def _deliver(self, envelope: Envelope, *, exclude: str | None, to_mailbox: bool) -> Accepted:
         assert self.streams is not None, "attach() the broker to the streams first"
-        data = _json.encode(envelope)
-        if len(data) + len(envelope.type) + 16 > self.settings.queue_bytes:
-            # It could never fit a connection's queue: every recipient would be cut as a slow consumer.
-            raise ValidationFailure(
-                413,
-                "message_too_large",
-                f"the framed message is larger than SSE_FAST_QUEUE_BYTES ({self.settings.queue_bytes})",
-            )
+        data = self.encode(envelope)
         priority = envelope.priority
         if envelope.ephemeral:
             frame = Frame(data, event=envelope.type, priority=priority)

@@ -45,7 +45,7 @@ from redis.retry import Retry
 from sse_fast._core import Frame, topic_matches
 from sse_fast._http import HttpError
 from sse_fast.broker import Accepted, Broker, Opening
-from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure, new_message_id
+from sse_fast.models import ConnectionInfo, Envelope, new_message_id
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
@@ -399,13 +399,7 @@ class RedisBroker(Broker):
     async def publish(self, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
         self._ensure_started()
         self._refuse_if_down()
-        data = _json.encode(envelope)
-        if len(data) + len(envelope.type) + 16 > self.settings.queue_bytes:
-            raise ValidationFailure(
-                413,
-                "message_too_large",
-                f"the framed message is larger than SSE_FAST_QUEUE_BYTES ({self.settings.queue_bytes})",
-            )
+        data = self.encode(envelope)
         if envelope.ephemeral:
             return await self._publish_ephemeral(envelope, data, exclude)
         entry_id, queued = await self._append(envelope, data, exclude=exclude, dedupe=True, track=True)
