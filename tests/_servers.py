@@ -51,10 +51,15 @@ class Server:
             try:
                 return self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.kill()
                 raise AssertionError(f"server did not exit within {timeout}s after {sig}:\n{self.log()}") from None
         return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL the server and every worker it started (they are in its own process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 def start_server(
@@ -93,7 +98,14 @@ def start_server(
         ]
     log_path = tmp_path / f"server-{port}.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([*args, *extra_args], env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [*args, *extra_args],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            start_new_session=True,  # its own process group, so that a kill reaches the workers too
+        )
     server = Server(f"http://127.0.0.1:{port}", port, proc, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -103,7 +115,7 @@ def start_server(
             if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
                 return server
         time.sleep(0.05)  # ok-sleep: polling a starting process
-    server.stop(signal.SIGKILL)
+    server.kill()
     raise AssertionError(f"server did not become healthy:\n{server.log()}")
 
 
@@ -114,22 +126,12 @@ def running_server(tmp_path: Path, **kwargs: Any) -> Iterator[Server]:
     try:
         yield server
     finally:
-        server.stop(signal.SIGKILL) if server.proc.poll() is None else None
+        server.kill()  # also reaps workers that outlived a parent stopped by the test
 
 
 def kill_node(server: Server) -> None:
-    """SIGKILL a node: granian's worker processes first (they would outlive their parent), then the parent."""
-    children = []
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):  # a process may end while we look
-            stat = path.read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == server.proc.pid:
-                children.append(int(stat.split()[0]))
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
-    server.proc.kill()
-    server.proc.wait()
+    """SIGKILL a node: the parent and its granian workers (they would outlive it), like a machine that dies."""
+    server.kill()
 
 
 @dataclass

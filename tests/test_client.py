@@ -1023,7 +1023,7 @@ async def test_real_survives_a_server_restart_and_delivers_queued_sends(
             assert alice.connection_info["reason"] == "unknown_cursor"  # a new process is a new epoch
             assert alice.stats().gaps == 1
     finally:
-        server.stop(signal.SIGKILL)
+        server.kill()
 
 
 @pytest.mark.e2e

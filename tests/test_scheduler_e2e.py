@@ -30,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The shared server: the default limits (5 at once, 2 per client)."""
     running = serve(tmp_path_factory.mktemp("sched"), SSE_FAST_SCHEDULER_CONCURRENCY="5")
     yield running
-    running.stop(signal.SIGKILL)
+    running.kill()
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         SSE_FAST_SCHEDULER_QUEUE_SIZE="5",
     )
     yield running
-    running.stop(signal.SIGKILL)
+    running.kill()
 
 
 async def command(
@@ -402,7 +402,7 @@ async def test_another_clients_task_is_403_unless_admin(tmp_path: Path) -> None:
             assert cancelled.status_code == 200
             assert cancelled.json()["status"] == "cancelled"
     finally:
-        server.stop(signal.SIGKILL)
+        server.kill()
 
 
 @pytest.mark.parametrize("interface", ["rsgi", "asgi"])
@@ -421,4 +421,4 @@ async def test_shutdown_cancels_running_tasks_before_the_streams_close(tmp_path:
                                  "reason": "shutdown"}  # fmt: skip
         assert server.stop(timeout=20) == 0
     finally:
-        server.stop(signal.SIGKILL)
+        server.kill()
