@@ -22,7 +22,7 @@ async def _probe(ctx: TaskContext, name: str, hold: float) -> dict[str, int]:
         _running[key] += 1
         _peaks[key] = max(_peaks[key], _running[key])
     try:
-        await asyncio.sleep(hold)
+        await asyncio.sleep(hold)  # ok-sleep: the task's simulated work
         return dict(_peaks)  # the peaks seen so far, by this process itself
     finally:
         for key in keys:
@@ -52,7 +52,7 @@ async def crunch(ctx: TaskContext, rounds: int, seconds: float) -> int:
     """Block its thread ``seconds`` per round, with a checkpoint and progress between rounds."""
     for i in range(rounds):
         await ctx.checkpoint()
-        time.sleep(seconds)  # the point: blocking work in a thread handler
+        time.sleep(seconds)  # ok-sleep: the point: blocking work in a thread handler
         await ctx.progress(100 * (i + 1) / rounds)
     return rounds
 

@@ -107,7 +107,7 @@ async def test_handlers_run_highest_priority_first_sync_and_async() -> None:
         client = fast_client(server.url)
 
         async def async_low(m: Message) -> None:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # ok-sleep: one loop turn, to let other tasks run
             calls.append(f"low:{m.payload}")
 
         client.subscribe("text", async_low, priority=0)
@@ -195,7 +195,7 @@ async def test_messages_iterator_skips_system_and_heartbeats_unless_asked() -> N
                     return
 
         readers = [asyncio.create_task(read(plain, got, 2)), asyncio.create_task(read(everything, got_all, 4))]
-        await asyncio.sleep(0)  # let both iterators register before the stream starts
+        await asyncio.sleep(0)  # ok-sleep: let both iterators register before the stream starts
         async with client:
             await asyncio.wait_for(asyncio.gather(*readers), 10)
         assert got == ["text", "ack"]
@@ -226,7 +226,7 @@ async def test_messages_iterator_ends_on_close() -> None:
         await client.connect()
         iterator = client.messages()
         reader = asyncio.create_task(anext(iterator, None))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # ok-sleep: one loop turn, to let other tasks run
         await client.close()
         assert await asyncio.wait_for(reader, 5) is None
 

@@ -170,7 +170,7 @@ async def test_several_workers_on_redis_serve_as_one(tmp_path: Path) -> None:
             assert post(srv, "/api/broadcast", {"message": {"type": "json", "payload": "all"}}).status_code == 202
             for stream in streams:
                 await stream.wait_for(lambda s: payloads(s) == ["all"])
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # ok-sleep: one loop turn, to let other tasks run
 
 
 async def test_unacked_messages_are_redelivered_by_the_cluster_then_expire(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ class Gate:
         try:
             while not self.release.is_set():
                 await ctx.checkpoint()
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # ok-sleep: the task's simulated work
             return ctx.task_id
         finally:
             self.cleaned.append(ctx.task_id)
@@ -240,7 +240,7 @@ async def test_the_queue_is_bounded(make: Any) -> None:
     scheduler, gate = gate_scheduler(make, concurrency=1, queue_size=2)
     for _ in range(3):  # one runs, two wait
         scheduler.submit("alice", "gate")
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # ok-sleep: one loop turn, to let other tasks run
     with pytest.raises(SchedulerError) as err:
         scheduler.submit("bob", "gate")
     assert (err.value.status, err.value.code) == (429, "queue_full")
@@ -261,7 +261,7 @@ async def test_cancel_stops_the_running_handler_and_its_cleanup_runs(make: Any, 
         try:
             while True:
                 ticks.append(len(ticks))
-                await asyncio.sleep(0.005)  # no checkpoint: the cancellation lands on this await
+                await asyncio.sleep(0.005)  # ok-sleep: no checkpoint: the cancellation lands on this await
         finally:
             assert ctx.cancelled
             cleaned.set()
@@ -338,7 +338,7 @@ async def test_a_handler_that_ignores_cancellation_is_abandoned(make: Any, recor
     async def stubborn(ctx: TaskContext) -> None:
         while not stop.is_set():
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # ok-sleep: the task's simulated work
 
     @scheduler.task("quick")
     async def quick(ctx: TaskContext) -> str:
@@ -448,7 +448,7 @@ async def test_pause_stops_at_a_checkpoint_releases_the_slot_and_resume_goes_on(
         for i in range(n):
             await ctx.checkpoint()
             steps.append(i)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # ok-sleep: the task's simulated work
         return len(steps)
 
     @scheduler.task("quick")
@@ -511,14 +511,14 @@ async def test_the_timeout_clock_stops_while_paused(make: Any, recorder: Recorde
     @scheduler.task("slow", timeout=0.3)
     async def slow(ctx: TaskContext) -> str:
         await ctx.checkpoint()
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # ok-sleep: the task's simulated work
         await ctx.checkpoint()
         return "done"
 
     record, _ = scheduler.submit("alice", "slow")
     scheduler.pause(record.task_id)
     await recorder.wait_for(lambda: "task_paused" in recorder.events(record.task_id))
-    await asyncio.sleep(0.4)  # the pause outlasts the timeout
+    await asyncio.sleep(0.4)  # ok-sleep: the pause outlasts the timeout
     assert scheduler.get(record.task_id).status == "paused"
     scheduler.resume(record.task_id)
     assert (await scheduler.wait(record.task_id)).status == "completed"
@@ -556,7 +556,7 @@ async def test_global_client_and_handler_limits_hold(make: Any) -> None:
             keys = ("all", f"client:{ctx.client_id}", f"handler:{name}")
             enter(*keys)
             try:
-                await asyncio.sleep(0.002 * (1 + hash(ctx.task_id) % 5))
+                await asyncio.sleep(0.002 * (1 + hash(ctx.task_id) % 5))  # ok-sleep: the task's simulated work
             finally:
                 leave(*keys)
 
@@ -606,7 +606,7 @@ async def test_aging_lets_low_work_through(make: Any) -> None:
 
     scheduler.submit("alice", "gate")
     scheduler.submit("alice", "mark", {"label": "old-low"}, priority=LOW)
-    await asyncio.sleep(0.2)  # the LOW task waits long enough to age to the top
+    await asyncio.sleep(0.2)  # ok-sleep: the LOW task waits long enough to age to the top
     last = scheduler.submit("alice", "mark", {"label": "new-high"}, priority=HIGH)[0]
     gate.release.set()
     await scheduler.wait(last.task_id)
@@ -738,7 +738,7 @@ async def test_a_thread_handler_blocks_its_thread_not_the_loop(make: Any, record
         try:
             for i in range(rounds):
                 await ctx.checkpoint()
-                time.sleep(0.1)  # blocking work: fine in a thread
+                time.sleep(0.1)  # ok-sleep: blocking work: fine in a thread
                 await ctx.progress(100 * (i + 1) / rounds)
             return rounds
         finally:
@@ -748,7 +748,7 @@ async def test_a_thread_handler_blocks_its_thread_not_the_loop(make: Any, record
     lags = []
     while scheduler.get(record.task_id).status in ("pending", "running"):
         before = time.monotonic()
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # ok-sleep: measuring the loop's lag while a thread handler blocks
         lags.append(time.monotonic() - before)
     final = await scheduler.wait(record.task_id)
     assert final.status == "completed"
@@ -821,7 +821,7 @@ async def test_finished_records_are_dropped_past_the_retention_time(make: Any) -
     while scheduler.tasks():
         assert time.monotonic() < deadline, "the record was never dropped"
         scheduler.tick()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # ok-sleep: polling with a deadline
     assert scheduler.counters()["records"] == 0
 
 

@@ -143,7 +143,7 @@ async def test_a_client_that_reconnects_sees_what_happened_meanwhile(server: Ser
         deadline = time.monotonic() + 10
         while (await http.get(f"{server.url}/api/tasks/{task_id}")).json()["status"] != "completed":
             assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # ok-sleep: polling the task record, with a deadline
     async with open_stream(server.url, client_id="roamer", headers={"last-event-id": cursor}) as stream:
         await stream.wait_for(lambda s: "task_completed" in lifecycle(s, task_id))
         assert stream.system("connect")[0]["payload"]["detail"]["resumed"] is True
@@ -374,7 +374,7 @@ async def test_a_blocking_thread_handler_does_not_delay_streams(server: Server) 
             await http.post(f"{server.url}/api/direct/watcher", json=body)
             await stream.wait_for(lambda s, i=i: any(e["payload"] == f"ping-{i}" for e in s.envelopes("text")))
             latencies.append(time.monotonic() - sent)
-            await asyncio.sleep(0.1)  # spread the pings over the blocking rounds
+            await asyncio.sleep(0.1)  # ok-sleep: spread the pings over the blocking rounds
         assert max(latencies) < 0.3  # a blocked loop would hold them up to 0.5 s
         assert await finished(stream, task_id) == "task_completed"
 
