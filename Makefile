@@ -12,7 +12,7 @@ RUST_SRC := $(shell find rust -name '*.rs' -o -name 'Cargo.toml') Cargo.toml pyp
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build run test test-rust test-python lint fmt bench bench-fanout loadtest loadtest-smoke clean
+.PHONY: help venv build run test test-rust test-python lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ LOADTEST_ARGS ?=
 
 bench-fanout: build ## Fan-out: sse-fast against sse-starlette, pinned servers, N = 1,000 and 10,000 (bench/results/fanout.md)
 	$(PY) bench/fanout/run.py $(FANOUT_ARGS)
+
+bench-churn: build ## 10,000 connect/disconnect cycles after a warm-up: the worker's memory must stay flat
+	$(PY) bench/churn.py
 
 loadtest: build ## Locust headless for 3 minutes (a local server, or LOADTEST_ARGS='--host URL'): CSV and HTML in loadtest/results/
 	$(PY) loadtest/run.py $(LOADTEST_ARGS)
