@@ -94,6 +94,9 @@ class Contender:
     workers: int = 1
     redis: bool = False
     phases: frozenset[str] = frozenset()  # empty: every phase
+    # Streams opened at once. The Redis broker stalls some stream opens for over 30 s when 256 arrive at once
+    # (2026-11-25, 2 workers, N = 10,000; fine at 32): a server-side problem, reported, worked around here.
+    connect_concurrency: int = 256
 
     @property
     def cores(self) -> str:
@@ -119,11 +122,11 @@ def _contenders() -> dict[str, Contender]:
     return {
         "sse-fast": Contender("sse-fast", fast(1), fast_env),
         "sse-fast-redis-2w": Contender(
-            "sse-fast-redis-2w", fast(2), fast_env, workers=2, redis=True, phases=REDIS_PHASES
+            "sse-fast-redis-2w", fast(2), fast_env, workers=2, redis=True, phases=REDIS_PHASES, connect_concurrency=32
         ),
         # Only for --publish-cost: the Redis hop without the second worker.
         "sse-fast-redis-1w": Contender(
-            "sse-fast-redis-1w", fast(1), fast_env, workers=1, redis=True, phases=REDIS_PHASES
+            "sse-fast-redis-1w", fast(1), fast_env, workers=1, redis=True, phases=REDIS_PHASES, connect_concurrency=32
         ),
         "sse-starlette": Contender(
             "sse-starlette",
@@ -329,7 +332,14 @@ class Session:
         t0 = time.perf_counter()
         for step in range(steps):
             lo, hi = self.n * step // steps, self.n * (step + 1) // steps
-            self.subs += await open_streams(HOST, self.server.port, range(lo, hi), self.mon, path=self._path)
+            self.subs += await open_streams(
+                HOST,
+                self.server.port,
+                range(lo, hi),
+                self.mon,
+                path=self._path,
+                concurrency=self.server.contender.connect_concurrency,
+            )
             await asyncio.sleep(0.3)
             counts.append(hi)
             rss.append(self.server.rss())
