@@ -20,6 +20,19 @@ core 1. For every subscriber count N it starts the server afresh and measures, i
 Every phase checks that each stream received exactly its sequence numbers, each once (concurrent publishers may
 swap neighbours): a phase with a lost, duplicated or closed stream is reported as FAILED, not as a figure.
 Output: ``bench/results/fanout.{json,md}``.
+
+**Two workers on Redis** (contender ``sse-fast-redis-2w``, issue 7): the runner starts its own ``redis-server`` on a
+free port (never 6379; ``--save "" --appendonly no``) and ``sse-fast serve --workers 2`` with
+``SSE_FAST_BROKER=redis://127.0.0.1:<port>/0``. Two workers need two cores, so the workers and Redis are pinned to
+cores 0 and 1, and the load client (pinned to core 1) shares a core with them: the report gives the client's CPU
+and Redis's CPU next to the workers'. The kernel spreads the streams over the workers (``SO_REUSEPORT``); the report
+gives each worker's share (its open sockets, from ``/proc``) and ``sse_fast_cluster_connections``. This contender
+runs only the broadcast lockstep, burst and paced phases (``REDIS_PHASES``) to keep it short.
+
+**Cost of a publish** (``--publish-cost``, when a Redis contender is selected): with one subscriber on a fresh
+server, ``--publish-cost`` sequential ``POST /api/messages`` (a broadcast), one at a time, on the memory broker (one
+worker), Redis with one worker (the hop alone) and Redis with two workers: the request time p50/p99 seen by the
+publisher, the publish -> receive latency, and server and Redis CPU per publish.
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -68,25 +82,51 @@ TARGETS = {
 }
 
 
+#: The phases a Redis contender runs (burst deliveries/s and paced latency, against the single worker).
+REDIS_PHASES = frozenset({"broadcast-lockstep", "broadcast-burst", "broadcast-paced"})
+
+
 @dataclass
 class Contender:
     name: str
     command: Callable[[int], list[str]]
     env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    redis: bool = False
+    phases: frozenset[str] = frozenset()  # empty: every phase
+    # Streams opened at once. The Redis broker stalls some stream opens for over 30 s when 256 arrive at once
+    # (2026-11-25, 2 workers, N = 10,000; fine at 32): a server-side problem, reported, worked around here.
+    connect_concurrency: int = 256
+
+    @property
+    def cores(self) -> str:
+        """The cores the server is pinned to: core 0, or cores 0 .. workers - 1."""
+        return ",".join(str(SERVER_CORE + i) for i in range(self.workers))
 
 
 def _contenders() -> dict[str, Contender]:
     bindir = Path(sys.executable).parent
+    fast_env = {
+        "SSE_FAST_KEEPALIVE": "300",
+        "SSE_FAST_HEARTBEAT": "600",
+        "SSE_FAST_LOG_LEVEL": "warning",
+        "SSE_FAST_SHUTDOWN_GRACE": "1",
+    }
+
+    def fast(workers: int) -> Callable[[int], list[str]]:
+        return lambda port: [
+            *(str(bindir / "sse-fast"), "serve", "--host", HOST, "--port", str(port)),
+            *(("--workers", str(workers)) if workers > 1 else ()),
+        ]
+
     return {
-        "sse-fast": Contender(
-            "sse-fast",
-            lambda port: [str(bindir / "sse-fast"), "serve", "--host", HOST, "--port", str(port)],
-            {
-                "SSE_FAST_KEEPALIVE": "300",
-                "SSE_FAST_HEARTBEAT": "600",
-                "SSE_FAST_LOG_LEVEL": "warning",
-                "SSE_FAST_SHUTDOWN_GRACE": "1",
-            },
+        "sse-fast": Contender("sse-fast", fast(1), fast_env),
+        "sse-fast-redis-2w": Contender(
+            "sse-fast-redis-2w", fast(2), fast_env, workers=2, redis=True, phases=REDIS_PHASES, connect_concurrency=32
+        ),
+        # Only for --publish-cost: the Redis hop without the second worker.
+        "sse-fast-redis-1w": Contender(
+            "sse-fast-redis-1w", fast(1), fast_env, workers=1, redis=True, phases=REDIS_PHASES, connect_concurrency=32
         ),
         "sse-starlette": Contender(
             "sse-starlette",
@@ -111,17 +151,106 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class RedisServer:
+    """A private ``redis-server`` for one session: a free port (never 6379), no persistence, pinned like the server."""
+
+    def __init__(self, cores: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("the Redis contender needs redis-server")
+        self.port = _free_port()
+        assert self.port != 6379, "never touch the shared Redis"
+        self.dir = tempfile.TemporaryDirectory(prefix="fanout-redis-")
+        args = [binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        args += ["--dir", self.dir.name, "--daemonize", "no", "--loglevel", "warning"]
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", cores, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not answer PING within 10 s")
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def cpu(self) -> float:
+        user, system = cpu_seconds(self.proc.pid)
+        return user + system
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.dir.cleanup()
+
+
+def _sockets(pid: int) -> int:
+    """Open sockets of ``pid`` (from ``/proc/<pid>/fd``)."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return count
+
+
 class Server:
-    """A contender's process, pinned to ``SERVER_CORE``."""
+    """A contender's process, pinned to ``SERVER_CORE`` (or cores 0 .. workers - 1), and its Redis if it has one."""
 
     def __init__(self, contender: Contender) -> None:
         self.contender = contender
         self.port = _free_port()
+        self.redis = RedisServer(contender.cores) if contender.redis else None
         env = {**os.environ, **contender.env}
-        cmd = ["taskset", "-c", str(SERVER_CORE), *contender.command(self.port)]
+        if self.redis is not None:
+            env["SSE_FAST_BROKER"] = self.redis.url
+        cmd = ["taskset", "-c", contender.cores, *contender.command(self.port)]
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
-        self._wait_ready()
-        self.pids = descendants(self.proc.pid)
+        try:
+            self._wait_ready()
+            self.pids = self._wait_workers()
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def _wait_workers(self) -> list[int]:
+        """With several workers: every worker process is up and answers (granian's main process is one more)."""
+        deadline = time.monotonic() + 30
+        while True:
+            pids = descendants(self.proc.pid)
+            if self.contender.workers == 1 or len(pids) > self.contender.workers:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.contender.name}: {len(pids)} processes, not {self.contender.workers + 1}")
+            time.sleep(0.1)
+        time.sleep(0.5 if self.contender.workers > 1 else 0)
+        return pids
+
+    def split(self) -> dict[str, int]:
+        """Open sockets per server process (streams, publishers, listener and Redis connections)."""
+        return {str(p): _sockets(p) for p in self.pids}
+
+    def redis_cpu(self) -> float:
+        return self.redis.cpu() if self.redis is not None else 0.0
+
+    def metric(self, name: str) -> float | None:
+        """One gauge from ``/metrics`` (of whichever worker the kernel hands the request to)."""
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{self.port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30
@@ -152,6 +281,8 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        if self.redis is not None:
+            self.redis.stop()
 
 
 # -- kernel memory -----------------------------------------------------------------------------------------------
@@ -201,7 +332,14 @@ class Session:
         t0 = time.perf_counter()
         for step in range(steps):
             lo, hi = self.n * step // steps, self.n * (step + 1) // steps
-            self.subs += await open_streams(HOST, self.server.port, range(lo, hi), self.mon, path=self._path)
+            self.subs += await open_streams(
+                HOST,
+                self.server.port,
+                range(lo, hi),
+                self.mon,
+                path=self._path,
+                concurrency=self.server.contender.connect_concurrency,
+            )
             await asyncio.sleep(0.3)
             counts.append(hi)
             rss.append(self.server.rss())
@@ -220,6 +358,17 @@ class Session:
             "kernel_slab_bytes_per_connection": round((kernel1["Slab"] - kernel0["Slab"]) / self.n),
             "kernel_note": "both ends of each loopback connection (client and server sockets); machine-wide",
             "samples": list(zip(counts, rss, strict=True)),
+            **(await self._split() if self.server.contender.workers > 1 else {}),
+        }
+
+    async def _split(self) -> dict[str, Any]:
+        """How the kernel spread the streams over the workers, and what the cluster count says."""
+        await asyncio.sleep(2.5)  # the cluster count is refreshed once a second, from each worker's heartbeat
+        return {
+            "sockets_per_process": self.server.split(),
+            "split_note": "open sockets per server process: streams + publishers + listener + Redis connections",
+            "cluster_connections": self.server.metric("sse_fast_cluster_connections"),
+            "cluster_nodes": self.server.metric("sse_fast_cluster_nodes"),
         }
 
     # -- what each phase sends, and what each stream must then receive ---------------------------------------------
@@ -272,6 +421,7 @@ class Session:
         gc.collect()
         gc.disable()
         cpu0, me0, t0 = self.server.cpu(), os.times(), time.perf_counter()
+        redis0 = self.server.redis_cpu()
         if mode == "lockstep":
             due = 0
             for j in range(count):
@@ -290,6 +440,7 @@ class Session:
         except TimeoutError:
             timed_out, done_at = True, time.perf_counter()
         cpu1, me1 = self.server.cpu(), os.times()
+        redis_cpu = self.server.redis_cpu() - redis0
         await asyncio.sleep(0.3)  # late duplicates would show up here
         gc.enable()
         verdict = self.mon.verdict()
@@ -318,6 +469,9 @@ class Session:
             "client_cpu_us_per_delivery": round(client_cpu * 1e6 / total, 2) if total else None,
             "frames_per_read": round(self.mon.received / self.mon.reads, 2) if self.mon.reads else None,
         }
+        if self.server.redis is not None:
+            result["redis_cpu_s"] = round(redis_cpu, 3)
+            result["redis_cpu_us_per_delivery"] = round(redis_cpu * 1e6 / total, 2) if total else None
         if rate:
             result["rate_per_s"] = rate
         if self.mon.latencies:
@@ -409,6 +563,8 @@ async def run_session(contender: Contender, n: int, args: argparse.Namespace) ->
         for kind, mode, count, rate in plan:
             if args.phases and f"{kind}-{mode}" not in args.phases:
                 continue
+            if contender.phases and f"{kind}-{mode}" not in contender.phases:
+                continue
             profiler = _profiler(server, f"{contender.name}-{n}-{kind}-{mode}", args) if mode != "paced" else None
             result = await session.phase(kind, mode, count, rate=rate)
             if profiler is not None:
@@ -422,6 +578,85 @@ async def run_session(contender: Contender, n: int, args: argparse.Namespace) ->
         session.close()
         await asyncio.sleep(0.5)
         server.stop()
+    return out
+
+
+async def publish_cost(contender: Contender, args: argparse.Namespace) -> dict[str, Any]:
+    """``args.publish_cost`` sequential ``POST /api/messages`` (broadcasts) to one subscriber: a publish's cost."""
+    out: dict[str, Any] = {"contender": contender.name, "workers": contender.workers, "redis": contender.redis}
+    try:
+        server = Server(contender)
+    except RuntimeError as err:
+        out["error"] = str(err)
+        return out
+    mon = Monitor(1)
+    subs: list[Subscriber] = []
+    pub: Publisher | None = None
+    try:
+        subs = await open_streams(HOST, server.port, range(1), mon, path=lambda i: f"/sse?clientId=c{i}")
+        pub = await Publisher.connect(HOST, server.port)
+        if contender.workers > 1:
+            out["sockets_per_process"] = server.split()
+
+        async def run(count: int) -> dict[str, Any]:
+            mon.reset([count], latency=True)
+            times: list[int] = []
+            errors: list[str] = []
+            gc.collect()
+            gc.disable()
+            cpu0, redis0 = sum(server.cpu()), server.redis_cpu()
+            for j in range(count):
+                body = b'{"type":"json","payload":%s}' % payload(j)
+                t = time.perf_counter_ns()
+                status, answer = await pub.post("/api/messages", body)
+                times.append(time.perf_counter_ns() - t)
+                if status not in (200, 202):
+                    errors.append(f"{status} {answer[:200]!r}")
+            timed_out = False
+            try:
+                await asyncio.wait_for(mon.wait_for(count), args.timeout)
+            except TimeoutError:
+                timed_out = True
+            cpu, redis_cpu = sum(server.cpu()) - cpu0, server.redis_cpu() - redis0
+            await asyncio.sleep(0.3)
+            gc.enable()
+            verdict = mon.verdict()
+            times.sort()
+            lat = sorted(mon.latencies or [0])
+            q = lambda xs, f: round(xs[min(len(xs) - 1, int(len(xs) * f))] / 1e3)  # noqa: E731
+            return {
+                "publishes": count,
+                "ok": not errors and not timed_out and not any(verdict.values()),
+                **verdict,
+                "http_errors": errors[:5],
+                "timed_out": timed_out,
+                "request_us": {"p50": q(times, 0.5), "p99": q(times, 0.99), "max": round(times[-1] / 1e3)},
+                "publish_to_receive_us": {"p50": q(lat, 0.5), "p99": q(lat, 0.99), "max": round(lat[-1] / 1e3)},
+                "server_cpu_us_per_publish": round(cpu * 1e6 / count, 1),
+                **({"redis_cpu_us_per_publish": round(redis_cpu * 1e6 / count, 1)} if server.redis else {}),
+            }
+
+        await run(50)  # warm-up
+        out.update(await run(args.publish_cost))
+    except Exception as err:
+        out["error"] = f"{type(err).__name__}: {err}"
+    finally:
+        for sub in subs:
+            sub.close()
+        if pub is not None:
+            pub.close()
+        await asyncio.sleep(0.3)
+        server.stop()
+    if "error" in out:
+        print(f"[publish cost {contender.name}] ERROR {out['error']}", flush=True)
+    else:
+        print(
+            f"[publish cost {contender.name}] ok={out['ok']} request p50 {out['request_us']['p50']} us"
+            f" p99 {out['request_us']['p99']} us; publish->receive p50 {out['publish_to_receive_us']['p50']} us"
+            f" p99 {out['publish_to_receive_us']['p99']} us; server {out['server_cpu_us_per_publish']} us CPU"
+            + (f", redis {out['redis_cpu_us_per_publish']} us" if "redis_cpu_us_per_publish" in out else ""),
+            flush=True,
+        )
     return out
 
 
@@ -692,8 +927,112 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
                 "",
             ]
         lines.append("")
+    lines += _redis_section(report, args)
     lines += _verdict(report)
     return "\n".join(lines) + "\n"
+
+
+def _redis_section(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """Two workers on Redis against one worker on the memory broker, and the cost of a publish."""
+    lines: list[str] = []
+    redis = [c for c in report["contenders"] if c.startswith("sse-fast-redis")]
+    if redis:
+        lines += [
+            "## Two workers on Redis against one worker on the memory broker",
+            "",
+            "sse-fast-redis-2w: `sse-fast serve --workers 2` with `SSE_FAST_BROKER=redis://127.0.0.1:<free port>/0`, a"
+            ' private `redis-server --save "" --appendonly no`; the workers and Redis are pinned to cores 0 and 1, so'
+            " they share core 1 with the load client (sse-fast, one worker, keeps core 0 to itself). Server CPU is the"
+            " workers' (and granian's main process); Redis CPU is given apart.",
+            "",
+        ]
+    for n in report["ns"]:
+        sessions = {s["contender"]: s for s in report["sessions"] if s["n"] == n}
+        names = [c for c in ("sse-fast", *redis) if c in sessions]
+        if not redis or not any(c in sessions for c in redis):
+            continue
+        rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+            ("server sockets per process (granian main, workers)", lambda s: _split_cell(s)),
+            ("sse_fast_cluster_connections", lambda s: str(s.get("connect", {}).get("cluster_connections", "n/a"))),
+        ]
+        for label, kind_mode, get in (
+            ("deliveries/s, broadcast burst", "burst", lambda p: p["deliveries_per_s"]),
+            ("server CPU us/delivery, broadcast burst", "burst", lambda p: p["server_cpu_us_per_delivery"]),
+            ("Redis CPU us/delivery, broadcast burst", "burst", lambda p: p.get("redis_cpu_us_per_delivery")),
+            ("client CPU us/delivery, broadcast burst", "burst", lambda p: p["client_cpu_us_per_delivery"]),
+            ("frames per client read, broadcast burst", "burst", lambda p: p["frames_per_read"]),
+            ("deliveries/s, broadcast lockstep (1 frame/write)", "lockstep", lambda p: p["deliveries_per_s"]),
+            ("server CPU us/delivery, lockstep", "lockstep", lambda p: p["server_cpu_us_per_delivery"]),
+        ):
+            rows.append((label, lambda s, m=kind_mode, g=get: _cell(_phase(s, "broadcast", m), g)))
+        for rate in args.rates:
+            rows.append(
+                (
+                    f"latency p50 / p99 / max ms, broadcast {rate:g}/s",
+                    lambda s, r=rate: _cell(
+                        _phase(s, "broadcast", "paced", r), lambda p: "{p50} / {p99} / {max}".format(**p["latency_ms"])
+                    ),
+                )
+            )
+        rows.append(
+            (
+                "zero loss, zero duplicates, every phase run",
+                lambda s: "yes" if "error" not in s and all(p["ok"] for p in s.get("phases", [])) else "NO",
+            )
+        )
+        lines += [f"### N = {n:,}", "", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for label, get in rows:
+            lines.append(f"| {label} | " + " | ".join(get(sessions[c]) for c in names) + " |")
+        one, two = sessions.get("sse-fast"), sessions.get("sse-fast-redis-2w")
+        if one and two:
+            ratio = []
+            a, b = _phase(one, "broadcast", "burst"), _phase(two, "broadcast", "burst")
+            if a and b and a["ok"] and b["ok"]:
+                ratio.append(f"burst deliveries/s {b['deliveries_per_s'] / a['deliveries_per_s']:.2f}x")
+            for rate in args.rates:
+                a, b = _phase(one, "broadcast", "paced", rate), _phase(two, "broadcast", "paced", rate)
+                if a and b and a["ok"] and b["ok"]:
+                    ratio.append(f"p99 at {rate:g}/s {b['latency_ms']['p99'] / a['latency_ms']['p99']:.2f}x")
+            if ratio:
+                lines += ["", "two workers on Redis / one worker on memory: " + ", ".join(ratio)]
+        lines.append("")
+    cost = report.get("publish_cost")
+    if cost:
+        lines += [
+            "### Cost of a publish",
+            "",
+            f"One subscriber; {args.publish_cost} sequential `POST /api/messages` (a broadcast, about 100 bytes), one"
+            " request in flight, after 50 not measured. Request time as the publisher sees it (on loopback; with Redis"
+            " the answer waits until the worker's reader has routed the entry). CPU from `/proc`, 10 ms ticks.",
+            "",
+            "| broker | request p50 / p99 / max us | publish -> receive p50 / p99 us | server CPU us/publish |"
+            " Redis CPU us/publish | ok |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in cost:
+            if "error" in c:
+                lines.append(f"| {c['contender']} | error: {c['error']} | | | | NO |")
+                continue
+            r, t = c["request_us"], c["publish_to_receive_us"]
+            lines.append(
+                f"| {c['contender']} | {r['p50']} / {r['p99']} / {r['max']} | {t['p50']} / {t['p99']} |"
+                f" {c['server_cpu_us_per_publish']} | {c.get('redis_cpu_us_per_publish', '-')} |"
+                f" {'yes' if c['ok'] else 'NO'} |"
+            )
+        by = {c["contender"]: c for c in cost if "error" not in c}
+        mem = by.get("sse-fast")
+        for name in ("sse-fast-redis-1w", "sse-fast-redis-2w"):
+            if mem and name in by:
+                d50 = by[name]["request_us"]["p50"] - mem["request_us"]["p50"]
+                d99 = by[name]["request_us"]["p99"] - mem["request_us"]["p99"]
+                lines.append(f"\n{name} - memory: request p50 {d50:+} us, p99 {d99:+} us")
+        lines.append("")
+    return lines
+
+
+def _split_cell(sess: dict[str, Any]) -> str:
+    split = sess.get("connect", {}).get("sockets_per_process")
+    return " / ".join(str(v) for v in split.values()) if split else "1 process"
 
 
 def _verdict(report: dict[str, Any]) -> list[str]:
@@ -747,7 +1086,11 @@ def _verdict(report: dict[str, Any]) -> list[str]:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--n", default="1000,10000", help="subscriber counts, comma-separated (20000 needs the fd limit)")
-    p.add_argument("--contenders", default="sse-fast,sse-starlette,granian-rsgi")
+    p.add_argument(
+        "--contenders",
+        default="sse-fast,sse-starlette,granian-rsgi,sse-fast-redis-2w",
+        help="sse-fast-redis-2w (two workers on a private redis-server) is skipped when redis-server is missing",
+    )
     p.add_argument("--deliveries", type=int, default=500_000, help="deliveries per burst or lockstep phase")
     p.add_argument("--publishers", type=int, default=32, help="publisher connections in burst and paced phases")
     p.add_argument("--direct", type=int, default=5_000, help="direct messages in the direct burst")
@@ -756,6 +1099,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--direct-rate", type=float, default=200.0)
     p.add_argument("--paced-seconds", type=float, default=10.0)
     p.add_argument("--timeout", type=float, default=120.0, help="longest wait for a phase's deliveries")
+    p.add_argument(
+        "--publish-cost",
+        type=int,
+        default=500,
+        help="sequential publishes per broker when a Redis contender runs (memory, Redis 1 worker, 2 workers); 0: off",
+    )
     p.add_argument("--phases", default="", help="only these phases, e.g. broadcast-lockstep,topic-burst")
     p.add_argument("--profile", default="", help="a directory: py-spy every burst and lockstep phase into it")
     p.add_argument("--out", default=str(ROOT / "bench/results/fanout"), help="path stem of the .json and .md")
@@ -791,6 +1140,12 @@ def _send_floor(n: int) -> dict[str, Any]:
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     contenders = _contenders()
+    unknown = [name for name in args.names if name not in contenders]
+    if unknown:
+        raise SystemExit(f"unknown contenders {unknown}; known: {sorted(contenders)}")
+    if shutil.which("redis-server") is None and any(contenders[c].redis for c in args.names):
+        print("skipping the Redis contenders: redis-server is not installed", flush=True)
+        args.names = [c for c in args.names if not contenders[c].redis]
     report: dict[str, Any] = {
         "machine": _machine(),
         "command": " ".join(["python", "bench/fanout/run.py", *(shlex.quote(a) for a in sys.argv[1:])]),
@@ -811,6 +1166,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         by = {s["contender"]: s for s in report["sessions"] if s["n"] == n}
         if "sse-fast" in by and "sse-starlette" in by:
             report["ratios"][str(n)] = _ratios(by["sse-fast"], by["sse-starlette"], args)
+    if args.publish_cost > 0 and any(contenders[c].redis for c in args.names):
+        brokers = ("sse-fast", "sse-fast-redis-1w", "sse-fast-redis-2w")
+        report["publish_cost"] = [await publish_cost(contenders[name], args) for name in brokers]
     return report
 
 
