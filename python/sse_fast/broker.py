@@ -76,6 +76,15 @@ class _Tracked:
     attempts: int = 1
     acked_by: list[str] = field(default_factory=list)
     exclude: str | None = None
+    size: int = 0  # bytes of the envelope held for redelivery (0 once the message is finished)
+
+    @property
+    def open(self) -> bool:
+        """Still waiting for an ack (and holding its envelope for redelivery)."""
+        return self.status in ("pending", "delivered")
+
+
+_MAX_ACKERS = 1000  # ackedBy names at most this many clients (a broadcast may be acked by every one)
 
 
 class Broker(abc.ABC):
@@ -158,43 +167,64 @@ class Broker(abc.ABC):
 
 
 class _Mailboxes:
-    """Offline messages per client: bounded per client (oldest dropped) and in clients (oldest mailbox dropped)."""
+    """Offline messages per client, oldest dropped first past any bound: messages and bytes per client (the bytes
+    are written in one go when the client connects, so they are held to a connection queue's bound), clients, and
+    bytes in all."""
 
-    def __init__(self, *, size: int, ttl: float, clients: int) -> None:
+    def __init__(self, *, size: int, ttl: float, clients: int, client_bytes: int, total_bytes: int) -> None:
         self._boxes: OrderedDict[str, deque[tuple[float, Frame]]] = OrderedDict()
+        self._bytes: dict[str, int] = {}
         self._size, self._ttl, self._clients = size, ttl, clients
+        self._client_bytes, self._total_bytes = client_bytes, total_bytes
         self.dropped = 0
         self.entries = 0
+        self.nbytes = 0
 
     def put(self, client_id: str, frame: Frame, now: float) -> None:
         box = self._boxes.get(client_id)
         if box is None:
             if len(self._boxes) >= self._clients:
-                _, evicted = self._boxes.popitem(last=False)
-                self.dropped += len(evicted)
-                self.entries -= len(evicted)
-            box = self._boxes[client_id] = deque(maxlen=self._size)
-        if len(box) == self._size:
-            self.dropped += 1
-            self.entries -= 1
+                self._drop_client(next(iter(self._boxes)))
+            box = self._boxes[client_id] = deque()
+            self._bytes[client_id] = 0
         box.append((now + self._ttl, frame))
+        self._bytes[client_id] += len(frame)
         self.entries += 1
+        self.nbytes += len(frame)
+        while len(box) > self._size or self._bytes[client_id] > self._client_bytes:
+            self._pop_oldest(client_id, box)
+            self.dropped += 1
+        while self.nbytes > self._total_bytes:
+            self._drop_client(next(iter(self._boxes)))
+
+    def _pop_oldest(self, client_id: str, box: deque[tuple[float, Frame]]) -> None:
+        _, frame = box.popleft()
+        self._bytes[client_id] -= len(frame)
+        self.entries -= 1
+        self.nbytes -= len(frame)
+
+    def _drop_client(self, client_id: str) -> None:
+        box = self._boxes.pop(client_id)
+        self.dropped += len(box)
+        self.entries -= len(box)
+        self.nbytes -= self._bytes.pop(client_id)
 
     def take(self, client_id: str, now: float) -> list[Frame]:
         box = self._boxes.pop(client_id, None)
         if box is None:
             return []
         self.entries -= len(box)
+        self.nbytes -= self._bytes.pop(client_id)
         return [frame for expires, frame in box if expires > now]
 
     def expire(self, now: float) -> None:
         for client_id in [c for c, box in self._boxes.items() if box and box[0][0] <= now]:
             box = self._boxes[client_id]
             while box and box[0][0] <= now:
-                box.popleft()
-                self.entries -= 1
+                self._pop_oldest(client_id, box)
             if not box:
                 del self._boxes[client_id]
+                del self._bytes[client_id]
 
     def __len__(self) -> int:
         return len(self._boxes)
@@ -242,12 +272,17 @@ class MemoryBroker(Broker):
             ttl_ms=int(settings.replay_ttl * 1000),
         )
         self.mailboxes = _Mailboxes(
-            size=settings.mailbox_size, ttl=settings.mailbox_ttl, clients=settings.mailbox_clients
+            size=settings.mailbox_size,
+            ttl=settings.mailbox_ttl,
+            clients=settings.mailbox_clients,
+            client_bytes=settings.queue_bytes,
+            total_bytes=settings.replay_bytes,
         )
         self.dedupe = _Dedupe(window=settings.dedupe_window, size=settings.dedupe_size)
         self._acks: OrderedDict[str, _Tracked] = OrderedDict()
         # (deadline, message id): entries whose message was acked or dropped are skipped when they come up.
         self._deadlines: list[tuple[float, str]] = []
+        self._ack_bytes = 0
         self.published = 0
         self.duplicates = 0
         self.redelivered = 0
@@ -258,20 +293,28 @@ class MemoryBroker(Broker):
 
     async def publish(self, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
         now = time.time()
-        if self.dedupe.seen(envelope.source or "", envelope.id or "", now):
-            self.duplicates += 1
-            return Accepted(envelope.id or "", 0, False, duplicate=True)
-        accepted = self._deliver(envelope, exclude=exclude, to_mailbox=True)
+        data = self.encode(envelope)  # a refusal (413) must come before anything is remembered
+        message_id, source = envelope.id or "", envelope.source or ""
         if envelope.require_ack:
-            self._track(envelope, accepted, exclude, now)
+            tracked = self._acks.get(message_id)
+            if tracked is not None and tracked.envelope.source != source:
+                raise ValidationFailure(409, "message_id_in_use", "another source's requireAck message has this id")
+        if self.dedupe.seen(source, message_id, now):
+            self.duplicates += 1
+            return Accepted(message_id, 0, False, duplicate=True)
+        accepted = self._deliver(envelope, exclude=exclude, to_mailbox=True, data=data)
+        if envelope.require_ack:
+            self._track(envelope, accepted, exclude, now, len(data))
         return accepted
 
     def publish_now(self, envelope: Envelope) -> None:
         self._deliver(envelope, exclude=None, to_mailbox=True)
 
-    def _deliver(self, envelope: Envelope, *, exclude: str | None, to_mailbox: bool) -> Accepted:
+    def _deliver(
+        self, envelope: Envelope, *, exclude: str | None, to_mailbox: bool, data: bytes | None = None
+    ) -> Accepted:
         assert self.streams is not None, "attach() the broker to the streams first"
-        data = self.encode(envelope)
+        data = self.encode(envelope) if data is None else data
         priority = envelope.priority
         if envelope.ephemeral:
             frame = Frame(data, event=envelope.type, priority=priority)
@@ -313,15 +356,25 @@ class MemoryBroker(Broker):
 
     # -- acks ------------------------------------------------------------------------------------------------
 
-    def _track(self, envelope: Envelope, accepted: Accepted, exclude: str | None, now: float) -> None:
+    def _track(self, envelope: Envelope, accepted: Accepted, exclude: str | None, now: float, size: int) -> None:
         status: Literal["pending", "delivered"] = "delivered" if accepted.delivered else "pending"
         deadline = now + self.settings.ack_timeout
-        self._acks[accepted.message_id] = _Tracked(envelope, status, deadline, exclude=exclude)
+        self._acks[accepted.message_id] = _Tracked(envelope, status, deadline, exclude=exclude, size=size)
+        self._ack_bytes += size
         heapq.heappush(self._deadlines, (deadline, accepted.message_id))
-        while len(self._acks) > self.settings.max_pending_acks:
+        # Bounded by count and by the bytes held for redelivery (SSE_FAST_REPLAY_BYTES): oldest first.
+        while len(self._acks) > self.settings.max_pending_acks or self._ack_bytes > self.settings.replay_bytes:
             _, dropped = self._acks.popitem(last=False)
-            if dropped.status in ("pending", "delivered"):
+            if dropped.open:
                 self.acks_expired += 1
+            self._ack_bytes -= dropped.size
+
+    def _finish(self, tracked: _Tracked, status: Literal["acked", "expired"]) -> None:
+        """The message is acked or expired: keep its status, not its payload."""
+        tracked.status = status
+        tracked.envelope = msgspec.structs.replace(tracked.envelope, payload=None, metadata=None)
+        self._ack_bytes -= tracked.size
+        tracked.size = 0
 
     async def ack(self, client_id: str, message_ids: list[str], *, admin: bool) -> int:
         known = 0
@@ -332,9 +385,10 @@ class MemoryBroker(Broker):
             known += 1
             if client_id in tracked.acked_by:
                 continue
-            tracked.acked_by.append(client_id)
-            if tracked.status != "acked":
-                tracked.status = "acked"
+            if len(tracked.acked_by) < _MAX_ACKERS:
+                tracked.acked_by.append(client_id)
+            if tracked.open:
+                self._finish(tracked, "acked")
                 self.acked += 1
             self._notify_source(tracked.envelope, client_id)
         return known
@@ -375,10 +429,10 @@ class MemoryBroker(Broker):
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, message_id = heapq.heappop(self._deadlines)
             tracked = self._acks.get(message_id)
-            if tracked is None or tracked.deadline != deadline or tracked.status not in ("pending", "delivered"):
+            if tracked is None or tracked.deadline != deadline or not tracked.open:
                 continue
             if tracked.attempts > self.settings.ack_retries:
-                tracked.status = "expired"
+                self._finish(tracked, "expired")
                 self.acks_expired += 1
                 continue
             tracked.attempts += 1
@@ -401,9 +455,11 @@ class MemoryBroker(Broker):
             "replay_evicted": log["evicted"] + log["expired"],
             "mailbox_clients": len(self.mailboxes),
             "mailbox_messages": self.mailboxes.entries,
+            "mailbox_bytes": self.mailboxes.nbytes,
             "mailbox_dropped": self.mailboxes.dropped,
             "dedupe_entries": len(self.dedupe),
             "acks_tracked": len(self._acks),
+            "acks_bytes": self._ack_bytes,
             "acks_acked": self.acked,
             "acks_redelivered": self.redelivered,
             "acks_expired": self.acks_expired,

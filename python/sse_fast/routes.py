@@ -54,7 +54,7 @@ def _duplicate(accepted: Accepted) -> Response:
 
 
 def _client_id(value: str, what: str = "clientId") -> str:
-    if not _CLIENT_ID.match(value):
+    if not _CLIENT_ID.fullmatch(value):
         raise HttpError(400, "invalid_client_id", f"{what} must match [A-Za-z0-9_.:@-]{{1,128}}")
     return value
 
@@ -216,10 +216,14 @@ class Api:
             return conn.id
         if self.streams.get(conn.id) is None:  # replaced or closed meanwhile
             return conn.id
-        sink.write(self._opening_bytes(conn.id, client_id, cursor, opening))
+        written = sink.write(self._opening_bytes(conn.id, client_id, cursor, opening))
         self.streams.hub.set_watermark(conn.id, opening.watermark)
         self.metrics.replayed += opening.missed
-        self.streams.unblock(conn.id)
+        # The replay goes out through the writer, in chunks and with the sink's backpressure, before any live frame.
+        self.streams.replay(conn, opening.frames)
+        if written:
+            self.streams.unblock(conn.id)
+        # Otherwise the sink says when it can take more (ASGI: when its pending send completes).
         return conn.id
 
     def _opening_bytes(self, conn_id: int, client_id: str, cursor: str | None, opening: Opening) -> bytes:
@@ -234,9 +238,7 @@ class Api:
             detail["reason"] = opening.gap
         connect = system_envelope("connect", detail, message_id=new_message_id())
         parts = [encode_retry(self.settings.retry), encode_json_frame(connect, event="system", id=opening.cursor)]
-        parts.extend(frame.body for frame in opening.extra)
-        prefix = self.streams.id_prefix.encode()
-        parts.extend(b"id: %s%d\n%s" % (prefix, frame.seq or 0, frame.body) for frame in opening.frames)
+        parts.extend(frame.body for frame in opening.extra)  # the mailbox: bounded by SSE_FAST_QUEUE_BYTES
         return b"".join(parts)
 
     # -- publishing ------------------------------------------------------------------------------------------

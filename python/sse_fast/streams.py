@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -46,7 +47,7 @@ class Sink(Protocol):
 class Connection:
     """One live stream. Small on purpose: tens of thousands of these live in one worker."""
 
-    __slots__ = ("blocked", "client_id", "connected_at", "id", "last_active", "sink", "topics")
+    __slots__ = ("blocked", "client_id", "connected_at", "id", "last_active", "replaying", "sink", "topics")
 
     def __init__(self, conn_id: int, client_id: str, topics: tuple[str, ...], sink: Sink, now: float) -> None:
         self.id = conn_id
@@ -56,6 +57,8 @@ class Connection:
         self.connected_at = now
         self.last_active = now
         self.blocked = False
+        # Replay frames not yet written (shared with the log, never copied): they go before any live frame.
+        self.replaying: deque[Frame] | None = None
 
 
 def system_envelope(event: str, detail: Any, *, message_id: str, priority: int = CRITICAL) -> bytes:
@@ -261,6 +264,28 @@ class Streams:
             self._flush_pending = True
             self._loop.call_soon(self._flush)
 
+    def replay(self, conn: Connection, frames: list[Frame]) -> None:
+        """Write ``frames`` (a resume's replay, oldest first) to ``conn`` before its live frames."""
+        if frames:
+            conn.replaying = deque(frames)
+
+    def _write_replay(self, conn: Connection) -> bool:
+        """Write the replay in chunks of a quarter of the queue bound; False when the sink took no more."""
+        frames = conn.replaying
+        assert frames is not None
+        prefix, chunk = self.id_prefix.encode(), max(16384, self.settings.queue_bytes // 4)
+        while frames:
+            parts, size = [], 0
+            while frames and size < chunk:
+                frame = frames.popleft()
+                parts.append(b"id: %s%d\n%s" % (prefix, frame.seq or 0, frame.body))
+                size += len(parts[-1])
+            if not conn.sink.write(b"".join(parts)):
+                conn.blocked = True
+                return False
+        conn.replaying = None
+        return True
+
     def _flush(self) -> None:
         self._flush_pending = False
         dirty, self._dirty = self._dirty, []
@@ -269,6 +294,8 @@ class Streams:
         for conn_id in dirty:
             conn = conns.get(conn_id)
             if conn is None or conn.blocked:
+                continue
+            if conn.replaying is not None and not self._write_replay(conn):
                 continue
             data = drain(conn_id)
             if not data:
