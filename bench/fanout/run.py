@@ -94,8 +94,9 @@ class Contender:
     workers: int = 1
     redis: bool = False
     phases: frozenset[str] = frozenset()  # empty: every phase
-    # Streams opened at once. The Redis broker stalls some stream opens for over 30 s when 256 arrive at once
-    # (2026-11-25, 2 workers, N = 10,000; fine at 32): a server-side problem, reported, worked around here.
+    # Streams opened at once. The Redis contenders use 32: before branch `fix`, the Redis broker failed opens past
+    # ~100 concurrent ones (redis-py's pool limit read as "Redis down": 503 / broker_unavailable closes). Fixed in
+    # the server (tests/test_redis_connect.py); 32 is kept only so that the recorded results stay comparable.
     connect_concurrency: int = 256
 
     @property

@@ -76,6 +76,13 @@ CONNECTIONS_REFRESH = 5
 DELIVERY_WAIT = 1.0
 #: Seconds a client waits before retrying a publish refused while Redis is unreachable.
 RETRY_AFTER = "2"
+#: Connections of a worker's command client. More concurrent calls wait for one (redis-py's plain pool would fail
+#: them with ``Too many connections`` past its default of 100, which read as "Redis is down").
+POOL_SIZE = 64
+#: Seconds a call waits for a free pooled connection before it counts as Redis being unreachable.
+POOL_WAIT = 10.0
+#: Stream openings registered in Redis by one pipeline at most (concurrent openings share a round trip).
+CONNECT_BATCH = 512
 _SEQ_BITS = 20
 _N_MASK = (1 << _SEQ_BITS) - 1
 
@@ -241,7 +248,12 @@ class RedisBroker(Broker):
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 5,
         }
-        self._redis = aioredis.Redis.from_url(self.url, **options)
+        # Bounded, and callers wait for a free connection: a burst of calls neither opens a connection each nor
+        # fails with ``Too many connections`` (which would read as Redis being down and refuse every stream).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options
+        )
+        self._redis = aioredis.Redis.from_pool(pool)
         self._reader = aioredis.Redis.from_url(self.url, **options)
         self._pubsub_client = aioredis.Redis.from_url(self.url, **{**options, "socket_timeout": None})
         self._scripts = {
@@ -263,6 +275,9 @@ class RedisBroker(Broker):
         self._routed: OrderedDict[bytes, int] = OrderedDict()
         self._waiters: dict[bytes, asyncio.Future[int]] = {}
         self._members: dict[int, str] = {}  # conn id -> client id, for presence
+        # Stream openings waiting for their Redis round trip: (connect keys, args, connection row, answer).
+        self._connects: list[tuple[list[Any], list[Any], tuple[str, bytes] | None, asyncio.Future[Any]]] = []
+        self._connect_task: asyncio.Task[None] | None = None
         self._gone: list[tuple[int, str]] = []
         self._marks: list[str] = []
         self._last_refresh = 0.0
@@ -328,8 +343,12 @@ class RedisBroker(Broker):
             with contextlib.suppress(Exception):  # the last task events of a shutdown: best effort, bounded
                 await asyncio.wait_for(self._registry.flush(), 2.0)
         self._closing = True
-        for task in [*self._tasks, *([self._tick_task] if self._tick_task else [])]:
+        for task in [*self._tasks, *(t for t in (self._tick_task, self._connect_task) if t is not None)]:
             task.cancel()
+        pending, self._connects = self._connects, []
+        for *_, answer in pending:
+            if not answer.done():
+                answer.set_exception(RuntimeError("the broker is closing"))
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
@@ -656,18 +675,15 @@ class RedisBroker(Broker):
         member = self._member(conn_id if conn_id is not None else 0)
         keys = [self._presence(client_id), f"sse:mbox:{client_id}", EPOCH, FLOOR]
         args: list[Any] = [member, int(time.time() * 1000), "sse:node:", PRESENCE_TTL]
-        pipe = self._redis.pipeline(transaction=False)
-        await self._scripts["connect"](keys=keys, args=args, client=pipe)
-        pipe.xinfo_stream(LOG)
         conn = self.streams.get(conn_id) if self.streams is not None and conn_id is not None else None
-        if conn is not None and self.streams is not None:
-            pipe.hset(self._rows_key(self.node_id), str(conn.id), _json.encode(self.streams.info(conn)))
-            pipe.expire(self._rows_key(self.node_id), NODE_TTL)
-        replies: list[Any] = await self._call(pipe.execute(raise_on_error=False))
-        if isinstance(replies[0], BaseException):
-            raise replies[0]
-        epoch, log_floor, members, mail = replies[0]
-        gap = self._gap(cursor, since, _text(epoch), int(log_floor) << _SEQ_BITS, replies[1])
+        row = (str(conn.id), _json.encode(self.streams.info(conn))) if conn is not None and self.streams else None
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._connects.append((keys, args, row, answer))
+        if self._connect_task is None or self._connect_task.done():
+            self._connect_task = asyncio.get_running_loop().create_task(self._register_connects())
+        reply, info = await answer
+        epoch, log_floor, members, mail = reply
+        gap = self._gap(cursor, since, _text(epoch), int(log_floor) << _SEQ_BITS, info)
         self._enforce_limit(client_id, [_text(m) for m in members])
         resumed = cursor is not None and gap is None
         frames: list[Frame] = []
@@ -677,6 +693,46 @@ class RedisBroker(Broker):
         extra = self._mailbox(mail, covered)
         start = cursor if resumed and cursor is not None else f"{self.epoch}-{floor}"
         return Opening(start, floor, resumed=resumed, gap=gap, frames=frames, extra=extra)
+
+    async def _register_connects(self) -> None:
+        """Register the waiting stream openings in Redis, many per pipeline (one round trip for a burst of them).
+
+        Each opening gets its connect script's reply and the log's ``XINFO STREAM``, read after its connect (one
+        read per pipeline serves them all: the log info only needs to be as of after the connect).
+        """
+        while self._connects:
+            batch, self._connects = self._connects[:CONNECT_BATCH], self._connects[CONNECT_BATCH:]
+            batch = [item for item in batch if not item[3].done()]  # an opening whose client left meanwhile
+            if not batch:
+                continue
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                rows: dict[str, bytes] = {}
+                for keys, args, row, _ in batch:
+                    await self._scripts["connect"](keys=keys, args=args, client=pipe)
+                    if row is not None:
+                        rows[row[0]] = row[1]
+                pipe.xinfo_stream(LOG)
+                if rows:
+                    pipe.hset(self._rows_key(self.node_id), mapping=rows)  # type: ignore[arg-type]
+                    pipe.expire(self._rows_key(self.node_id), NODE_TTL)
+                replies: list[Any] = await self._call(pipe.execute(raise_on_error=False))
+            except BaseException as err:  # the openings fail (503, then closed); a cancel (close()) still ends them
+                failure = err if isinstance(err, Exception) else RuntimeError("the broker is closing")
+                for *_, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(failure)
+                if not isinstance(err, Exception):
+                    raise
+                continue
+            info = replies[len(batch)]
+            for (*_, answer), reply in zip(batch, replies, strict=False):
+                if answer.done():
+                    continue
+                if isinstance(reply, BaseException):
+                    answer.set_exception(reply)
+                else:
+                    answer.set_result((reply, info))
 
     def _parse(self, cursor: str | None) -> int | None:
         """The seq of a plausible cursor of this epoch (not in the future), else None."""
