@@ -267,3 +267,14 @@ async def test_resume_on_another_node_while_publishing_has_no_gap_and_no_duplica
         await task
     assert received, "nothing received"
     assert received == list(range(received[0], received[0] + len(received))), "gap or duplicate at a seam"
+
+
+def test_a_require_ack_id_cannot_be_taken_over_by_another_source(cluster: list[Server]) -> None:
+    a, b, _ = cluster
+    body = {"id": "order-x1", "type": "json", "payload": 1, "target": "bob-x", "requireAck": True}
+    assert post(a, "/api/messages", body, **{"X-Client-Id": "alice"}).status_code == 202
+    taken = post(b, "/api/messages", {**body, "target": "mallory"}, **{"X-Client-Id": "mallory"})
+    assert taken.status_code == 409
+    assert taken.json()["code"] == "message_id_in_use"
+    status = httpx.get(f"{a.url}/api/messages/order-x1", headers={"X-Client-Id": "alice"}).json()
+    assert status["ackedBy"] == []

@@ -45,7 +45,7 @@ from redis.retry import Retry
 from sse_fast._core import Frame, topic_matches
 from sse_fast._http import HttpError
 from sse_fast.broker import Accepted, Broker, Opening
-from sse_fast.models import ConnectionInfo, Envelope, new_message_id
+from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure, new_message_id
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
@@ -130,6 +130,12 @@ end
 _PUBLISH = (
     _LIVE
     + """
+if ARGV[7] == '1' then
+  local held = redis.call('HGET', KEYS[5], 'env')
+  if held and cjson.decode(held)['source'] ~= cjson.decode(ARGV[11])['source'] then
+    return {'in_use', 0, 0}  -- another source's requireAck message has this id: refused, nothing written
+  end
+end
 if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
   return {'', 0, 0}
 end
@@ -469,6 +475,8 @@ class RedisBroker(Broker):
             *fields,
         ]
         entry_id, queued, dropped = await self._call(self._scripts["publish"](keys=keys, args=args))
+        if entry_id == b"in_use":
+            raise ValidationFailure(409, "message_id_in_use", "another source's requireAck message has this id")
         self.published += 1
         self.mailbox_dropped += int(dropped)
         return (entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()), bool(queued)
