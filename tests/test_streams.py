@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 
@@ -65,3 +66,23 @@ async def test_overtaking_frames_carry_no_id_and_a_resume_replays_from_the_low_w
     after = await broker.open_stream("reader", (), f"{epoch}-3")
     assert after.resumed
     assert after.frames == []
+
+
+async def test_a_failing_tick_job_stops_neither_the_ticker_nor_the_other_jobs(caplog: Any) -> None:
+    streams = Streams(Settings(keepalive=0.05, heartbeat=0.05), id_prefix="e-", node_id="n", new_id=new_message_id)
+    ran: list[float] = []
+
+    def broken(now: float) -> None:
+        raise RuntimeError("a bug in one job")
+
+    streams.add_tick_job(broken)
+    streams.add_tick_job(ran.append)
+    streams.start(asyncio.get_running_loop())
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(ran) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "the ticker stopped"
+            await asyncio.sleep(0.02)  # ok-sleep: polling for the ticker, with a deadline
+    finally:
+        streams.stop()
+    assert "a bug in one job" in caplog.text

@@ -131,20 +131,24 @@ class Streams:
         loop = self._loop
         assert loop is not None
         now = loop.time()
+        self._ticker = loop.call_later(self._tick_interval(), self._tick)
+        if now >= self._next_keepalive:
+            self._next_keepalive = now + self.settings.keepalive
+            self._run(lambda _: self._wake(self.hub.push_all(_KEEPALIVE)), now)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.settings.heartbeat
+            self._run(lambda _: self.heartbeat(), now)
+        wall = time.time()
+        for job in self._tick_jobs:
+            self._run(job, wall)
+
+    @staticmethod
+    def _run(job: Callable[[float], None], now: float) -> None:
+        """Run one periodic job; its failure is logged and never stops the ticker or the other jobs."""
         try:
-            if now >= self._next_keepalive:
-                self._next_keepalive = now + self.settings.keepalive
-                self._wake(self.hub.push_all(_KEEPALIVE))
-            if now >= self._next_heartbeat:
-                self._next_heartbeat = now + self.settings.heartbeat
-                self.heartbeat()
-            wall = time.time()
-            for job in self._tick_jobs:
-                job(wall)
-        except Exception:  # the ticker must survive any one job's bug
-            log.exception("tick job failed")
-        finally:
-            self._ticker = loop.call_later(self._tick_interval(), self._tick)
+            job(now)
+        except Exception:
+            log.exception("tick job %r failed", job)
 
     def heartbeat(self) -> None:
         """Send a ``heartbeat`` frame (ephemeral, no id) to every connection."""
