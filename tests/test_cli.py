@@ -150,3 +150,14 @@ async def test_listen_with_a_bad_token_exits_1(tmp_path: Path) -> None:
         code, _, err = await run("listen", server.url, "--client-id", "alice", "--token", "nope")
         assert code == 1
         assert "refused (401" in err
+
+
+def test_serve_sizes_granian_for_streams_per_worker_process() -> None:
+    from sse_fast.cli import serve_options
+
+    one = serve_options(20_000, 1)
+    two = serve_options(20_000, 2)
+    # The open-file limit is per process: each worker holds as many streams, and the default 1,024 is far exceeded.
+    assert one["backpressure"] == two["backpressure"] > 19_000
+    assert two["backlog"] >= 2 * 19_000 or two["backlog"] == 65_535
+    assert serve_options(512, 1)["backpressure"] == 1024

@@ -37,10 +37,11 @@ def serve_options(nofile: int, workers: int) -> dict[str, int]:
     """granian's ``backlog`` and per-worker ``backpressure`` sized for long-lived streams.
 
     granian admits ``backpressure`` concurrent requests per worker (default ``backlog / workers``, 1024): every
-    open stream is one, so the default silently stalls the 1,025th stream. Size it by the descriptors we have.
+    open stream is one, so the default silently stalls the 1,025th stream. Size it by the descriptors a worker has:
+    the open-file limit is per process, so each worker can hold ``nofile`` minus a reserve, whatever their number.
     """
-    per_worker = max(1024, (nofile - _RESERVED_FDS) // max(1, workers))
-    return {"backlog": min(65535, max(2048, per_worker)), "backpressure": per_worker}
+    per_worker = max(1024, nofile - _RESERVED_FDS)
+    return {"backlog": min(65535, max(2048, per_worker * max(1, workers))), "backpressure": per_worker}
 
 
 def _serve(args: argparse.Namespace) -> int:
