@@ -185,7 +185,7 @@ class _Mailboxes:
         if box is None:
             if len(self._boxes) >= self._clients:
                 self._drop_client(next(iter(self._boxes)))
-            box = self._boxes[client_id] = deque()
+            box = self._boxes[client_id] = deque()  # bounded by put(): messages and bytes per client
             self._bytes[client_id] = 0
         box.append((now + self._ttl, frame))
         self._bytes[client_id] += len(frame)
@@ -398,20 +398,9 @@ class MemoryBroker(Broker):
         return admin or envelope.target is None or envelope.target == client_id
 
     def _notify_source(self, envelope: Envelope, acked_by: str) -> None:
-        source = envelope.source
-        if not source or source in ("server", "anonymous", "scheduler"):
-            return
-        notice = Envelope(
-            id=new_message_id(),
-            type="ack",
-            priority=envelope.priority,
-            timestamp=_now_ms(),
-            source="server",
-            target=source,
-            payload={"messageId": envelope.id, "clientId": acked_by},
-            correlation_id=envelope.id,
-        )
-        self._deliver(notice, exclude=None, to_mailbox=True)
+        notice = ack_notice(envelope, acked_by)
+        if notice is not None:
+            self._deliver(notice, exclude=None, to_mailbox=True)
 
     async def message_status(self, message_id: str) -> tuple[str, str, list[str]] | None:
         tracked = self._acks.get(message_id)
@@ -464,6 +453,24 @@ class MemoryBroker(Broker):
             "acks_redelivered": self.redelivered,
             "acks_expired": self.acks_expired,
         }
+
+
+def ack_notice(envelope: Envelope, acked_by: str) -> Envelope | None:
+    """The ``ack`` event that tells a message's source who acked it (PROTOCOL.md section 5); None when the source
+    is not a client (the server, an anonymous caller, the scheduler)."""
+    source = envelope.source
+    if not source or source in ("server", "anonymous", "scheduler"):
+        return None
+    return Envelope(
+        id=new_message_id(),
+        type="ack",
+        priority=envelope.priority,
+        timestamp=_now_ms(),
+        source="server",
+        target=source,
+        payload={"messageId": envelope.id, "clientId": acked_by},
+        correlation_id=envelope.id,
+    )
 
 
 def create_broker(settings: Settings) -> Broker:

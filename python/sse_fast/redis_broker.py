@@ -44,8 +44,8 @@ from redis.retry import Retry
 
 from sse_fast._core import Frame, topic_matches
 from sse_fast._http import HttpError
-from sse_fast.broker import Accepted, Broker, Opening
-from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure, new_message_id
+from sse_fast.broker import Accepted, Broker, Opening, ack_notice
+from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
@@ -876,20 +876,9 @@ class RedisBroker(Broker):
         return known
 
     async def _notify_source(self, envelope: Envelope, acked_by: str) -> None:
-        source = envelope.source
-        if not source or source in ("server", "anonymous", "scheduler"):
-            return
-        notice = Envelope(
-            id=new_message_id(),
-            type="ack",
-            priority=envelope.priority,
-            timestamp=int(time.time() * 1000),
-            source="server",
-            target=source,
-            payload={"messageId": envelope.id, "clientId": acked_by},
-            correlation_id=envelope.id,
-        )
-        await self._append(notice, _json.encode(notice), exclude=None, dedupe=False, track=False)
+        notice = ack_notice(envelope, acked_by)
+        if notice is not None:
+            await self._append(notice, _json.encode(notice), exclude=None, dedupe=False, track=False)
 
     async def message_status(self, message_id: str) -> tuple[str, str, list[str]] | None:
         values = await self._call(self._redis.hmget(_ack_key(message_id), ["env", "status", "by"]))

@@ -438,7 +438,7 @@ class Scheduler:
         self._per_client: Counter[str] = Counter()
         self._per_handler: Counter[str] = Counter()
         self._parked: dict[tuple[str, str], deque[_Task]] = {}
-        self._resuming: deque[_Task] = deque()
+        self._resuming: deque[_Task] = deque()  # live tasks only: bounded by the queue size plus the pool
         self._runners: set[asyncio.Task[None]] = set()
         self._outbox: deque[Envelope] = deque()
         self._pump: asyncio.Task[None] | None = None
