@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::cursor::check_id_prefix;
 use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::priority::LOW;
@@ -362,17 +363,6 @@ fn shrink<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(map: &mut HashM
     if map.capacity() > 64 && map.len() < map.capacity() / 4 {
         map.shrink_to(map.len() * 2);
     }
-}
-
-/// The id prefix goes into every `id:` line: it must not be able to break one.
-fn check_id_prefix(prefix: &str) -> Result<()> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || "_.:@/+=-".contains(c);
-    if prefix.len() > 64 || !prefix.chars().all(ok) {
-        return Err(Error::Invalid(format!(
-            "id_prefix must be at most 64 characters of [A-Za-z0-9_.:@/+=-], got {prefix:?}"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

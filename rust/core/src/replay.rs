@@ -1,12 +1,13 @@
 //! The replay log behind `Last-Event-ID` resume: a ring of recent resumable frames, each with its route.
 //!
-//! Frames get consecutive seqs from 1; a cursor is `<epoch>-<seq>`. The log is bounded by frame count, bytes and
-//! age; only the oldest frames leave it, so the retained seqs are always one contiguous run ending at or before
-//! [`ReplayLog::head`].
+//! Frames get consecutive seqs from 1; a cursor is `<epoch>-<seq>` ([`Cursor`]). The log is bounded by frame
+//! count, bytes and age; only the oldest frames leave it, so the retained seqs are always one contiguous run ending
+//! at or before [`ReplayLog::head`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::cursor::{check_epoch, Cursor};
 use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::hub::Route;
@@ -98,19 +99,16 @@ impl ReplayLog {
         self.head
     }
 
-    /// The cursor of `seq`: `<epoch>-<seq>`.
+    /// The cursor of `seq`: `<epoch>-<seq>` (a [`Cursor`] written out).
     pub fn cursor(&self, seq: u64) -> String {
-        format!("{}-{seq}", self.epoch)
+        Cursor::new(&self.epoch, seq)
+            .expect("the epoch was checked by ReplayLog::new")
+            .to_string()
     }
 
-    /// The seq named by a cursor of this epoch, written as [`ReplayLog::cursor`] writes it; `None` otherwise.
+    /// The seq named by a cursor of this epoch ([`Cursor::parse_for`]); `None` otherwise.
     pub fn parse(&self, cursor: &str) -> Option<u64> {
-        let digits = cursor.strip_prefix(&*self.epoch)?.strip_prefix('-')?;
-        let canonical = digits == "0" || digits.starts_with(|c: char| matches!(c, '1'..='9'));
-        if !canonical || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        digits.parse().ok()
+        Cursor::parse_for(cursor, &self.epoch)
     }
 
     /// Frame `data` as the next resumable frame, remember it with its route, and return it. Frames past their
@@ -211,17 +209,6 @@ impl ReplayLog {
             self.bytes -= entry.frame.len();
         }
     }
-}
-
-/// The epoch is written into every cursor and `id:` line: it must not be able to break one.
-fn check_epoch(epoch: &str) -> Result<()> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || "_.:@/+=-".contains(c);
-    if epoch.is_empty() || epoch.len() > 64 || !epoch.chars().all(ok) {
-        return Err(Error::Invalid(format!(
-            "epoch must be 1 to 64 characters of [A-Za-z0-9_.:@/+=-], got {epoch:?}"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
