@@ -6,7 +6,8 @@
 //! - [`topic`]: topic validation and NATS-style pattern matching (`*`, trailing `>`), and the topic index;
 //! - [`queue`]: the bounded four-level priority queue, and [`queue::FrameQueue`], a connection's outbound queue;
 //! - [`hub`]: the fan-out registry that routes one shared frame to every recipient's queue;
-//! - [`replay`]: the bounded log of recent resumable frames behind `Last-Event-ID` resume;
+//! - [`replay`]: the bounded log of recent resumable frames behind `Last-Event-ID` resume, and the encoding of a
+//!   replay with its `id:` lines;
 //! - [`cursor`]: the resume cursor `<epoch>-<seq>` ([`Cursor`]) and the mapping of seqs to Redis stream ids.
 //!
 //! Errors are values of one enum, [`Error`]; the binding crate maps them onto Python exceptions in one place.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
 use crate::priority::{CRITICAL, LEVELS};
+use crate::wire::write_id_line;
 
 /// What happened to one push.
 #[derive(Debug, PartialEq, Eq)]
@@ -389,7 +390,7 @@ impl FrameQueue {
         let mark = self.written.min(pending.saturating_sub(1));
         if mark > self.watermark {
             self.watermark = mark;
-            write_id(out, id_prefix, mark);
+            write_id_line(out, id_prefix, mark);
         }
     }
 
@@ -434,26 +435,6 @@ impl FrameQueue {
     pub fn counters(&self) -> Counters {
         self.queue.counters()
     }
-}
-
-/// Append `id: <prefix><seq>\n`.
-fn write_id(out: &mut Vec<u8>, prefix: &[u8], seq: u64) {
-    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
-    let mut start = digits.len();
-    let mut n = seq;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reserve(prefix.len() + digits.len() - start + 5);
-    out.extend_from_slice(b"id: ");
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(&digits[start..]);
-    out.push(b'\n');
 }
 
 #[cfg(test)]
@@ -865,17 +846,5 @@ mod tests {
         let mut out = vec![b'x'; 1000];
         assert_eq!(q.drain(2 * len, b"", &mut out), 2);
         assert_eq!(out.len(), 1000 + 2 * len);
-    }
-
-    #[test]
-    fn id_digits() {
-        for (seq, text) in [(0, "id: 0\n"), (7, "id: 7\n"), (1_000, "id: 1000\n")] {
-            let mut out = Vec::new();
-            write_id(&mut out, b"", seq);
-            assert_eq!(out, text.as_bytes());
-        }
-        let mut out = Vec::new();
-        write_id(&mut out, b"ep-", u64::MAX);
-        assert_eq!(out, format!("id: ep-{}\n", u64::MAX).as_bytes());
     }
 }

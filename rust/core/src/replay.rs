@@ -2,15 +2,17 @@
 //!
 //! Frames get consecutive seqs from 1; a cursor is `<epoch>-<seq>` ([`Cursor`]). The log is bounded by frame
 //! count, bytes and age; only the oldest frames leave it, so the retained seqs are always one contiguous run ending
-//! at or before [`ReplayLog::head`].
+//! at or before [`ReplayLog::head`]. [`encode_replay`] writes a replay out, each frame after its `id:` line.
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::cursor::{check_epoch, Cursor};
+use crate::cursor::{check_epoch, check_id_prefix, Cursor};
 use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::hub::Route;
+use crate::wire::write_id_line;
 
 /// Why a cursor cannot be resumed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +213,33 @@ impl ReplayLog {
     }
 }
 
+/// Write replayed frames, oldest first, into `out`: each resumable frame after its `id: <id_prefix><seq>` line
+/// (its cursor, with `id_prefix` = `<epoch>-`), an ephemeral one as it is. Takes frames until this call has written
+/// at least `chunk_bytes` bytes (the last frame may pass it; at least one frame) or `frames` runs out, and
+/// returns how many it took: it pulls no frame it does not write.
+///
+/// Refuses an `id_prefix` that could break the `id:` line ([`check_id_prefix`]).
+pub fn encode_replay<F: Borrow<Frame>>(
+    frames: impl IntoIterator<Item = F>,
+    id_prefix: &str,
+    chunk_bytes: usize,
+    out: &mut Vec<u8>,
+) -> Result<usize> {
+    check_id_prefix(id_prefix)?;
+    let (start, mut taken) = (out.len(), 0);
+    let mut frames = frames.into_iter();
+    while taken == 0 || out.len() - start < chunk_bytes {
+        let Some(frame) = frames.next() else { break };
+        let frame = frame.borrow();
+        if let Some(seq) = frame.seq() {
+            write_id_line(out, id_prefix.as_bytes(), seq);
+        }
+        out.extend_from_slice(frame.body());
+        taken += 1;
+    }
+    Ok(taken)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +326,46 @@ mod tests {
         let mut log = log(1, 100);
         assert!(matches!(log.append(b"a\nb", "json", 1, ALL, 0), Err(Error::Frame(_))));
         assert_eq!(log.head(), 0);
+    }
+
+    #[test]
+    fn encodes_a_replay_in_chunks_with_id_lines() {
+        let frames: Vec<Frame> = (1..=5)
+            .map(|seq| Frame::new(b"{}", "json", 1, Some(seq)).unwrap())
+            .collect();
+        let mut out = b"kept".to_vec();
+        // 9 bytes of id line and 22 of body per frame: the chunk ends with the frame that reaches 40 bytes.
+        assert_eq!(encode_replay(&frames, "ep-", 40, &mut out), Ok(2));
+        assert_eq!(
+            out,
+            b"keptid: ep-1\nevent: json\ndata: {}\n\nid: ep-2\nevent: json\ndata: {}\n\n"
+        );
+        let mut out = Vec::new();
+        assert_eq!(encode_replay(&frames[2..], "ep-", 1 << 20, &mut out), Ok(3));
+        assert_eq!(out.len(), 3 * 31);
+        assert!(out.ends_with(b"id: ep-5\nevent: json\ndata: {}\n\n"));
+    }
+
+    #[test]
+    fn encode_replay_takes_one_frame_at_least_and_pulls_no_extra() {
+        let frames: Vec<Arc<Frame>> = (7..=8)
+            .map(|seq| Arc::new(Frame::new(b"{}", "json", 1, Some(seq)).unwrap()))
+            .collect();
+        let mut iter = frames.iter().map(Arc::as_ref);
+        let mut out = Vec::new();
+        assert_eq!(encode_replay(&mut iter, "", 0, &mut out), Ok(1));
+        assert_eq!(out, b"id: 7\nevent: json\ndata: {}\n\n");
+        assert_eq!(iter.next().and_then(Frame::seq), Some(8));
+        assert_eq!(encode_replay(std::iter::empty::<&Frame>(), "ep-", 0, &mut out), Ok(0));
+    }
+
+    #[test]
+    fn encode_replay_writes_no_id_for_an_ephemeral_frame_and_refuses_a_bad_prefix() {
+        let frames = [Frame::raw(b": hi\n\n", 0).unwrap()];
+        let mut out = Vec::new();
+        assert_eq!(encode_replay(&frames, "ep-", 100, &mut out), Ok(1));
+        assert_eq!(out, b": hi\n\n");
+        let refused = encode_replay(&frames, "ep\n-", 100, &mut out);
+        assert!(matches!(refused, Err(Error::Invalid(_))));
     }
 }

@@ -113,6 +113,18 @@ pub fn write_json_frame(out: &mut [u8], data: &[u8], event: Option<&str>, id: Op
     writer.finish()
 }
 
+/// Append the line `id: <prefix><seq>` (LF-terminated): the `id:` line of a resumable frame, whose value is the
+/// frame's cursor when `prefix` is `<epoch>-` (see [`crate::cursor::Cursor`]). `prefix` must have passed
+/// [`crate::cursor::check_id_prefix`].
+pub fn write_id_line(out: &mut Vec<u8>, prefix: &[u8], seq: u64) {
+    let digits = Decimal::new(seq);
+    out.reserve(prefix.len() + digits.as_bytes().len() + 5);
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(digits.as_bytes());
+    out.push(b'\n');
+}
+
 /// The size of the `id:` and `event:` lines.
 fn head_size(event: Option<&str>, id: Option<&str>) -> usize {
     id.map_or(0, |id| id.len() + 5) + event.map_or(0, |event| event.len() + 8)
@@ -1056,5 +1068,17 @@ mod tests {
                 ev("message", "z", Some(""), None)
             ]
         );
+    }
+
+    #[test]
+    fn id_line_digits() {
+        for (seq, text) in [(0, "id: 0\n"), (7, "id: 7\n"), (1_000, "id: 1000\n")] {
+            let mut out = Vec::new();
+            write_id_line(&mut out, b"", seq);
+            assert_eq!(out, text.as_bytes());
+        }
+        let mut out = Vec::new();
+        write_id_line(&mut out, b"ep-", u64::MAX);
+        assert_eq!(out, format!("id: ep-{}\n", u64::MAX).as_bytes());
     }
 }
