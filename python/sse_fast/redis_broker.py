@@ -20,8 +20,9 @@ Presence: ``sse:pres:<client>`` is a sorted set of ``<node>:<conn>`` by connect 
 within 15 s. ``sse:conns:<node>`` is a hash of the node's connections (the rows of ``GET /api/connections``):
 written when a stream opens, deleted when it closes, rewritten with fresh queue stats every
 :data:`CONNECTIONS_REFRESH` seconds, and expiring with the node's heartbeat. Every structure is bounded: the log by
-``MAXLEN ~`` and ``MINID`` (TTL), mailboxes by ``LTRIM`` and ``EXPIRE``, presence, dedupe, ack keys and connection
-rows by ``EXPIRE``, the ack deadline set by a cap on its size.
+count, bytes and age (one trim script, which records the newest id it removed in ``sse:log:trimmed``: a resume
+whose cursor is below that mark is ``expired``), mailboxes by ``LTRIM`` and ``EXPIRE``, presence, dedupe, ack keys
+and connection rows by ``EXPIRE``, the ack deadline set by a cap on its size.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ FLOOR = "sse:floor"
 EPHEMERAL = "sse:eph"
 CONTROL = "sse:control"
 NODES = "sse:nodes"
+#: The newest log id ever trimmed away (by count, bytes or age): a cursor below it lost something (its coverage mark).
+TRIMMED = "sse:log:trimmed"
+#: The bytes of the data the log holds (its byte bound, ``SSE_FAST_REPLAY_BYTES``).
+LOG_BYTES = "sse:log:bytes"
 ACK_DUE = "sse:acks:due"
 NODE_TTL = 15
 PRESENCE_TTL = 24 * 3600
@@ -124,11 +129,45 @@ local function live(zset, node_prefix)
 end
 """
 
-# KEYS: log, dedupe, presence, mailbox, ack hash, ack due.
+# The one way the log shrinks (by count, by bytes, by age), oldest first. It records the newest id it removed in the
+# coverage mark: a cursor at or after the mark still has every later entry; one below it lost some. (Redis's own
+# ``max-deleted-entry-id`` is not moved by ``MAXLEN``/``MINID`` trimming, so it cannot tell.) A publish keeps at
+# least the entry it appended (``keep``), so that every node's reader can still read it; the TTL may empty the log.
+# Each entry's first field is its data.
+_TRIM = """
+local function trim_log(log, mark, size_key, maxlen, maxbytes, min_ms, keep)
+  local len = redis.call('XLEN', log)
+  local total = tonumber(redis.call('GET', size_key) or '0')
+  if len <= maxlen and total <= maxbytes and min_ms <= 0 then return false end
+  local last, freed, start, done = nil, 0, '-', false
+  while not done and len > keep do
+    local batch = redis.call('XRANGE', log, start, '+', 'COUNT', 64)
+    if #batch == 0 then break end
+    for _, e in ipairs(batch) do
+      local old = tonumber(string.match(e[1], '^%d+')) < min_ms
+      if len <= keep or (len <= maxlen and total <= maxbytes and not old) then done = true; break end
+      local size = string.len(e[2][2])
+      last, len, total, freed = e[1], len - 1, total - size, freed + size
+    end
+    if last then start = '(' .. last end
+  end
+  if last then
+    local ms, n = string.match(last, '^(%d+)-(%d+)$')
+    redis.call('XTRIM', log, 'MINID', ms .. '-' .. string.format('%d', tonumber(n) + 1))
+    redis.call('SET', mark, last)
+    redis.call('DECRBY', size_key, freed)
+  end
+  return last
+end
+"""
+
+# KEYS: log, dedupe, presence, mailbox, ack hash, ack due, trimmed mark, log bytes.
 # ARGV: maxlen, dedupe window (0: none), mailbox ('1' when targeted), node prefix, mailbox size, mailbox ttl,
-#       ack ('1'), ack deadline ms, ack key ttl, max pending acks, data, event, priority, exclude, then XADD fields.
+#       ack ('1'), ack deadline ms, ack key ttl, max pending acks, data, event, priority, exclude, max log bytes,
+#       then XADD fields.
 _PUBLISH = (
     _LIVE
+    + _TRIM
     + """
 if ARGV[7] == '1' then
   local held = redis.call('HGET', KEYS[5], 'env')
@@ -140,8 +179,10 @@ if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) t
   return {'', 0, 0}
 end
 local fields = {}
-for i = 15, #ARGV do fields[#fields + 1] = ARGV[i] end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+for i = 16, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('INCRBY', KEYS[8], string.len(ARGV[11]))
+trim_log(KEYS[1], KEYS[7], KEYS[8], tonumber(ARGV[1]), tonumber(ARGV[15]), 0, 1)
 local queued, dropped = 0, 0
 if ARGV[3] == '1' and #live(KEYS[3], ARGV[4]) == 0 then
   local size = tonumber(ARGV[5])
@@ -212,6 +253,16 @@ end
 return out
 """
 
+# KEYS: log, trimmed mark, log bytes. ARGV: max frames, max bytes, min ms (older entries leave: the TTL).
+# Returns the coverage mark after trimming.
+_TRIM_LOG = (
+    _TRIM
+    + """
+trim_log(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), 0)
+return redis.call('GET', KEYS[2])
+"""
+)
+
 _MARK_DELIVERED = """
 if redis.call('HGET', KEYS[1], 'status') == 'pending' then redis.call('HSET', KEYS[1], 'status', 'delivered') end
 return 0
@@ -271,6 +322,7 @@ class RedisBroker(Broker):
                 ("ack", _ACK),
                 ("due", _DUE),
                 ("mark", _MARK_DELIVERED),
+                ("trim", _TRIM_LOG),
             )
         }
         self._up = True
@@ -300,6 +352,7 @@ class RedisBroker(Broker):
         self.mailbox_dropped = 0
         self.resets = 0
         self.reconnects = 0
+        self.lagged = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -456,6 +509,8 @@ class RedisBroker(Broker):
             f"sse:mbox:{target or ''}",
             _ack_key(message_id),
             ACK_DUE,
+            TRIMMED,
+            LOG_BYTES,
         ]
         args: list[Any] = [
             s.replay_size,
@@ -472,6 +527,7 @@ class RedisBroker(Broker):
             envelope.type,
             envelope.priority,
             exclude or "",
+            s.replay_bytes,
             *fields,
         ]
         entry_id, queued, dropped = await self._call(self._scripts["publish"](keys=keys, args=args))
@@ -693,10 +749,10 @@ class RedisBroker(Broker):
         epoch, log_floor, members, mail = reply
         gap = self._gap(cursor, since, _text(epoch), int(log_floor) << _SEQ_BITS, info)
         self._enforce_limit(client_id, [_text(m) for m in members])
-        resumed = cursor is not None and gap is None
         frames: list[Frame] = []
-        if resumed and since is not None and since < head:
-            frames = await self._replay(since, head, client_id, topics)
+        if cursor is not None and gap is None and since is not None and since < head:
+            frames, gap = await self._replay(since, head, client_id, topics)
+        resumed = cursor is not None and gap is None
         covered = since if resumed and since is not None else floor
         extra = self._mailbox(mail, covered)
         start = cursor if resumed and cursor is not None else f"{self.epoch}-{floor}"
@@ -755,6 +811,8 @@ class RedisBroker(Broker):
         return value
 
     def _gap(self, cursor: str | None, since: int | None, epoch: str, floor: int, info: Any) -> str | None:
+        """Why ``cursor`` cannot be resumed from, as far as the epoch and the floor tell: ``unknown_cursor`` or
+        ``expired`` (None: it may be; whether the log still holds all after it is decided by :meth:`_replay`)."""
         if cursor is None:
             return None
         if epoch != self.epoch:  # Redis lost its data since this node last looked
@@ -767,25 +825,29 @@ class RedisBroker(Broker):
         if isinstance(info, BaseException):  # no log yet: nothing was ever issued after the floor
             return None if since == floor else "unknown_cursor"
         last = cursor_seq(info.get("last-generated-id", b"0-0"))
-        if since > max(last, floor):
-            return "unknown_cursor"
-        deleted = info.get("max-deleted-entry-id")
-        if deleted is not None:
-            return "expired" if cursor_seq(deleted) > since else None
-        first = info.get("first-entry")  # Redis < 7: conservative (may call a complete log expired)
-        return "expired" if first and cursor_seq(first[0]) > since + 1 and len(info) else None
+        return "unknown_cursor" if since > max(last, floor) else None
 
     def _schedule_reset_check(self) -> None:
         if self._up:
             self._down(RuntimeError("the epoch changed in Redis"))
 
-    async def _replay(self, since: int, head: int, client_id: str, topics: tuple[str, ...]) -> list[Frame]:
-        entries: Any = await self._call(self._redis.xrange(LOG, f"({stream_id(since)}", stream_id(head)))
-        return [
+    async def _replay(
+        self, since: int, head: int, client_id: str, topics: tuple[str, ...]
+    ) -> tuple[list[Frame], str | None]:
+        """The entries in ``(since, head]`` this subscriber may see, or ``expired`` when the log no longer holds all
+        of them: the read and the coverage mark are taken in one transaction, so no trim can fall between them."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xrange(LOG, f"({stream_id(since)}", stream_id(head))
+        pipe.get(TRIMMED)
+        entries, mark = await self._call(pipe.execute())
+        if mark is not None and cursor_seq(mark) > since:
+            return [], "expired"
+        frames = [
             Frame(f[b"d"], event=f[b"e"].decode(), priority=int(f[b"p"]), seq=cursor_seq(entry_id))
             for entry_id, f in entries
             if _sees(f, client_id, topics)
         ]
+        return frames, None
 
     def _mailbox(self, mail: list[bytes], covered: int) -> list[Frame]:
         """Mailbox entries (newest first in Redis) not covered by the replay or the live feed, oldest first."""
@@ -906,8 +968,7 @@ class RedisBroker(Broker):
                 self._last_rows = now
                 await self._write_rows()
             await self._redeliver(now)
-            if self.settings.replay_ttl > 0:
-                await self._redis.xtrim(LOG, minid=stream_id(int((now - self.settings.replay_ttl) * 1000) << 20))
+            await self._trim_log(now)
             if now - self._last_refresh > 600:
                 self._last_refresh = now
                 await self._refresh_presence()
@@ -915,6 +976,24 @@ class RedisBroker(Broker):
             self._down(err)
         except Exception:
             log.exception("Redis tick failed")
+
+    async def _trim_log(self, now: float) -> None:
+        """Trim the log by age (its TTL; count and bytes are trimmed on every publish), then check the mark.
+
+        A node whose reader is behind the coverage mark can never read the entries up to it: they left the log
+        unread (a reader that lagged more than the log holds). Its streams are closed (``lagged``), so that each
+        client resumes from its cursor and is told ``expired`` instead of silently missing them.
+        """
+        s = self.settings
+        keys, min_ms = [LOG, TRIMMED, LOG_BYTES], int((now - s.replay_ttl) * 1000)
+        mark = await self._scripts["trim"](keys=keys, args=[s.replay_size, s.replay_bytes, min_ms])
+        if mark is not None and cursor_seq(mark) > self._last_seq:
+            self._last_seq = cursor_seq(mark)
+            self.lagged += 1
+            assert self.streams is not None
+            log.error("this node's reader fell behind the trimmed log; closing %d stream(s)", len(self.streams))
+            for conn in self.streams.connections():
+                self.streams.close(conn.id, "lagged")
 
     async def _heartbeat(self) -> None:
         """Keep this node alive in Redis (its connections count while it is), and read the cluster's counts."""
@@ -1001,4 +1080,5 @@ class RedisBroker(Broker):
             "broker_up": int(self._up),
             "broker_reconnects": self.reconnects,
             "broker_resets": self.resets,
+            "broker_lagged": self.lagged,
         }
