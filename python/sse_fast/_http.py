@@ -1,4 +1,7 @@
-"""What the routes see of HTTP, the same under RSGI and ASGI: a request, a response, an error, a stream."""
+"""What the routes see of HTTP, the same under RSGI and ASGI: a request, a response, a stream.
+
+Errors are :class:`~sse_fast.errors.HttpError` (importable from here too), answered by ``Api.handle``.
+"""
 
 from __future__ import annotations
 
@@ -9,39 +12,13 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from sse_fast.errors import HttpError
 from sse_fast.streams import Sink
 
 __all__ = ["HttpError", "Request", "Response", "Route", "StreamResponse", "json_response", "parse_query"]
 
 _json = msgspec.json.Encoder()
 JSON_TYPE = "application/json"
-
-
-class HttpError(Exception):
-    """An error answer: ``{"error", "code", "detail"}`` with its status (PROTOCOL.md section 7)."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        detail: Any = None,
-        *,
-        headers: list[tuple[str, str]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.detail = detail
-        self.headers = headers or []
-
-    def response(self) -> Response:
-        """The JSON answer for this error."""
-        body: dict[str, Any] = {"error": self.message, "code": self.code}
-        if self.detail is not None:
-            body["detail"] = self.detail
-        return json_response(self.status, body, headers=self.headers)
 
 
 @dataclass(slots=True)

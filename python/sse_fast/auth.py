@@ -24,8 +24,8 @@ import jwt
 import msgspec
 
 from sse_fast._core import topic_matches, validate_topic
-from sse_fast.errors import TopicError
-from sse_fast.models import CLIENT_ID_PATTERN, ErrorBody
+from sse_fast.errors import AuthFailure, TopicError
+from sse_fast.models import CLIENT_ID_PATTERN
 from sse_fast.settings import Settings, public_key_algorithm
 
 __all__ = [
@@ -66,20 +66,6 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     topics: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
     direct: bool = False
-
-
-class AuthFailure(Exception):
-    """A refused request: answer ``status`` (400, 401 or 403) with ``{"error": message, "code": code}``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def body(self) -> ErrorBody:
-        """The error answer to send."""
-        return ErrorBody(error=self.message, code=self.code)
 
 
 def _trusted(client_id: str, kind: Literal["anonymous", "client"]) -> Identity:

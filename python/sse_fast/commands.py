@@ -2,8 +2,8 @@
 
 ``execute`` goes to this worker's :class:`~sse_fast.scheduler.Scheduler`; everything else goes through the
 :class:`~sse_fast.task_registry.TaskRegistry` the broker chose, which finds tasks wherever they run (with Redis, on
-any node). Refusals (:class:`~sse_fast.scheduler.SchedulerError`) become JSON errors with their status, and a
-command with ``requireAck`` gets its ``ack`` event either way.
+any node). Refusals (:class:`~sse_fast.errors.SchedulerError` and the other :class:`~sse_fast.errors.HttpError`)
+go up to the routes, which answer them; a command with ``requireAck`` gets its ``ack`` event either way.
 
 =========================================  ============================  ============================================
 request                                    answer                        notes
@@ -20,12 +20,10 @@ request                                    answer                        notes
 
 from __future__ import annotations
 
-from typing import Any
-
 from sse_fast._http import HttpError, Request, Response, Route, json_response
 from sse_fast.auth import Authenticator, Identity
 from sse_fast.models import CommandAnswer, CommandPayload, Envelope, TaskRecord, TasksAnswer, convert
-from sse_fast.scheduler import Scheduler, SchedulerError
+from sse_fast.scheduler import Scheduler
 from sse_fast.task_registry import LocalTaskRegistry, TaskRegistry
 
 __all__ = ["CommandService"]
@@ -61,11 +59,7 @@ class CommandService:
         require_ack = command.require_ack or envelope.require_ack
         try:
             return await self._command(caller, command, envelope.priority, require_ack)
-        except SchedulerError as err:
-            if require_ack:
-                self.scheduler.ack(caller.client_id, command.command_id, success=False, priority=envelope.priority)
-            raise _http_error(err) from None
-        except HttpError:
+        except HttpError:  # a refusal (SchedulerError, AuthFailure, an unreachable broker...): answered by the routes
             if require_ack:
                 self.scheduler.ack(caller.client_id, command.command_id, success=False, priority=envelope.priority)
             raise
@@ -110,10 +104,7 @@ class CommandService:
 
     async def _owned(self, caller: Identity, task_id: str) -> TaskRecord:
         """The task's record, when the caller may see and steer it (its submitter, or an admin)."""
-        try:
-            record = await self.registry.get(task_id)
-        except SchedulerError as err:
-            raise _http_error(err) from None
+        record = await self.registry.get(task_id)
         if not caller.admin and caller.client_id != record.client_id:
             raise HttpError(403, "not_owner", "this task belongs to another client")
         return record
@@ -150,17 +141,8 @@ class CommandService:
 
     async def _path_action(self, req: Request, action: str) -> Response:
         caller = self.auth.api_identity(req.headers, req.query, None)
-        try:
-            return await self._act(caller, action, req.path_params["taskId"])
-        except SchedulerError as err:
-            raise _http_error(err) from None
+        return await self._act(caller, action, req.path_params["taskId"])
 
 
 def _answer(status: int, record: TaskRecord) -> Response:
     return json_response(status, CommandAnswer(task_id=record.task_id, status=record.status))
-
-
-def _http_error(err: SchedulerError) -> HttpError:
-    headers = [("retry-after", str(err.retry_after))] if err.retry_after else None
-    detail: Any = err.detail
-    return HttpError(err.status, err.code, err.message, detail, headers=headers)

@@ -5,6 +5,17 @@
     SseFastError
     ├── FrameError (ValueError)        a frame or field that would break the SSE wire format
     ├── TopicError (ValueError)        an invalid topic or topic pattern
+    ├── SettingsError (ValueError)     invalid SSE_FAST_* settings (sse_fast.settings)
+    │
+    │   the server: every error it answers, as {"error", "code", "detail"} (PROTOCOL.md section 7)
+    ├── HttpError                      status, code, message, detail, headers (Retry-After, Allow...)
+    │   ├── AuthFailure                400/401/403: who the caller is and what it may do (sse_fast.auth)
+    │   ├── ValidationFailure (ValueError)
+    │   │                              400/409/413/422: a request the protocol refuses (sse_fast.models)
+    │   └── SchedulerError             400/404/409/422/429/503/504: a refused task request (sse_fast.scheduler)
+    ├── PermanentError                 raised by a task handler: fail the task without retrying
+    │
+    │   the client (sse_fast.client): what it raises to its caller
     ├── AuthError (PermissionError)    401/403: a bad, expired or insufficient credential
     ├── ConnectionLostError (ConnectionError)
     │                                  the client could not reach the server within its reconnect budget
@@ -13,21 +24,36 @@
     └── TaskError                      a task ended ``failed``, ``cancelled`` or ``timed_out``
 
 The Rust core raises the first two; the binding maps every variant of its one error enum onto them in one place.
+
+On the server, whatever refuses a request raises an :class:`HttpError` (or a subclass), wherever it is; the routes
+answer it in one place (``Api.handle``) with :class:`ErrorBody`, its ``status`` and its ``headers``. A code names
+one situation everywhere: a caller reading or steering something that belongs to another client is always
+``403 not_owner``, whether a task or a message. The subclasses say where an error comes from; the answer is the
+same for all of them. ``AuthFailure`` is not a ``PermissionError``, which is an ``OSError``: I/O code that catches
+``OSError`` (an unreachable Redis) must not swallow a refused caller.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "AuthError",
+    "AuthFailure",
     "ConnectionLostError",
+    "ErrorBody",
     "FrameError",
+    "HttpError",
+    "PermanentError",
     "QueueFullError",
+    "SchedulerError",
     "ServerError",
     "SseFastError",
     "TaskError",
     "TopicError",
+    "ValidationFailure",
 ]
 
 
@@ -41,6 +67,84 @@ class FrameError(SseFastError, ValueError):
 
 class TopicError(SseFastError, ValueError):
     """An invalid topic or topic pattern."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The server's error answers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Every error answer (PROTOCOL.md section 7): a human-readable ``error``, a snake_case ``code`` and, when there
+    is more to say, a ``detail`` (left out when null)."""
+
+    error: str
+    code: str
+    detail: Any = None
+
+
+class HttpError(SseFastError):
+    """An error the server answers: ``status`` with ``{"error": message, "code": code, "detail": detail}``.
+
+    ``headers`` go out with the answer (``Allow`` on a 405...); ``retry_after`` (seconds) adds ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        detail: Any = None,
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        retry_after: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+        self.headers = list(headers or [])
+        if retry_after:
+            self.headers.append(("retry-after", str(retry_after)))
+
+    @property
+    def retry_after(self) -> int:
+        """The ``Retry-After`` seconds this answer carries; 0 when none."""
+        for name, value in self.headers:
+            if name.lower() == "retry-after" and value.isdigit():
+                return int(value)
+        return 0
+
+    def body(self) -> ErrorBody:
+        """The JSON body of the answer."""
+        return ErrorBody(error=self.message, code=self.code, detail=self.detail)
+
+
+class AuthFailure(HttpError):
+    """A caller refused by :mod:`sse_fast.auth`: 400 (a malformed clientId), 401 (no, or a bad, credential) or 403
+    (``client_id_mismatch``, ``topic_not_granted``, ``direct_not_granted``, ``admin_required``, ``not_owner``)."""
+
+
+class ValidationFailure(HttpError, ValueError):
+    """A request the protocol refuses: 400 (``malformed_json``, ``invalid_client_id``), 413, 422 (``invalid_message``,
+    ``target_and_topic``, ``target_not_allowed``...), 409 (``message_id_in_use``)."""
+
+
+class SchedulerError(HttpError):
+    """A refused scheduler request: ``unknown_task`` (400, ``detail.known`` lists the handlers), ``invalid_params``
+    (422), ``queue_full`` (429, ``retry_after`` seconds), ``task_not_found`` (404), ``task_finished`` (409),
+    ``not_paused`` (409), ``shutting_down`` (503); across Redis nodes also ``task_node_unavailable`` (503) and
+    ``task_node_timeout`` (504)."""
+
+
+class PermanentError(SseFastError):
+    """Raise it from a task handler to fail the task without retrying (bad input, a missing resource...)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the client raises
+# ---------------------------------------------------------------------------------------------------------------
 
 
 class AuthError(SseFastError, PermissionError):

@@ -31,6 +31,8 @@ from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from sse_fast.errors import ErrorBody, ValidationFailure
+
 __all__ = [
     "BUILTIN_TYPES",
     "CLIENT_ID_PATTERN",
@@ -245,14 +247,6 @@ class TaskRecord(msgspec.Struct, kw_only=True, rename="camel"):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class ErrorBody(msgspec.Struct, kw_only=True):
-    """Every error answer (PROTOCOL.md section 7)."""
-
-    error: str
-    code: str
-    detail: Any = None
-
-
 class PublishAnswer(msgspec.Struct, kw_only=True, rename="camel"):
     """``202`` of ``POST /api/messages`` and ``/api/direct/{clientId}``; ``200`` with ``duplicate`` for a repeat."""
 
@@ -317,21 +311,6 @@ encoder: Final = msgspec.json.Encoder()
 # ---------------------------------------------------------------------------------------------------------------
 # Decoding
 # ---------------------------------------------------------------------------------------------------------------
-
-
-class ValidationFailure(ValueError):
-    """A request body the protocol refuses: answer ``status`` with ``ErrorBody(error=message, code, detail)``."""
-
-    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.detail = detail
-
-    def body(self) -> ErrorBody:
-        """The error answer to send."""
-        return ErrorBody(error=self.message, code=self.code, detail=self.detail)
 
 
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}

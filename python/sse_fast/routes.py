@@ -1,8 +1,9 @@
 """The endpoints of PROTOCOL.md sections 2, 3, 5 and 6, and the table that routes to them.
 
 Each handler takes a :class:`~sse_fast._http.Request` and returns a :class:`~sse_fast._http.Response` (or, for
-``GET /sse``, a :class:`~sse_fast._http.StreamResponse`); errors are raised as :class:`~sse_fast._http.HttpError`
-and answered as JSON by :meth:`Api.handle`. Nothing here knows whether RSGI or ASGI carries the request.
+``GET /sse``, a :class:`~sse_fast._http.StreamResponse`); errors are raised as :class:`~sse_fast.errors.HttpError`
+(or a subclass: ``AuthFailure``, ``ValidationFailure``, ``SchedulerError``) and answered as JSON by
+:meth:`Api.handle`, the one place that does it. Nothing here knows whether RSGI or ASGI carries the request.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import msgspec
 
 from sse_fast._core import encode_json_frame, encode_retry, validate_topic
 from sse_fast._http import HttpError, Request, Response, Route, StreamResponse, json_response
-from sse_fast.auth import Authenticator, AuthFailure, Identity
+from sse_fast.auth import Authenticator, Identity
 from sse_fast.broker import Accepted, Broker, Opening
 from sse_fast.commands import CommandService
 from sse_fast.errors import TopicError
@@ -25,7 +26,6 @@ from sse_fast.models import (
     AckRequest,
     BroadcastRequest,
     Envelope,
-    ValidationFailure,
     decode,
     decode_envelope,
     new_message_id,
@@ -51,6 +51,11 @@ SSE_HEADERS = [
 def _duplicate(accepted: Accepted) -> Response:
     """The answer to a message id this source already used within the dedupe window."""
     return json_response(200, {"success": True, "messageId": accepted.message_id, "duplicate": True, "delivered": 0})
+
+
+def _error_answer(err: HttpError) -> Response:
+    """The one place an error becomes an answer: ``{"error", "code", "detail"}`` with its status and headers."""
+    return json_response(err.status, err.body(), headers=err.headers)
 
 
 def _client_id(value: str, what: str = "clientId") -> str:
@@ -106,15 +111,11 @@ class Api:
             if req.method == "OPTIONS":
                 return self._preflight(req)
             answer = await self._dispatch(req)
-        except HttpError as err:
-            answer = err.response()
-        except AuthFailure as err:
-            answer = HttpError(err.status, err.code, err.message).response()
-        except ValidationFailure as err:
-            answer = HttpError(err.status, err.code, err.message, err.detail).response()
+        except HttpError as err:  # every refusal, whichever module raised it (sse_fast.errors)
+            answer = _error_answer(err)
         except Exception:
             log.exception("unhandled error in %s %s", req.method, req.path)
-            answer = HttpError(500, "internal_error", "the server failed to handle this request").response()
+            answer = _error_answer(HttpError(500, "internal_error", "the server failed to handle this request"))
         answer.headers.extend(self._cors(req))
         return answer
 

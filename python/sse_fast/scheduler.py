@@ -74,6 +74,7 @@ from typing import Any, Final, Literal, Protocol, TypeVar
 import msgspec
 
 from sse_fast._core import CRITICAL, NORMAL, PriorityQueue, validate_topic
+from sse_fast.errors import PermanentError, SchedulerError
 from sse_fast.models import CLIENT_ID_PATTERN, TYPE_PATTERN, Envelope, TaskRecord, new_message_id
 from sse_fast.settings import Settings
 
@@ -101,27 +102,6 @@ _FINISHED: Final = frozenset({"completed", "failed", "cancelled", "timed_out"})
 _OUTBOX_HIGH = 1024
 _MAX_ERROR = 1000
 _CANCELLED = object()
-
-
-class PermanentError(Exception):
-    """Raise it from a handler to fail the task without retrying (bad input, a missing resource...)."""
-
-
-class SchedulerError(Exception):
-    """A refused scheduler request; ``status`` is the HTTP status the commands endpoint answers with.
-
-    ``code`` is one of ``unknown_task`` (400, ``detail.known`` lists the handlers), ``invalid_params`` (422),
-    ``queue_full`` (429, ``retry_after`` seconds), ``task_not_found`` (404), ``task_finished`` (409),
-    ``not_paused`` (409) and ``shutting_down`` (503).
-    """
-
-    def __init__(self, status: int, code: str, message: str, detail: Any = None, *, retry_after: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.detail = detail
-        self.retry_after = retry_after
 
 
 class Publisher(Protocol):

@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
+from sse_fast.errors import SseFastError
+
 __all__ = [
     "ENV_PREFIX",
     "TOOLING_PREFIX",
@@ -62,7 +64,7 @@ Seconds = float
 Count = int
 
 
-class SettingsError(ValueError):
+class SettingsError(SseFastError, ValueError):
     """Invalid settings; ``problems`` holds one line per problem, and the message lists them all."""
 
     def __init__(self, problems: list[str]) -> None:
