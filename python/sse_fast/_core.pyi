@@ -1,10 +1,10 @@
-"""The compiled core of sse-fast (Rust, built by maturin): wire format, priority queue, fan-out hub, replay log.
+"""The compiled core of sse-fast (Rust, built by maturin): wire format, queues, fan-out hub, replay log, cursors.
 
 Everything public here is re-exported from :mod:`sse_fast`; import it from there. Errors raised by this module
 are the classes of :mod:`sse_fast.errors` (``FrameError`` and friends), never a bare ``RuntimeError``.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final, Generic, Literal, TypeVar, final
 
 _T = TypeVar("_T")
@@ -29,7 +29,12 @@ __all__ = [
     "encode_comment",
     "encode_event",
     "encode_json_frame",
+    "encode_replay",
     "encode_retry",
+    "format_cursor",
+    "parse_cursor",
+    "seq_stream_id",
+    "stream_id_seq",
     "topic_matches",
     "validate_topic",
 ]
@@ -318,3 +323,44 @@ class ReplayLog:
     def nbytes(self) -> int: ...
     def counters(self) -> dict[str, int]:
         """``appended``, ``evicted`` (by count or bytes), ``expired`` (by age), ``frames``, ``bytes``."""
+
+def encode_replay(frames: Iterable[Frame], *, id_prefix: str, chunk_bytes: int) -> tuple[bytes, int]:
+    """Write the next chunk of a replay (oldest first): each resumable frame after its ``id: <id_prefix><seq>`` line.
+
+    With ``id_prefix`` ``f"{epoch}-"`` each ``id:`` is the frame's cursor (:func:`format_cursor`). A frame without a
+    seq is written as it is, without ``id:``. Takes frames from ``frames`` until the chunk holds at least
+    ``chunk_bytes`` bytes (the last frame may pass it; at least one frame) or ``frames`` runs out, and returns the
+    chunk and how many frames it took; it pulls from the iterable no frame it does not write, so the caller removes
+    exactly that many from the front of its deque. An ``id_prefix`` that could break the line raises ``ValueError``;
+    an item that is not a :class:`Frame`, ``TypeError``.
+    """
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cursors: ``<epoch>-<seq>``, the ``id:`` of resumable frames and the ``Last-Event-ID`` of a resume
+# ---------------------------------------------------------------------------------------------------------------
+
+def parse_cursor(text: str, epoch: str) -> int | None:
+    """The seq of ``text`` if it is a cursor of exactly this ``epoch``, else None; never raises.
+
+    The one rule of every broker: ``<epoch>-<seq>`` split at the last ``-``; the epoch 1 to 64 characters of
+    ``[A-Za-z0-9_.:@/+=-]``; the seq ASCII digits in canonical form (``0``, or no leading zero) that fit in 64 bits
+    (so ``"007"``, ``"+5"``, ``" 5"``, ``"²"``, ``"٣"`` and 20-digit values above 2**64 - 1 are all None). Text longer
+    than 85 characters is None without being scanned.
+    """
+
+def format_cursor(epoch: str, seq: int) -> str:
+    """The cursor ``f"{epoch}-{seq}"``, which :func:`parse_cursor` reads back as ``seq``.
+
+    An epoch that :func:`parse_cursor` would not accept raises ``ValueError``; a ``seq`` outside 0 to 2**64 - 1,
+    ``OverflowError``.
+    """
+
+def stream_id_seq(text: str | bytes) -> int | None:
+    """The seq ``ms << 20 | n`` of a Redis stream id ``<ms>-<n>``, else None.
+
+    Both parts canonical ASCII decimal (as Redis writes them), ``n`` below 2**20 and ``ms`` below 2**44 so that the
+    seq fits in 64 bits. Anything else but ``str`` or ``bytes`` raises ``TypeError``.
+    """
+
+def seq_stream_id(seq: int) -> str:
+    """The Redis stream id ``<ms>-<n>`` of a seq: the inverse of :func:`stream_id_seq`."""

@@ -4,6 +4,7 @@
 
 use pyo3::prelude::*;
 
+mod cursor;
 mod errors;
 mod frame;
 mod hub;
@@ -29,5 +30,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     queue::register(m)?;
     hub::register(m)?;
     replay::register(m)?;
+    cursor::register(m)?;
     Ok(())
 }

@@ -1,8 +1,10 @@
-//! The `ReplayLog` and `ReplayResult` classes.
+//! The `ReplayLog` and `ReplayResult` classes, and `encode_replay`.
+
+use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
-use sse_fast_core::replay::ReplayLog;
+use pyo3::types::{PyBytes, PyDict};
+use sse_fast_core::replay::{self, ReplayLog};
 
 use crate::errors::IntoPy;
 use crate::frame::PyFrame;
@@ -147,7 +149,37 @@ impl PyReplayLog {
     }
 }
 
+/// Write the next chunk of a replay, each frame after its `id:` line; returns the bytes and how many frames it took.
+#[pyfunction]
+#[pyo3(signature = (frames, *, id_prefix, chunk_bytes))]
+fn encode_replay<'py>(
+    py: Python<'py>,
+    frames: &Bound<'py, PyAny>,
+    id_prefix: &str,
+    chunk_bytes: usize,
+) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+    // Frames are converted as the core pulls them, so a chunk costs its own frames, not the whole replay's.
+    let mut failed = None;
+    let frames =
+        frames.try_iter()?.map_while(
+            |item| match item.and_then(|item| Ok(item.downcast_into::<PyFrame>()?)) {
+                Ok(frame) => Some(Arc::clone(&frame.get().inner)),
+                Err(err) => {
+                    failed = Some(err);
+                    None
+                }
+            },
+        );
+    let mut out = Vec::new();
+    let taken = replay::encode_replay(frames, id_prefix, chunk_bytes, &mut out).py()?;
+    match failed {
+        Some(err) => Err(err),
+        None => Ok((PyBytes::new(py, &out), taken)),
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(encode_replay, m)?)?;
     m.add_class::<PyReplayResult>()?;
     m.add_class::<PyReplayLog>()
 }
