@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from sse_fast._core import CRITICAL, LOW, Delivery, Frame, Hub, encode_comment, encode_json_frame
+from sse_fast._core import CRITICAL, LOW, Delivery, Frame, Hub, encode_comment, encode_json_frame, encode_replay
 from sse_fast.models import ConnectionInfo
 from sse_fast.settings import Settings
 
@@ -277,14 +277,12 @@ class Streams:
         """Write the replay in chunks of a quarter of the queue bound; False when the sink took no more."""
         frames = conn.replaying
         assert frames is not None
-        prefix, chunk = self.id_prefix.encode(), max(16384, self.settings.queue_bytes // 4)
+        chunk = max(16384, self.settings.queue_bytes // 4)
         while frames:
-            parts, size = [], 0
-            while frames and size < chunk:
-                frame = frames.popleft()
-                parts.append(b"id: %s%d\n%s" % (prefix, frame.seq or 0, frame.body))
-                size += len(parts[-1])
-            if not conn.sink.write(b"".join(parts)):
+            data, taken = encode_replay(frames, id_prefix=self.id_prefix, chunk_bytes=chunk)
+            for _ in range(taken):
+                frames.popleft()
+            if not conn.sink.write(data):
                 conn.blocked = True
                 return False
         conn.replaying = None
