@@ -43,7 +43,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from sse_fast._core import Frame, topic_matches
+from sse_fast._core import Frame, format_cursor, parse_cursor, seq_stream_id, stream_id_seq, topic_matches
 from sse_fast._http import HttpError
 from sse_fast.broker import Accepted, Broker, Opening, ack_notice
 from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure
@@ -89,19 +89,18 @@ POOL_WAIT = 10.0
 #: Stream openings registered in Redis by one pipeline at most (concurrent openings share a round trip).
 CONNECT_BATCH = 512
 _SEQ_BITS = 20
-_N_MASK = (1 << _SEQ_BITS) - 1
 
 
 def cursor_seq(entry_id: bytes | str) -> int:
-    """The u64 seq of a Redis stream id ``<ms>-<n>``."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, n = text.partition("-")
-    return int(ms) << _SEQ_BITS | int(n or 0)
+    """The u64 seq of a Redis stream id ``<ms>-<n>`` (``ms << 20 | n``; the rule is the core's)."""
+    seq = stream_id_seq(entry_id)
+    if seq is None:
+        raise ValueError(f"not a Redis stream id: {entry_id!r}")
+    return seq
 
 
-def stream_id(seq: int) -> str:
-    """The Redis stream id of a seq (the inverse of :func:`cursor_seq`)."""
-    return f"{seq >> _SEQ_BITS}-{seq & _N_MASK}"
+#: The Redis stream id of a seq (the inverse of :func:`cursor_seq`).
+stream_id = seq_stream_id
 
 
 # Creates the epoch and the floor once; returns them. The floor is one below the first seq Redis can still issue.
@@ -755,7 +754,7 @@ class RedisBroker(Broker):
         resumed = cursor is not None and gap is None
         covered = since if resumed and since is not None else floor
         extra = self._mailbox(mail, covered)
-        start = cursor if resumed and cursor is not None else f"{self.epoch}-{floor}"
+        start = cursor if resumed and cursor is not None else format_cursor(self.epoch, floor)
         return Opening(start, floor, resumed=resumed, gap=gap, frames=frames, extra=extra)
 
     async def _register_connects(self) -> None:
@@ -799,14 +798,9 @@ class RedisBroker(Broker):
                     answer.set_result((reply, info))
 
     def _parse(self, cursor: str | None) -> int | None:
-        """The seq of a plausible cursor of this epoch (not in the future), else None."""
-        if cursor is None:
-            return None
-        epoch, _, seq = cursor.rpartition("-")
-        if epoch != self.epoch or not seq.isdigit() or len(seq) > 20:
-            return None
-        value = int(seq)
-        if value >> _SEQ_BITS > (time.time() + 60) * 1000:
+        """The seq of a cursor of this epoch (the core's one cursor rule), unless it lies in the future."""
+        value = None if cursor is None else parse_cursor(cursor, self.epoch)
+        if value is None or value >> _SEQ_BITS > (time.time() + 60) * 1000:
             return None
         return value
 
