@@ -119,6 +119,18 @@ def test_publish_grants_are_enforced(jwt_server: Server) -> None:
     assert error_of(send({"X-API-Key": "w" * 24})) == (401, "invalid_api_key")
 
 
+def test_another_clients_message_status_is_not_owner(jwt_server: Server) -> None:
+    """The same code as another client's task: reading or steering what belongs to another client is `not_owner`."""
+    url = jwt_server.url
+    body = {"type": "json", "payload": 1, "target": "alice", "requireAck": True}
+    sent = httpx.post(f"{url}/api/messages", json=body, headers=bearer("alice"))
+    assert sent.status_code == 202, sent.text
+    status_url = f"{url}/api/messages/{sent.json()['messageId']}"
+    assert httpx.get(status_url, headers=bearer("alice")).json()["status"] in ("pending", "delivered")
+    assert error_of(httpx.get(status_url, headers=bearer("mallory"))) == (403, "not_owner")
+    assert httpx.get(status_url, headers=bearer("root", admin=True)).status_code == 200
+
+
 # -- hostile input -----------------------------------------------------------------------------------------------
 
 
@@ -174,7 +186,7 @@ def test_bad_requests_of_every_kind(server: Server) -> None:
         "invalid_client_id",
     )
     direct_target = httpx.post(f"{url}/api/direct/bob", json={"type": "json", "payload": 1, "target": "eve"})
-    assert error_of(direct_target)[0] == 422
+    assert error_of(direct_target) == (422, "target_not_allowed")
     assert error_of(httpx.get(f"{url}/sse?clientId=a%0Ab")) == (400, "invalid_client_id")
     assert error_of(httpx.get(f"{url}/sse?clientId=a&topics=a..b")) == (400, "invalid_topic")
     assert error_of(httpx.get(f"{url}/nowhere")) == (404, "not_found")

@@ -157,9 +157,9 @@ class Authenticator:
         require_admin(identity)
 
     @staticmethod
-    def check_owner(identity: Identity, owner: str) -> None:
+    def check_owner(identity: Identity, owner: str, *, what: str = "this") -> None:
         """:func:`check_owner`."""
-        check_owner(identity, owner)
+        check_owner(identity, owner, what=what)
 
     # -- API keys ---------------------------------------------------------------------------------------------------
 
@@ -334,10 +334,11 @@ def require_admin(identity: Identity) -> None:
         raise AuthFailure(403, "admin_required", "this needs an admin")
 
 
-def check_owner(identity: Identity, owner: str) -> None:
-    """Raise 403 ``not_owner`` unless ``identity`` is ``owner`` or an admin (tasks, message status)."""
+def check_owner(identity: Identity, owner: str, *, what: str = "this") -> None:
+    """Raise 403 ``not_owner`` unless ``identity`` is ``owner`` or an admin: the one answer to reading or steering
+    something of another client (a task, a message's status). ``what`` names it in the message."""
     if not identity.admin and identity.client_id != owner:
-        raise AuthFailure(403, "not_owner", "this belongs to another client")
+        raise AuthFailure(403, "not_owner", f"{what} belongs to another client (only it or an admin may use it)")
 
 
 def redact_query(query_string: str) -> str:

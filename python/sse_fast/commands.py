@@ -105,8 +105,7 @@ class CommandService:
     async def _owned(self, caller: Identity, task_id: str) -> TaskRecord:
         """The task's record, when the caller may see and steer it (its submitter, or an admin)."""
         record = await self.registry.get(task_id)
-        if not caller.admin and caller.client_id != record.client_id:
-            raise HttpError(403, "not_owner", "this task belongs to another client")
+        self.auth.check_owner(caller, record.client_id, what="this task")
         return record
 
     async def _sync(self, caller: Identity) -> Response:

@@ -276,9 +276,7 @@ class Api:
     async def direct(self, req: Request) -> Response:
         """``POST /api/direct/{clientId}``."""
         target = _client_id(req.path_params["clientId"])
-        envelope = await self._envelope(req)
-        if envelope.target is not None:
-            raise HttpError(422, "target_in_body", "the target comes from the path; remove it from the body")
+        envelope = decode_envelope(await req.json_body(self.settings.max_body), direct=True)
         if envelope.topic is not None:
             raise HttpError(422, "target_and_topic", "a direct message cannot also have a topic")
         caller = self._caller(req, envelope.source)
@@ -333,8 +331,7 @@ class Api:
         if status is None:
             raise HttpError(404, "unknown_message", "no requireAck message with this id is known")
         source, state, acked_by = status
-        if not caller.admin and caller.client_id != source:
-            raise HttpError(403, "forbidden", "only the message's source or an admin may read its status")
+        self.auth.check_owner(caller, source, what="this message")
         return json_response(200, {"status": state, "ackedBy": acked_by})
 
     # -- introspection ---------------------------------------------------------------------------------------
