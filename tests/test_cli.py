@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from _servers import BIN, running_server
-from sse_fast.cli import main
-from sse_fast.client import _render
+from sse_fast.cli import _render, main
 from sse_fast.models import Envelope
 
 pytestmark = pytest.mark.timeout(60)

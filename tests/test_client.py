@@ -15,8 +15,7 @@ import pytest
 
 import sse_fast
 from _scripted import Reply, Request, ScriptedServer, envelope, scripted, until
-from sse_fast import client as client_mod
-from sse_fast.client import Client, Message, Subscription, backoff_delay
+from sse_fast.client import Client, Message, Subscription, backoff_delay, dispatch, outbox
 from sse_fast.errors import AuthError, ConnectionLostError, QueueFullError, ServerError, TaskError
 from sse_fast.models import CommandAnswer, ProgressPayload, PublishAnswer
 
@@ -36,7 +35,7 @@ def fast_client(url: str, **options: Any) -> Client:
 
 @pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_mod, "RETRY_DELAYS", (0.02, 0.02, 0.02, 0.02, 0.02))
+    monkeypatch.setattr(outbox, "RETRY_DELAYS", (0.02, 0.02, 0.02, 0.02, 0.02))
 
 
 async def stream_of(*frames: dict[str, Any], cursor: str = "e-0", hold: bool = True) -> Callable[..., Any]:
@@ -512,7 +511,7 @@ async def test_a_garbage_cursor_is_not_sent_back() -> None:
 
 
 async def test_dedupe_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_mod, "_SEEN_IDS", 5)
+    monkeypatch.setattr(dispatch, "_SEEN_IDS", 5)
     frames = [envelope("text", i, id=f"id{i}") for i in range(20)]
     async with scripted(await stream_of(*frames)) as server:
         client = fast_client(server.url)
@@ -662,7 +661,7 @@ async def test_send_fails_with_server_error_after_the_retries(quick_retries: Non
         with pytest.raises(ServerError) as caught:
             await client.send_text("x")
         assert (caught.value.status, caught.value.code) == (429, "rate_limited")
-        assert len(server.of("/api/messages")) == 1 + len(client_mod.RETRY_DELAYS)
+        assert len(server.of("/api/messages")) == 1 + len(outbox.RETRY_DELAYS)
 
 
 async def test_network_errors_are_retried_then_fail_with_connection_lost(quick_retries: None) -> None:

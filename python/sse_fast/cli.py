@@ -1,4 +1,4 @@
-"""The ``sse-fast`` command line: ``serve``, ``listen`` and ``publish``."""
+"""The ``sse-fast`` command line: ``serve``, and ``listen`` and ``publish`` on the client."""
 
 from __future__ import annotations
 
@@ -11,9 +11,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main", "raise_open_file_limit", "serve_options"]
+import msgspec
+
+from sse_fast.client import Client, State
+from sse_fast.errors import AuthError, ConnectionLostError, QueueFullError, ServerError
+from sse_fast.models import Envelope
+
+__all__ = ["main", "raise_open_file_limit", "run_listen", "run_publish", "serve_options"]
 
 log = logging.getLogger("sse_fast.cli")
+
+_json = msgspec.json.Encoder()
 
 # Each stream holds one socket; keep some descriptors for the listener, Redis, logs and outgoing calls.
 _RESERVED_FDS = 256
@@ -100,9 +108,83 @@ def _granian_log_level(level: str) -> Any:
     return LogLevels(level.lower())
 
 
-def _listen(args: argparse.Namespace) -> int:
-    from sse_fast.client import run_listen
+# ---------------------------------------------------------------------------------------------------------------
+# `sse-fast listen` and `sse-fast publish`: the client's runners
+# ---------------------------------------------------------------------------------------------------------------
 
+
+async def run_listen(
+    url: str, *, client_id: str, topics: str = "", token: str | None = None, as_json: bool = False
+) -> int:
+    """``sse-fast listen``: print every message (heartbeats excepted) as it comes, reconnecting forever.
+
+    With ``as_json`` each message is one JSON object per line on stdout; state changes go to stderr. Returns the
+    exit code: 0 when the server said stop (204), 1 when it refused the credentials.
+    """
+    topic_list = [t.strip() for t in topics.split(",") if t.strip()]
+    client = Client(url, client_id=client_id, topics=topic_list, token=token, max_reconnect_attempts=None)
+
+    def show_state(old: State, new: State) -> None:
+        print(f"sse-fast: {old} -> {new}", file=sys.stderr, flush=True)
+
+    client.on_state_change(show_state)
+    try:
+        async with client:
+            async for message in client.messages(system=True):
+                print(_render(message, as_json), flush=True)
+    except AuthError as err:
+        print(f"sse-fast: refused ({err.status} {err.code}): {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _render(message: Envelope, as_json: bool) -> str:
+    if as_json:
+        return _json.encode(message).decode()
+    route = f" -> {message.target}" if message.target else f" #{message.topic}" if message.topic else ""
+    payload = message.payload if isinstance(message.payload, str) else _json.encode(message.payload).decode()
+    return f"[{message.type}] {message.source or '?'}{route}: {payload}"
+
+
+async def run_publish(
+    url: str,
+    data: str,
+    *,
+    target: str | None = None,
+    topic: str | None = None,
+    broadcast: bool = False,
+    type: str | None = None,
+    priority: int = 1,
+    token: str | None = None,
+    api_key: str | None = None,
+    client_id: str | None = None,
+) -> int:
+    """``sse-fast publish``: send one message and print the server's answer as JSON; returns the exit code.
+
+    ``data`` is sent as JSON when it parses as JSON (type ``json``), else as a string (type ``text``). Without
+    ``target`` and ``topic`` the message is a broadcast (``broadcast`` only makes that explicit).
+    """
+    try:
+        payload: Any = msgspec.json.decode(data)
+        default_type = "json"
+    except msgspec.DecodeError:
+        payload, default_type = data, "text"
+    headers = {"X-API-Key": api_key} if api_key else None
+    try:
+        envelope = Envelope(type=type or default_type, payload=payload, target=target, topic=topic, priority=priority)
+        async with Client(url, client_id=client_id or "", token=token, headers=headers, auto_connect=False) as client:
+            answer = await client.send(envelope)
+    except (ServerError, AuthError) as err:
+        print(f"sse-fast: {err.status} {err.code}: {err}", file=sys.stderr)
+        return 1
+    except (ConnectionLostError, QueueFullError, ValueError) as err:
+        print(f"sse-fast: {err}", file=sys.stderr)
+        return 1
+    print(_json.encode(answer).decode(), flush=True)
+    return 0
+
+
+def _listen(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(
             run_listen(args.url, client_id=args.client_id, topics=args.topics, token=args.token, as_json=args.json)
@@ -112,8 +194,6 @@ def _listen(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from sse_fast.client import run_publish
-
     return asyncio.run(
         run_publish(
             args.url,
