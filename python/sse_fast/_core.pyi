@@ -33,6 +33,7 @@ __all__ = [
     "encode_retry",
     "format_cursor",
     "parse_cursor",
+    "route_admits",
     "seq_stream_id",
     "stream_id_seq",
     "topic_matches",
@@ -278,6 +279,25 @@ class Hub:
     def counters(self) -> dict[str, int]:
         """``connections``, ``clients``, ``published``, ``delivered``, ``evicted``, ``overflowed``,
         ``queued_frames``, ``queued_bytes``."""
+
+def route_admits(
+    client_id: str,
+    patterns: Sequence[str],
+    *,
+    target: str | None = None,
+    topic: str | None = None,
+    exclude: str | None = None,
+) -> bool:
+    """Whether a subscriber with this client id and these patterns receives what is sent on the route named by
+    ``target``, ``topic`` and ``exclude``: the routing rule of :meth:`Hub.publish` and :meth:`ReplayLog.since`, for
+    a broker that keeps its log elsewhere.
+
+    ``target`` admits exactly that client id; ``topic``, a subscriber with a pattern that matches it
+    (:func:`topic_matches`); neither, every client id but ``exclude``. The keywords are those of
+    :meth:`Hub.publish`: ``target`` with ``topic``, or ``exclude`` with either, raise ``ValueError``. Nothing is
+    validated (it is a predicate: validate at the edge with :func:`validate_topic`): an empty topic or pattern
+    matches nothing, and ``""`` is compared like any other client id.
+    """
 
 @final
 class ReplayResult:

@@ -33,14 +33,73 @@ impl Route {
         Ok(Route::Topic(topic.into()))
     }
 
-    /// Whether a subscriber with this client id and these patterns receives what is sent on this route (the
-    /// replay log asks this of every retained frame).
-    pub fn admits<P: AsRef<str>>(&self, client_id: &str, patterns: &[P]) -> bool {
+    /// The same route over borrowed strings.
+    pub fn borrowed(&self) -> RouteRef<'_> {
         match self {
-            Route::Broadcast { exclude } => exclude.as_deref() != Some(client_id),
-            Route::Topic(topic) => patterns.iter().any(|p| matches(p.as_ref(), topic)),
-            Route::Client(client) => **client == *client_id,
+            Route::Broadcast { exclude } => RouteRef::Broadcast {
+                exclude: exclude.as_deref(),
+            },
+            Route::Topic(topic) => RouteRef::Topic(topic),
+            Route::Client(client) => RouteRef::Client(client),
         }
+    }
+
+    /// Whether a subscriber with this client id and these patterns receives what is sent on this route (the
+    /// replay log asks this of every retained frame): [`RouteRef::admits`].
+    pub fn admits<P: AsRef<str>>(&self, client_id: &str, patterns: &[P]) -> bool {
+        self.borrowed().admits(client_id, patterns)
+    }
+}
+
+/// A [`Route`] over borrowed strings: what a caller that holds a route's parts (a broker replaying its log) builds
+/// to ask [`RouteRef::admits`] without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteRef<'a> {
+    /// Every connection, except those of the `exclude` client.
+    Broadcast { exclude: Option<&'a str> },
+    /// The connections with a pattern matching this concrete topic.
+    Topic(&'a str),
+    /// Every connection of this client id.
+    Client(&'a str),
+}
+
+impl<'a> RouteRef<'a> {
+    /// The route named by the keywords of a publish: `target` (one client), or `topic`, or neither (a broadcast,
+    /// maybe with `exclude`). Any other combination is refused. The topic is not validated here: [`Self::to_route`]
+    /// does that for a route that is going to be published.
+    pub fn from_parts(target: Option<&'a str>, topic: Option<&'a str>, exclude: Option<&'a str>) -> Result<Self> {
+        match (target, topic, exclude) {
+            (Some(_), Some(_), _) => Err(Error::Invalid("give target or topic, not both".into())),
+            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(Error::Invalid(
+                "exclude only applies to a broadcast (no target, no topic)".into(),
+            )),
+            (Some(target), None, None) => Ok(RouteRef::Client(target)),
+            (None, Some(topic), None) => Ok(RouteRef::Topic(topic)),
+            (None, None, exclude) => Ok(RouteRef::Broadcast { exclude }),
+        }
+    }
+
+    /// The routing rule: whether a subscriber with this client id and these patterns receives what is sent on this
+    /// route. A client route admits exactly that client id; a topic route, a subscriber with a pattern that
+    /// [`matches`] the topic; a broadcast, everyone but the excluded client id. Nothing is validated (an empty or
+    /// invalid topic or pattern is compared as it is: an empty one matches nothing).
+    pub fn admits<P: AsRef<str>>(self, client_id: &str, patterns: &[P]) -> bool {
+        match self {
+            RouteRef::Broadcast { exclude } => exclude != Some(client_id),
+            RouteRef::Topic(topic) => patterns.iter().any(|p| matches(p.as_ref(), topic)),
+            RouteRef::Client(client) => client == client_id,
+        }
+    }
+
+    /// The owned route, to publish or to keep in the replay log; a topic must be a valid concrete topic.
+    pub fn to_route(self) -> Result<Route> {
+        Ok(match self {
+            RouteRef::Broadcast { exclude } => Route::Broadcast {
+                exclude: exclude.map(Into::into),
+            },
+            RouteRef::Topic(topic) => Route::topic(topic)?,
+            RouteRef::Client(client) => Route::Client(client.into()),
+        })
     }
 }
 
@@ -471,6 +530,64 @@ mod tests {
         assert!(Route::Topic("news.eu".into()).admits("b", &patterns));
         assert!(!Route::Topic("sport".into()).admits("b", &patterns));
         assert!(Route::Client("b".into()).admits("b", &[] as &[&str]));
+    }
+
+    #[test]
+    fn route_ref_admits_like_the_owned_route() {
+        let none: &[&str] = &[];
+        let cases: [(RouteRef, &str, &[&str], bool); 14] = [
+            (RouteRef::Client("a"), "a", none, true),
+            (RouteRef::Client("a"), "b", &["a", ">"], false),
+            (RouteRef::Client(""), "", none, true),
+            (RouteRef::Topic("a.b"), "x", &["c", "a.*"], true),
+            (RouteRef::Topic("a.b"), "x", &["a.b.>", "b.*", "a"], false),
+            (RouteRef::Topic("a.b"), "x", none, false),
+            // Nothing is validated: an empty topic or pattern matches nothing.
+            (RouteRef::Topic(""), "x", &["", ">", "*"], false),
+            (RouteRef::Topic("a"), "x", &[""], false),
+            (RouteRef::Broadcast { exclude: None }, "a", none, true),
+            (RouteRef::Broadcast { exclude: None }, "", none, true),
+            (RouteRef::Broadcast { exclude: Some("a") }, "a", &[">"], false),
+            (RouteRef::Broadcast { exclude: Some("a") }, "b", none, true),
+            (RouteRef::Broadcast { exclude: Some("") }, "", none, false),
+            (RouteRef::Broadcast { exclude: Some("") }, "a", none, true),
+        ];
+        for (route, client, patterns, want) in cases {
+            assert_eq!(
+                route.admits(client, patterns),
+                want,
+                "{route:?} {client:?} {patterns:?}"
+            );
+            if let Ok(owned) = route.to_route() {
+                assert_eq!(owned.borrowed(), route);
+                assert_eq!(owned.admits(client, patterns), want, "{owned:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn route_from_parts_names_one_route() {
+        let parts = RouteRef::from_parts;
+        assert_eq!(parts(Some("a"), None, None), Ok(RouteRef::Client("a")));
+        assert_eq!(parts(None, Some("t"), None), Ok(RouteRef::Topic("t")));
+        assert_eq!(parts(None, None, None), Ok(RouteRef::Broadcast { exclude: None }));
+        assert_eq!(
+            parts(None, None, Some("x")),
+            Ok(RouteRef::Broadcast { exclude: Some("x") })
+        );
+        for (target, topic, exclude) in [
+            (Some("a"), Some("t"), None),
+            (Some("a"), Some("t"), Some("x")),
+            (Some("a"), None, Some("x")),
+            (None, Some("t"), Some("x")),
+        ] {
+            assert!(matches!(parts(target, topic, exclude), Err(Error::Invalid(_))));
+        }
+        // A route from parts is not validated until it becomes an owned route.
+        assert_eq!(parts(None, Some("a.*"), None), Ok(RouteRef::Topic("a.*")));
+        assert!(matches!(RouteRef::Topic("a.*").to_route(), Err(Error::Topic(_))));
+        assert!(matches!(RouteRef::Topic("").to_route(), Err(Error::Topic(_))));
+        assert_eq!(RouteRef::Client("").to_route(), Ok(Route::Client("".into())));
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! The `Hub` and `Delivery` classes, and the routing arguments shared with the replay log.
+//! The `Hub` and `Delivery` classes, the routing arguments shared with the replay log, and `route_admits`.
 
 use std::sync::Arc;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict};
-use sse_fast_core::hub::{Delivery, Hub, Route};
+use sse_fast_core::hub::{Delivery, Hub, Route, RouteRef};
 
 use crate::errors::IntoPy;
 use crate::frame::PyFrame;
@@ -14,19 +14,28 @@ use crate::frame::PyFrame;
 /// for other threads to use the time.
 const RELEASE_GIL_ABOVE: usize = 512;
 
-/// The route named by `publish`/`append` keywords: `target` or `topic` or neither (broadcast, maybe `exclude`).
+/// The route named by `publish`/`append` keywords (the core's rule, `RouteRef::from_parts`), validated to publish.
 pub fn route(target: Option<&str>, topic: Option<&str>, exclude: Option<&str>) -> PyResult<Route> {
-    match (target, topic, exclude) {
-        (Some(_), Some(_), _) => Err(PyValueError::new_err("give target or topic, not both")),
-        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(PyValueError::new_err(
-            "exclude only applies to a broadcast (no target, no topic)",
-        )),
-        (Some(target), None, None) => Ok(Route::Client(target.into())),
-        (None, Some(topic), None) => Route::topic(topic).py(),
-        (None, None, exclude) => Ok(Route::Broadcast {
-            exclude: exclude.map(Into::into),
-        }),
-    }
+    RouteRef::from_parts(target, topic, exclude)
+        .and_then(RouteRef::to_route)
+        .py()
+}
+
+/// Whether a subscriber receives what is sent on the route named by the keywords (see `_core.pyi`).
+#[pyfunction]
+#[pyo3(signature = (client_id, patterns, *, target = None, topic = None, exclude = None))]
+#[allow(clippy::needless_pass_by_value)] // PyO3 extracts a sequence argument into an owned Vec
+fn route_admits(
+    client_id: &str,
+    patterns: Vec<PyBackedStr>,
+    target: Option<&str>,
+    topic: Option<&str>,
+    exclude: Option<&str>,
+) -> PyResult<bool> {
+    // `PyBackedStr` borrows each pattern's UTF-8 from its Python str: the only allocation is the Vec.
+    Ok(RouteRef::from_parts(target, topic, exclude)
+        .py()?
+        .admits(client_id, &patterns))
 }
 
 /// The result of a publish or push (see `_core.pyi`).
@@ -206,6 +215,7 @@ impl PyHub {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(route_admits, m)?)?;
     m.add_class::<PyDelivery>()?;
     m.add_class::<PyHub>()
 }
