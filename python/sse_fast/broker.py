@@ -21,8 +21,10 @@ from typing import Literal
 
 import msgspec
 
+from sse_fast import _rules as rules
 from sse_fast._core import Frame, ReplayLog
-from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure, new_message_id
+from sse_fast._rules import Accepted, AckStatus, Opening, ack_notice
+from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure
 from sse_fast.scheduler import Scheduler
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
@@ -38,40 +40,11 @@ def _now_ms() -> int:
 
 
 @dataclass(slots=True)
-class Accepted:
-    """What a publish did: ``delivered`` connections on this node, ``queued`` in an offline mailbox."""
-
-    message_id: str
-    delivered: int
-    queued: bool
-    duplicate: bool = False
-
-
-@dataclass(slots=True)
-class Opening:
-    """What a new stream starts with: its first cursor, and the frames to write before going live."""
-
-    cursor: str
-    #: The log position every resumable frame up to which this stream has been given (its first low-water mark).
-    watermark: int
-    resumed: bool
-    gap: str | None
-    frames: list[Frame]
-    # Frames delivered before live that are not covered by the cursor (mailbox entries older than it).
-    extra: list[Frame] = field(default_factory=list)
-
-    @property
-    def missed(self) -> int:
-        """Frames delivered before live: replay plus mailbox."""
-        return len(self.frames) + len(self.extra)
-
-
-@dataclass(slots=True)
 class _Tracked:
     """A ``requireAck`` message until it is acked or expires."""
 
     envelope: Envelope
-    status: Literal["pending", "delivered", "acked", "expired"]
+    status: AckStatus
     deadline: float
     attempts: int = 1
     acked_by: list[str] = field(default_factory=list)
@@ -82,9 +55,6 @@ class _Tracked:
     def open(self) -> bool:
         """Still waiting for an ack (and holding its envelope for redelivery)."""
         return self.status in ("pending", "delivered")
-
-
-_MAX_ACKERS = 1000  # ackedBy names at most this many clients (a broadcast may be acked by every one)
 
 
 class Broker(abc.ABC):
@@ -234,11 +204,11 @@ class _Dedupe:
     """Recent ``(source, id)`` pairs: a repeat within the window is answered as a duplicate, not delivered."""
 
     def __init__(self, *, window: float, size: int) -> None:
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._seen: OrderedDict[str, float] = OrderedDict()
         self._window, self._size = window, size
 
     def seen(self, source: str, message_id: str, now: float) -> bool:
-        key = (source, message_id)
+        key = rules.dedupe_key(source, message_id)
         expires = self._seen.get(key)
         if expires is not None and expires > now:
             return True
@@ -297,11 +267,11 @@ class MemoryBroker(Broker):
         message_id, source = envelope.id or "", envelope.source or ""
         if envelope.require_ack:
             tracked = self._acks.get(message_id)
-            if tracked is not None and tracked.envelope.source != source:
-                raise ValidationFailure(409, "message_id_in_use", "another source's requireAck message has this id")
+            if rules.id_in_use(tracked.envelope.source if tracked is not None else None, source):
+                raise rules.refuse_id_in_use()
         if self.dedupe.seen(source, message_id, now):
             self.duplicates += 1
-            return Accepted(message_id, 0, False, duplicate=True)
+            return rules.duplicate(envelope)
         accepted = self._deliver(envelope, exclude=exclude, to_mailbox=True, data=data)
         if envelope.require_ack:
             self._track(envelope, accepted, exclude, now, len(data))
@@ -341,24 +311,25 @@ class MemoryBroker(Broker):
     async def open_stream(
         self, client_id: str, topics: tuple[str, ...], cursor: str | None, *, conn_id: int | None = None
     ) -> Opening:
-        seq = self.log.head
-        head = self.log.cursor(seq)
+        head = self.log.head
         mailbox = self.mailboxes.take(client_id, time.time())
-        if cursor is None:
-            return Opening(head, seq, resumed=False, gap=None, frames=[], extra=mailbox)
-        replay = self.log.since(cursor, client_id=client_id, topics=topics, now_ms=_now_ms())
-        if replay.gap is not None:
-            return Opening(head, seq, resumed=False, gap=replay.gap, frames=[], extra=mailbox)
-        since = self.log.parse(cursor) or 0
-        # Mailbox entries after the cursor are in the replay already; older ones are delivered once, without id.
-        older = [frame for frame in mailbox if (frame.seq or 0) <= since]
-        return Opening(cursor, seq, resumed=True, gap=None, frames=replay.frames, extra=older)
+        since = None if cursor is None else self.log.parse(cursor)
+        replay, gap = [], None
+        if cursor is not None:
+            found = self.log.since(cursor, client_id=client_id, topics=topics, now_ms=_now_ms())
+            replay, gap = found.frames, found.gap
+        return rules.opening(
+            epoch=self.epoch, cursor=cursor, since=since, head=head, gap=gap, replay=replay, mailbox=mailbox
+        )
 
     # -- acks ------------------------------------------------------------------------------------------------
 
     def _track(self, envelope: Envelope, accepted: Accepted, exclude: str | None, now: float, size: int) -> None:
         status: Literal["pending", "delivered"] = "delivered" if accepted.delivered else "pending"
         deadline = now + self.settings.ack_timeout
+        replaced = self._acks.pop(accepted.message_id, None)  # tracked again (same source, past the dedupe window)
+        if replaced is not None:
+            self._ack_bytes -= replaced.size
         self._acks[accepted.message_id] = _Tracked(envelope, status, deadline, exclude=exclude, size=size)
         self._ack_bytes += size
         heapq.heappush(self._deadlines, (deadline, accepted.message_id))
@@ -380,22 +351,19 @@ class MemoryBroker(Broker):
         known = 0
         for message_id in message_ids:
             tracked = self._acks.get(message_id)
-            if tracked is None or not self._may_ack(tracked.envelope, client_id, admin):
+            if tracked is None or not rules.may_ack(tracked.envelope.target, client_id, admin=admin):
                 continue
             known += 1
-            if client_id in tracked.acked_by:
+            new, status = rules.ack_step(tracked.status, tracked.acked_by, client_id)
+            if not new:
                 continue
-            if len(tracked.acked_by) < _MAX_ACKERS:
+            if len(tracked.acked_by) < rules.MAX_ACKERS:
                 tracked.acked_by.append(client_id)
-            if tracked.open:
+            if status != tracked.status:
                 self._finish(tracked, "acked")
                 self.acked += 1
             self._notify_source(tracked.envelope, client_id)
         return known
-
-    @staticmethod
-    def _may_ack(envelope: Envelope, client_id: str, admin: bool) -> bool:
-        return admin or envelope.target is None or envelope.target == client_id
 
     def _notify_source(self, envelope: Envelope, acked_by: str) -> None:
         notice = ack_notice(envelope, acked_by)
@@ -420,7 +388,7 @@ class MemoryBroker(Broker):
             tracked = self._acks.get(message_id)
             if tracked is None or tracked.deadline != deadline or not tracked.open:
                 continue
-            if tracked.attempts > self.settings.ack_retries:
+            if rules.redelivery_step(tracked.attempts, self.settings.ack_retries) == "expire":
                 self._finish(tracked, "expired")
                 self.acks_expired += 1
                 continue
@@ -453,24 +421,6 @@ class MemoryBroker(Broker):
             "acks_redelivered": self.redelivered,
             "acks_expired": self.acks_expired,
         }
-
-
-def ack_notice(envelope: Envelope, acked_by: str) -> Envelope | None:
-    """The ``ack`` event that tells a message's source who acked it (PROTOCOL.md section 5); None when the source
-    is not a client (the server, an anonymous caller, the scheduler)."""
-    source = envelope.source
-    if not source or source in ("server", "anonymous", "scheduler"):
-        return None
-    return Envelope(
-        id=new_message_id(),
-        type="ack",
-        priority=envelope.priority,
-        timestamp=_now_ms(),
-        source="server",
-        target=source,
-        payload={"messageId": envelope.id, "clientId": acked_by},
-        correlation_id=envelope.id,
-    )
 
 
 def create_broker(settings: Settings) -> Broker:

@@ -43,10 +43,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from sse_fast._core import Frame, format_cursor, parse_cursor, seq_stream_id, stream_id_seq, topic_matches
+from sse_fast import _rules as rules
+from sse_fast._core import Frame, parse_cursor, route_admits, seq_stream_id, stream_id_seq
 from sse_fast._http import HttpError
-from sse_fast.broker import Accepted, Broker, Opening, ack_notice
-from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure
+from sse_fast._rules import Accepted, Opening, ack_notice
+from sse_fast.broker import Broker
+from sse_fast.models import ConnectionInfo, Envelope
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
@@ -168,11 +170,11 @@ _PUBLISH = (
     _LIVE
     + _TRIM
     + """
-if ARGV[7] == '1' then
-  local held = redis.call('HGET', KEYS[5], 'env')
-  if held and cjson.decode(held)['source'] ~= cjson.decode(ARGV[11])['source'] then
-    return {'in_use', 0, 0}  -- another source's requireAck message has this id: refused, nothing written
-  end
+local function id_in_use(held, source)
+  return held ~= false and held ~= nil and cjson.decode(held)['source'] ~= source
+end
+if ARGV[7] == '1' and id_in_use(redis.call('HGET', KEYS[5], 'env'), cjson.decode(ARGV[11])['source']) then
+  return {'in_use', 0, 0}  -- the rule id_in_use: refused, nothing written
 end
 if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
   return {'', 0, 0}
@@ -214,23 +216,39 @@ return {redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[4]) or '0', mem
 """
 )
 
-# KEYS: ack hash. ARGV: client id, admin ('1'). Only the target (or anyone, for a message without one) may ack.
+# KEYS: ack hash. ARGV: client id, admin ('1'), max ackers. The rules ``may_ack`` and ``ack_step`` (sse_fast.rules),
+# repeated here so that the check and the change are one atomic step. Returns {known, new, env}.
 _ACK = """
+local function may_ack(target, client_id, admin)
+  return admin == '1' or type(target) ~= 'string' or target == client_id
+end
+local function ack_step(status, by, client_id)
+  for c in string.gmatch(by, '[^,]+') do
+    if c == client_id then return false, status end
+  end
+  if status == 'pending' or status == 'delivered' then return true, 'acked' end
+  return true, status
+end
 local env = redis.call('HGET', KEYS[1], 'env')
 if not env then return {0, 0, ''} end
-local target = cjson.decode(env)['target']
-if ARGV[2] ~= '1' and type(target) == 'string' and target ~= ARGV[1] then return {0, 0, ''} end
+if not may_ack(cjson.decode(env)['target'], ARGV[1], ARGV[2]) then return {0, 0, ''} end
 local by = redis.call('HGET', KEYS[1], 'by') or ''
-for c in string.gmatch(by, '[^,]+') do
-  if c == ARGV[1] then return {1, 0, ''} end
+local new, status = ack_step(redis.call('HGET', KEYS[1], 'status'), by, ARGV[1])
+if not new then return {1, 0, ''} end
+local count = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+if count < tonumber(ARGV[3]) then
+  if by == '' then by = ARGV[1] else by = by .. ',' .. ARGV[1] end
 end
-if by == '' then by = ARGV[1] else by = by .. ',' .. ARGV[1] end
-redis.call('HSET', KEYS[1], 'by', by, 'status', 'acked')
-return {1, 1, redis.call('HGET', KEYS[1], 'env')}
+redis.call('HSET', KEYS[1], 'by', by, 'status', status, 'n', count + 1)
+return {1, 1, env}
 """
 
 # KEYS: ack due. ARGV: now ms, timeout ms, retries, limit, hash prefix. Claims due entries (one node gets each).
 _DUE = """
+local function redelivery_step(attempts, retries)
+  if attempts > retries then return 'expire' end
+  return 'redeliver'
+end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[4])
 local out = {}
 for _, id in ipairs(ids) do
@@ -239,7 +257,7 @@ for _, id in ipairs(ids) do
   local status = redis.call('HGET', key, 'status')
   if status == 'pending' or status == 'delivered' then
     local attempts = tonumber(redis.call('HGET', key, 'attempts'))
-    if attempts > tonumber(ARGV[3]) then
+    if redelivery_step(attempts, tonumber(ARGV[3])) == 'expire' then
       redis.call('HSET', key, 'status', 'expired')
       out[#out + 1] = {id, '', ''}
     else
@@ -276,16 +294,20 @@ def _ack_key(message_id: str) -> str:
     return f"sse:ack:{message_id}"  # 8 characters before the id: the publish script cuts them off (string.sub 9)
 
 
+def _dedupe_key(envelope: Envelope) -> str:
+    return "sse:dd:" + rules.dedupe_key(envelope.source or "", envelope.id or "")
+
+
 def _sees(fields: dict[bytes, bytes], client_id: str, topics: tuple[str, ...]) -> bool:
-    """Whether a subscriber may see a log entry: the hub's routing rule (target, else topic, else broadcast)."""
-    target = fields.get(b"t")
-    if target is not None:
-        return target.decode() == client_id
-    topic = fields.get(b"o")
-    if topic is not None:
-        return any(topic_matches(p, topic.decode()) for p in topics)
-    exclude = fields.get(b"x")
-    return exclude is None or exclude.decode() != client_id
+    """Whether a subscriber may see a log entry: the core's routing rule, the one the hub applies live."""
+    return route_admits(
+        client_id, topics, target=_field(fields, b"t"), topic=_field(fields, b"o"), exclude=_field(fields, b"x")
+    )
+
+
+def _field(fields: dict[bytes, bytes], name: bytes) -> str | None:
+    value = fields.get(name)
+    return None if value is None else value.decode()
 
 
 class RedisBroker(Broker):
@@ -482,7 +504,7 @@ class RedisBroker(Broker):
         entry_id, queued = await self._append(envelope, data, exclude=exclude, dedupe=True, track=True)
         if not entry_id:
             self.duplicates += 1
-            return Accepted(envelope.id or "", 0, False, duplicate=True)
+            return rules.duplicate(envelope)
         return Accepted(envelope.id or "", await self._delivered(entry_id), queued)
 
     async def _append(
@@ -503,7 +525,7 @@ class RedisBroker(Broker):
         s = self.settings
         keys = [
             LOG,
-            f"sse:dd:{envelope.source or ''}:{message_id}",
+            _dedupe_key(envelope),
             self._presence(target or ""),
             f"sse:mbox:{target or ''}",
             _ack_key(message_id),
@@ -531,7 +553,7 @@ class RedisBroker(Broker):
         ]
         entry_id, queued, dropped = await self._call(self._scripts["publish"](keys=keys, args=args))
         if entry_id == b"in_use":
-            raise ValidationFailure(409, "message_id_in_use", "another source's requireAck message has this id")
+            raise rules.refuse_id_in_use()
         self.published += 1
         self.mailbox_dropped += int(dropped)
         return (entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()), bool(queued)
@@ -551,10 +573,10 @@ class RedisBroker(Broker):
 
     async def _publish_ephemeral(self, envelope: Envelope, data: bytes, exclude: str | None) -> Accepted:
         if self.settings.dedupe_window >= 1:
-            key = f"sse:dd:{envelope.source or ''}:{envelope.id or ''}"
+            key = _dedupe_key(envelope)
             if not await self._call(self._redis.set(key, b"1", nx=True, ex=int(self.settings.dedupe_window))):
                 self.duplicates += 1
-                return Accepted(envelope.id or "", 0, False, duplicate=True)
+                return rules.duplicate(envelope)
         route = [self.node_id, data.decode(), envelope.type, envelope.priority, envelope.target, envelope.topic]
         route.append(exclude)
         await self._call(self._redis.publish(EPHEMERAL, _json.encode(route)))
@@ -624,13 +646,9 @@ class RedisBroker(Broker):
         assert self.streams is not None
         seq = cursor_seq(entry_id)
         self._last_id, self._last_seq = entry_id, max(seq, self._last_seq)
-        target, topic, exclude = fields.get(b"t"), fields.get(b"o"), fields.get(b"x")
         frame = Frame(fields[b"d"], event=fields[b"e"].decode(), priority=int(fields[b"p"]), seq=seq)
         delivery = self.streams.deliver(
-            frame,
-            target=target.decode() if target else None,
-            topic=topic.decode() if topic else None,
-            exclude=exclude.decode() if exclude else None,
+            frame, target=_field(fields, b"t"), topic=_field(fields, b"o"), exclude=_field(fields, b"x")
         )
         ack = fields.get(b"a")
         if ack is not None and delivery.delivered:
@@ -751,11 +769,9 @@ class RedisBroker(Broker):
         frames: list[Frame] = []
         if cursor is not None and gap is None and since is not None and since < head:
             frames, gap = await self._replay(since, head, client_id, topics)
-        resumed = cursor is not None and gap is None
-        covered = since if resumed and since is not None else floor
-        extra = self._mailbox(mail, covered)
-        start = cursor if resumed and cursor is not None else format_cursor(self.epoch, floor)
-        return Opening(start, floor, resumed=resumed, gap=gap, frames=frames, extra=extra)
+        return rules.opening(
+            epoch=self.epoch, cursor=cursor, since=since, head=head, gap=gap, replay=frames, mailbox=self._mailbox(mail)
+        )
 
     async def _register_connects(self) -> None:
         """Register the waiting stream openings in Redis, many per pipeline (one round trip for a burst of them).
@@ -843,14 +859,14 @@ class RedisBroker(Broker):
         ]
         return frames, None
 
-    def _mailbox(self, mail: list[bytes], covered: int) -> list[Frame]:
-        """Mailbox entries (newest first in Redis) not covered by the replay or the live feed, oldest first."""
+    def _mailbox(self, mail: list[bytes]) -> list[Frame]:
+        """The mailbox entries (newest first in Redis) still within the mailbox TTL, oldest first."""
         limit = (time.time() - self.settings.mailbox_ttl) * 1000
         frames = []
         for raw in reversed(mail):
             entry_id, priority, event, data = raw.split(b"\n", 3)
             seq = cursor_seq(entry_id)
-            if seq <= covered and seq >> _SEQ_BITS >= limit:
+            if seq >> _SEQ_BITS >= limit:
                 frames.append(Frame(data, event=event.decode(), priority=int(priority), seq=seq))
         return frames
 
@@ -917,9 +933,8 @@ class RedisBroker(Broker):
         self._refuse_if_down()
         known = 0
         for message_id in message_ids:
-            found, new, env = await self._call(
-                self._scripts["ack"](keys=[_ack_key(message_id)], args=[client_id, "1" if admin else "0"])
-            )
+            args = [client_id, "1" if admin else "0", rules.MAX_ACKERS]
+            found, new, env = await self._call(self._scripts["ack"](keys=[_ack_key(message_id)], args=args))
             if not found:
                 continue
             if not new:
