@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import jwt
 import msgspec
 import pytest
 
-from sse_fast import _http, auth, errors, models, scheduler, settings
+from _servers import running_server
+from sse_fast import Client, _http, auth, errors, models, scheduler, settings
 
 
 @pytest.mark.parametrize(
@@ -64,3 +69,29 @@ def test_retry_after_is_a_header_and_reads_back() -> None:
     given = errors.HttpError(503, "broker_unavailable", "down", headers=[("retry-after", "2")])
     assert given.retry_after == 2
     assert errors.HttpError(400, "x", "y").retry_after == 0
+
+
+@pytest.mark.e2e
+async def test_the_client_gets_a_server_code_with_its_status(tmp_path: Path) -> None:
+    """`not_owner` (403) reaches the SDK as an AuthError with the server's status and code, on a send and a read."""
+    secret = "s" * 32
+
+    def token(sub: str) -> str:
+        return jwt.encode({"sub": sub, "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+
+    with running_server(tmp_path, env={"SSE_FAST_AUTH": "jwt", "SSE_FAST_JWT_SECRET": secret}) as server:
+        async with (
+            Client(server.url, client_id="alice", token=token("alice"), auto_connect=False) as alice,
+            Client(server.url, client_id="mallory", token=token("mallory"), auto_connect=False) as mallory,
+        ):
+            answer = await alice.send_command("execute", task="sleep", params={"seconds": 30})
+            assert isinstance(answer, models.CommandAnswer)
+            with pytest.raises(errors.AuthError) as cancelling:
+                await mallory.cancel_task(answer.task_id)
+            assert (cancelling.value.status, cancelling.value.code) == (403, "not_owner")
+            with pytest.raises(errors.AuthError) as reading:
+                await mallory.query_progress(answer.task_id)
+            assert (reading.value.status, reading.value.code) == (403, "not_owner")
+            cancelled = await alice.cancel_task(answer.task_id)
+            assert isinstance(cancelled, models.CommandAnswer)
+            assert cancelled.status == "cancelled"
