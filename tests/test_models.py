@@ -340,6 +340,32 @@ def test_publish_answer_shows_duplicate_only_when_set() -> None:
     assert encoded(duplicate) == {"success": True, "messageId": "m", "delivered": 0, "queued": False, "duplicate": True}
 
 
+def test_the_server_answers_a_repeat_with_the_keys_it_always_had() -> None:
+    """The dedupe answer of a publish and of an execute: the same keys, in the same order, as the hand-built dicts."""
+    assert models.encoder.encode(models.DuplicateAnswer(message_id="m")) == (
+        b'{"success":true,"messageId":"m","duplicate":true,"delivered":0}'
+    )
+    assert models.encoder.encode(models.CommandAnswer(task_id="t", status="running", duplicate=True)) == (
+        b'{"success":true,"taskId":"t","status":"running","duplicate":true}'
+    )
+    # What the client reads it as.
+    read = msgspec.json.decode(models.encoder.encode(models.DuplicateAnswer(message_id="m")), type=models.PublishAnswer)
+    assert (read.message_id, read.duplicate, read.delivered, read.queued) == ("m", True, 0, False)
+
+
+def test_operations_answers() -> None:
+    assert models.encoder.encode(models.HealthAnswer()) == b'{"status":"ok"}'
+    ready = models.ReadyAnswer(status="unavailable", broker="RedisBroker")
+    assert models.encoder.encode(ready) == b'{"status":"unavailable","broker":"RedisBroker"}'
+
+
+def test_connect_detail_leaves_out_a_missing_reason() -> None:
+    detail = models.ConnectDetail(client_id="a", connection_id="n.1", resumed=True, missed=0, server_time=5)
+    assert encoded(detail) == {"clientId": "a", "connectionId": "n.1", "resumed": True, "missed": 0, "serverTime": 5}
+    gap = msgspec.structs.replace(detail, resumed=False, reason="expired")
+    assert encoded(gap)["reason"] == "expired"
+
+
 def test_answers_are_camel_case() -> None:
     assert encoded(models.BroadcastAnswer(sent_count=3, message_id="m")) == {
         "success": True,
@@ -529,3 +555,33 @@ def test_openapi_refs_all_resolve_and_descriptions_are_dedented() -> None:
         assert ref in schemas
     assert {"Envelope", "PublishAnswer", "ErrorBody", "ConnectionInfo", "MessageStatus", "TaskRecord"} <= set(schemas)
     assert "\n    " not in schemas["Envelope"]["description"]
+
+
+def test_openapi_alternatives_headers_security_and_the_default_error() -> None:
+    route = models.Route(
+        "POST",
+        "/api/commands",
+        Envelope,
+        {202: (models.PublishAnswer, models.CommandAnswer), 503: models.ErrorBody, 200: {"type": "object"}},
+        headers=(("X-Client-Id", "who"),),
+        security=[{"bearerAuth": []}, {}],
+        operation_id="command",
+    )
+    schemes = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+    doc = models.openapi_schema([route], security_schemes=schemes, security=[{"bearerAuth": []}])
+    assert doc["components"]["securitySchemes"] == schemes
+    assert doc["security"] == [{"bearerAuth": []}]
+    op = doc["paths"]["/api/commands"]["post"]
+    assert op["operationId"] == "command"
+    assert op["security"] == [{"bearerAuth": []}, {}]
+    client_id = {"type": "string", "pattern": models.CLIENT_ID_PATTERN}
+    assert op["parameters"] == [{"name": "X-Client-Id", "in": "header", "required": False, "description": "who",
+                                 "schema": client_id}]  # fmt: skip
+    responses = op["responses"]
+    assert list(responses) == ["200", "202", "503", "default"]
+    assert responses["200"]["content"]["application/json"]["schema"] == {"type": "object"}
+    either = responses["202"]["content"]["application/json"]["schema"]["anyOf"]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in either] == ["PublishAnswer", "CommandAnswer"]
+    assert responses["503"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    assert responses["default"]["content"]["application/json"]["schema"] == error

@@ -5,17 +5,17 @@ Errors are :class:`~sse_fast.errors.HttpError` (importable from here too), answe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import msgspec
 
-from sse_fast.errors import HttpError
+from sse_fast.errors import ErrorBody, HttpError
 from sse_fast.streams import Sink
 
-__all__ = ["HttpError", "Request", "Response", "Route", "StreamResponse", "json_response", "parse_query"]
+__all__ = ["HttpError", "Request", "Response", "Route", "StreamResponse", "api_route", "json_response", "parse_query"]
 
 _json = msgspec.json.Encoder()
 JSON_TYPE = "application/json"
@@ -48,14 +48,21 @@ Handler = Callable[["Request"], Awaitable["Response | StreamResponse"]]
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One endpoint: method, path template (``{name}`` segments), handler, and what OpenAPI says of it."""
+    """One endpoint: method, path template (``{name}`` segments), handler, and what OpenAPI says of it.
+
+    ``request``, ``responses``, ``query``, ``headers`` and ``security`` are those of
+    :class:`sse_fast.models.Route`; the handler's name is the operation id.
+    """
 
     method: str
     path: str
     handler: Handler
     summary: str
     request: Any = None
-    responses: Any = None
+    responses: Mapping[int, Any] = field(default_factory=dict)
+    query: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    security: Sequence[Mapping[str, Sequence[str]]] | None = None
     template: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -74,6 +81,39 @@ class Route:
             elif want != got:
                 return None
         return params
+
+
+_CALLER_QUERY: Final = (
+    (
+        "clientId",
+        "Who the caller is with SSE_FAST_AUTH=none (after X-Client-Id); with jwt, the token subject, if given.",
+    ),
+)
+_CALLER_HEADERS: Final = (
+    ("X-Client-Id", "Who the caller is with SSE_FAST_AUTH=none; with jwt, the token subject, if given."),
+)
+# Who the caller is (PROTOCOL.md section 6): 400 a malformed clientId, 401 no or a bad credential, 403 a clientId that
+# is not the token's subject or a grant it lacks. A JSON body: 400 malformed or empty, 413 too large, 415 not JSON,
+# 422 against the schema.
+_CALLER_ERRORS: Final = {400: ErrorBody, 401: ErrorBody, 403: ErrorBody}
+_BODY_ERRORS: Final = {400: ErrorBody, 413: ErrorBody, 415: ErrorBody, 422: ErrorBody}
+
+
+def api_route(
+    method: str,
+    path: str,
+    handler: Handler,
+    summary: str,
+    request: Any = None,
+    responses: Mapping[int, Any] | None = None,
+    *,
+    query: tuple[tuple[str, str], ...] = (),
+) -> Route:
+    """A route of the HTTP API, which identifies its caller: it takes ``X-Client-Id`` and ``clientId`` and may
+    answer 400, 401 and 403; with a ``request`` body, 413, 415 and 422 too. ``responses`` adds the rest."""
+    errors = _CALLER_ERRORS | (_BODY_ERRORS if request is not None else {})
+    answers = errors | dict(responses or {})
+    return Route(method, path, handler, summary, request, answers, _CALLER_QUERY + query, _CALLER_HEADERS)
 
 
 def json_response(status: int, body: Any, *, headers: list[tuple[str, str]] | None = None) -> Response:

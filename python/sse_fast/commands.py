@@ -20,13 +20,16 @@ request                                    answer                        notes
 
 from __future__ import annotations
 
-from sse_fast._http import HttpError, Request, Response, Route, json_response
+from sse_fast._http import HttpError, Request, Response, Route, api_route, json_response
 from sse_fast.auth import Authenticator, Identity
+from sse_fast.errors import ErrorBody
 from sse_fast.models import CommandAnswer, CommandPayload, Envelope, TaskRecord, TasksAnswer, convert
 from sse_fast.scheduler import Scheduler
 from sse_fast.task_registry import LocalTaskRegistry, TaskRegistry
 
 __all__ = ["CommandService"]
+
+_E = ErrorBody
 
 
 class CommandService:
@@ -39,16 +42,16 @@ class CommandService:
 
     def routes(self) -> list[Route]:
         """The ``/api/tasks`` endpoints."""
+        control = {200: CommandAnswer, 404: _E, 409: _E, 503: _E, 504: _E}
         return [
-            Route("GET", "/api/tasks", self.list_tasks, "The caller's tasks (`?all=true`: everyone's, admin)", None,
-                  {200: TasksAnswer}),
-            Route("GET", "/api/tasks/{taskId}", self.get_task, "One task record", None, {200: TaskRecord}),
-            Route("POST", "/api/tasks/{taskId}/cancel", self.cancel_task, "Cancel a task", None,
-                  {200: CommandAnswer}),
-            Route("POST", "/api/tasks/{taskId}/pause", self.pause_task, "Pause a task", None,
-                  {200: CommandAnswer, 202: CommandAnswer}),
-            Route("POST", "/api/tasks/{taskId}/resume", self.resume_task, "Resume a paused task", None,
-                  {200: CommandAnswer}),
+            api_route("GET", "/api/tasks", self.list_tasks, "The caller's tasks (`?all=true`: everyone's, admin)", None,
+                      {200: TasksAnswer, 503: _E}, query=(("all", "`true`: every client's tasks (admin)."),)),
+            api_route("GET", "/api/tasks/{taskId}", self.get_task, "One task record", None,
+                      {200: TaskRecord, 404: _E, 503: _E}),
+            api_route("POST", "/api/tasks/{taskId}/cancel", self.cancel_task, "Cancel a task", None, control),
+            api_route("POST", "/api/tasks/{taskId}/pause", self.pause_task,
+                      "Pause a task (202: it pauses at its next checkpoint)", None, control | {202: CommandAnswer}),
+            api_route("POST", "/api/tasks/{taskId}/resume", self.resume_task, "Resume a paused task", None, control),
         ]  # fmt: skip
 
     # -- POST /api/commands ----------------------------------------------------------------------------------
@@ -77,8 +80,7 @@ class CommandService:
                 require_ack=require_ack,
             )
             if not new:
-                body = {"success": True, "taskId": record.task_id, "status": record.status, "duplicate": True}
-                return json_response(200, body)
+                return json_response(200, CommandAnswer(task_id=record.task_id, status=record.status, duplicate=True))
             await self.registry.flush()  # a query on another node right after this answer finds the task
             return _answer(202, record)
         if command.action == "sync":

@@ -25,7 +25,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
 
 import msgspec
@@ -49,14 +49,19 @@ __all__ = [
     "CommandPayload",
     "ConnectDetail",
     "ConnectionInfo",
+    "DeliveryStatus",
+    "DuplicateAnswer",
     "Envelope",
     "ErrorBody",
+    "GapReason",
+    "HealthAnswer",
     "HeartbeatPayload",
     "MessageId",
     "MessageStatus",
     "Priority",
     "ProgressPayload",
     "PublishAnswer",
+    "ReadyAnswer",
     "Route",
     "SystemPayload",
     "TaskRecord",
@@ -115,6 +120,10 @@ Priority = Annotated[int, Meta(ge=0, le=3, description="LOW 0, NORMAL 1, HIGH 2,
 Millis = Annotated[int, Meta(ge=0, description="Milliseconds since the epoch.")]
 Count = Annotated[int, Meta(ge=0)]
 Percent = Annotated[float, Meta(ge=0, le=100)]
+GapReason = Literal["unknown_cursor", "expired"]
+"""Why a resume could not replay everything after the client's cursor (PROTOCOL.md section 2)."""
+DeliveryStatus = Literal["pending", "delivered", "acked", "expired"]
+"""Where a ``requireAck`` message stands (PROTOCOL.md section 5)."""
 
 _TARGET_AND_TOPIC = "`target` and `topic` are exclusive"
 
@@ -205,7 +214,7 @@ class ConnectDetail(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=
     resumed: bool
     missed: Count
     server_time: Millis
-    reason: Literal["unknown_cursor", "expired"] | None = None
+    reason: GapReason | None = None
 
 
 class HeartbeatPayload(msgspec.Struct, kw_only=True, rename="camel"):
@@ -248,13 +257,27 @@ class TaskRecord(msgspec.Struct, kw_only=True, rename="camel"):
 
 
 class PublishAnswer(msgspec.Struct, kw_only=True, rename="camel"):
-    """``202`` of ``POST /api/messages`` and ``/api/direct/{clientId}``; ``200`` with ``duplicate`` for a repeat."""
+    """``202`` of ``POST /api/messages`` and ``/api/direct/{clientId}``.
+
+    The server answers a repeat with a :class:`DuplicateAnswer`; the client reads that as this type too (``duplicate``
+    true, ``queued`` false).
+    """
 
     success: bool = True
     message_id: MessageId
     delivered: Annotated[int, Meta(ge=0, description="Connections written to (on this node).")]
     queued: bool = False
     duplicate: bool | UnsetType = UNSET
+
+
+class DuplicateAnswer(msgspec.Struct, kw_only=True, rename="camel"):
+    """``200`` of a publish (message, direct, broadcast) whose id this source already used within the dedupe window:
+    it was accepted once, and nothing is sent again."""
+
+    success: bool = True
+    message_id: MessageId
+    duplicate: Literal[True] = True
+    delivered: Annotated[int, Meta(ge=0, le=0, description="Always 0: nothing was sent again.")] = 0
 
 
 class BroadcastAnswer(msgspec.Struct, kw_only=True, rename="camel"):
@@ -272,17 +295,19 @@ class AckAnswer(msgspec.Struct, kw_only=True):
 
 
 class CommandAnswer(msgspec.Struct, kw_only=True, rename="camel"):
-    """``202`` of ``POST /api/commands`` handled by the scheduler."""
+    """``202`` of ``POST /api/commands`` handled by the scheduler, and of the task controls (``cancel``, ``pause``,
+    ``resume``); ``200`` with ``duplicate`` for an ``execute`` whose ``commandId`` this client already sent."""
 
     success: bool = True
     task_id: MessageId
     status: str
+    duplicate: bool | UnsetType = UNSET
 
 
 class MessageStatus(msgspec.Struct, kw_only=True, rename="camel"):
     """``GET /api/messages/{id}`` for a ``requireAck`` message."""
 
-    status: Literal["pending", "delivered", "acked", "expired"]
+    status: DeliveryStatus
     acked_by: list[ClientId]
 
 
@@ -302,6 +327,20 @@ class TasksAnswer(msgspec.Struct, kw_only=True):
     """``GET /api/tasks`` and the answer to a ``sync`` command."""
 
     tasks: list[TaskRecord]
+
+
+class HealthAnswer(msgspec.Struct, kw_only=True):
+    """``200`` of ``GET /healthz``: the worker is alive."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadyAnswer(msgspec.Struct, kw_only=True):
+    """``GET /readyz``: ``200`` with ``ready`` when the broker is reachable and streams are accepted, else ``503``
+    (with ``Retry-After``) and ``unavailable``."""
+
+    status: Literal["ready", "unavailable"]
+    broker: Annotated[str, Meta(description="The broker's kind.", examples=["MemoryBroker", "RedisBroker"])]
 
 
 encoder: Final = msgspec.json.Encoder()
@@ -432,9 +471,12 @@ def new_message_id() -> str:
 class Route(NamedTuple):
     """One operation for :func:`openapi_schema`.
 
-    ``request`` is the body's type (or None); ``responses`` maps a status to a type, to None (no body) or to a
-    media type string for a non-JSON body (``"text/event-stream"``, ``"text/plain"``). ``query`` lists the query
-    parameters as (name, description).
+    ``request`` is the body's type (or None). ``responses`` maps a status to what its body is: a type; a tuple of
+    types (any of them); a mapping (a JSON Schema, as is); a media type string for a non-JSON body
+    (``"text/event-stream"``, ``"text/plain"``); or None (no body). Every operation also gets a ``default`` response
+    with :class:`ErrorBody`: any error may be answered (``500 internal_error``, ``405`` with ``Allow``...).
+    ``query`` and ``headers`` list parameters as (name, description). ``security`` lists the security requirements
+    that admit a caller (``[{"bearerAuth": []}, {}]``; ``{}`` is anonymous), or None for the document's.
     """
 
     method: str
@@ -443,6 +485,9 @@ class Route(NamedTuple):
     responses: Mapping[int, Any]
     summary: str = ""
     query: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    security: Sequence[Mapping[str, Sequence[str]]] | None = None
+    operation_id: str = ""
 
 
 _PATH_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -451,7 +496,12 @@ _PARAM_SCHEMAS: Final = {
     "id": {"type": "string", "pattern": ID_PATTERN},
     "messageId": {"type": "string", "pattern": ID_PATTERN},
     "taskId": {"type": "string", "pattern": ID_PATTERN},
+    "X-Client-Id": {"type": "string", "pattern": CLIENT_ID_PATTERN},
 }
+_RETRY_AFTER: Final = {
+    "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer", "minimum": 0}}
+}
+_ERROR_DESCRIPTION = "Any other error: `{error, code, detail}` (PROTOCOL.md section 7)."
 
 
 def openapi_schema(
@@ -460,43 +510,78 @@ def openapi_schema(
     title: str = "sse-fast",
     version: str = "0",
     description: str = "",
+    security_schemes: Mapping[str, Any] | None = None,
+    security: Sequence[Mapping[str, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
-    """An OpenAPI 3.1 document for ``routes``, its schemas generated from the msgspec types they name."""
+    """An OpenAPI 3.1 document for ``routes``, its schemas generated from the msgspec types they name.
+
+    ``security_schemes`` go to ``components.securitySchemes``; ``security`` is what admits a caller to an operation
+    whose route says nothing.
+    """
     table = [r if isinstance(r, Route) else Route(*r) for r in routes]
-    types = [t for r in table for t in (r.request, *r.responses.values()) if t is not None and not isinstance(t, str)]
-    refs, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    types: list[Any] = [ErrorBody]
+    for route in table:
+        for kind in (route.request, *route.responses.values()):
+            types.extend(k for k in (kind if isinstance(kind, tuple) else (kind,)) if _is_type(k))
+    refs, schemas = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     schema_of = {id(t): s for t, s in zip(types, refs, strict=True)}
     paths: dict[str, dict[str, Any]] = {}
     for route in table:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schema_of)
-    for component in components.values():
+    for component in schemas.values():
         if "description" in component:  # a class docstring, indented as in the source
             component["description"] = inspect.cleandoc(component["description"])
     info = {"title": title, "version": version} | ({"description": description} if description else {})
-    return {"openapi": "3.1.0", "info": info, "paths": paths, "components": {"schemas": components}}
+    components: dict[str, Any] = {"schemas": schemas}
+    if security_schemes:
+        components["securitySchemes"] = dict(security_schemes)
+    doc: dict[str, Any] = {"openapi": "3.1.0", "info": info, "paths": paths, "components": components}
+    if security is not None:
+        doc["security"] = [dict(requirement) for requirement in security]
+    return doc
+
+
+def _param_schema(name: str) -> dict[str, Any]:
+    return _PARAM_SCHEMAS.get(name, {"type": "string"})
+
+
+def _is_type(kind: Any) -> bool:
+    return kind is not None and not isinstance(kind, (str, Mapping))
 
 
 def _operation(route: Route, schema_of: Mapping[int, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": route.summary} if route.summary else {}
+    if route.operation_id:
+        op["operationId"] = route.operation_id
     params = [
-        {"name": n, "in": "path", "required": True, "schema": _PARAM_SCHEMAS.get(n, {"type": "string"})}
-        for n in _PATH_PARAM.findall(route.path)
+        {"name": n, "in": "path", "required": True, "schema": _param_schema(n)} for n in _PATH_PARAM.findall(route.path)
     ]
-    params += [{"name": n, "in": "query", "required": False, "description": d, "schema": {"type": "string"}}
-               for n, d in route.query]  # fmt: skip
+    for where, named in (("query", route.query), ("header", route.headers)):
+        params += [{"name": n, "in": where, "required": False, "description": d, "schema": _param_schema(n)}
+                   for n, d in named]  # fmt: skip
     if params:
         op["parameters"] = params
     if route.request is not None:
         content = {"application/json": {"schema": schema_of[id(route.request)]}}
         op["requestBody"] = {"required": True, "content": content}
-    op["responses"] = {str(status): _response(status, kind, schema_of) for status, kind in route.responses.items()}
+    responses = {str(status): _response(status, kind, schema_of) for status, kind in sorted(route.responses.items())}
+    error = {"application/json": {"schema": schema_of[id(ErrorBody)]}}
+    op["responses"] = responses | {"default": {"description": _ERROR_DESCRIPTION, "content": error}}
+    if route.security is not None:
+        op["security"] = [dict(requirement) for requirement in route.security]
     return op
 
 
 def _response(status: int, kind: Any, schema_of: Mapping[int, Any]) -> dict[str, Any]:
     answer: dict[str, Any] = {"description": http.HTTPStatus(status).phrase}
+    if status in (429, 503):
+        answer["headers"] = _RETRY_AFTER
     if isinstance(kind, str):
         answer["content"] = {kind: {"schema": {"type": "string"}}}
+    elif isinstance(kind, Mapping):
+        answer["content"] = {"application/json": {"schema": dict(kind)}}
+    elif isinstance(kind, tuple):
+        answer["content"] = {"application/json": {"schema": {"anyOf": [schema_of[id(k)] for k in kind]}}}
     elif kind is not None:
         answer["content"] = {"application/json": {"schema": schema_of[id(kind)]}}
     return answer

@@ -11,26 +11,42 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, cast
 
 import msgspec
 
-from sse_fast._core import encode_json_frame, encode_retry, validate_topic
-from sse_fast._http import HttpError, Request, Response, Route, StreamResponse, json_response
+from sse_fast._core import __version__, encode_json_frame, encode_retry, validate_topic
+from sse_fast._http import HttpError, Request, Response, Route, StreamResponse, api_route, json_response
 from sse_fast.auth import Authenticator, Identity
 from sse_fast.broker import Accepted, Broker, Opening
 from sse_fast.commands import CommandService
-from sse_fast.errors import TopicError
+from sse_fast.errors import ErrorBody, TopicError
 from sse_fast.metrics import Metrics
 from sse_fast.models import (
+    AckAnswer,
     AckRequest,
+    BroadcastAnswer,
     BroadcastRequest,
+    CommandAnswer,
+    ConnectDetail,
+    ConnectionInfo,
+    DeliveryStatus,
+    DuplicateAnswer,
     Envelope,
+    GapReason,
+    HealthAnswer,
+    MessageStatus,
+    PublishAnswer,
+    ReadyAnswer,
+    TaskRecord,
+    TasksAnswer,
     decode,
     decode_envelope,
     new_message_id,
     openapi_schema,
 )
+from sse_fast.models import Route as Operation
 from sse_fast.settings import Settings
 from sse_fast.streams import Sink, Streams, system_envelope
 
@@ -38,6 +54,10 @@ __all__ = ["Api"]
 
 log = logging.getLogger("sse_fast.routes")
 
+_OPENAPI_DESCRIPTION = (
+    "Server-Sent Events with typed, prioritised messages (docs/protocol.md). Every error answer is "
+    "`{error, code, detail}` with the codes of section 7."
+)
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 _MAX_TOPICS = 64
 _MAX_CURSOR = 256
@@ -50,7 +70,50 @@ SSE_HEADERS = [
 
 def _duplicate(accepted: Accepted) -> Response:
     """The answer to a message id this source already used within the dedupe window."""
-    return json_response(200, {"success": True, "messageId": accepted.message_id, "duplicate": True, "delivered": 0})
+    return json_response(200, DuplicateAnswer(message_id=accepted.message_id))
+
+
+# -- what /openapi.json says beyond the types ---------------------------------------------------------------------
+
+_E = ErrorBody
+# A publish: 409 an id another source's requireAck message holds, 413 a message too large for a connection queue,
+# 503 the broker (Redis) unreachable.
+_PUBLISH_ERRORS: Final = {409: _E, 413: _E, 503: _E}
+# A command to the scheduler: 404 unknown task, 409 finished or not paused, 429 queue full, 503 shutting down or
+# the task's node unreachable, 504 its node did not answer.
+_TASK_ERRORS: Final = {404: _E, 409: _E, 429: _E, 503: _E, 504: _E}
+_STREAM_QUERY: Final = (
+    ("clientId", "Your clientId with SSE_FAST_AUTH=none (anon-<hex> when absent); with jwt, the token subject."),
+    ("topics", "Comma-separated topic patterns (`*` one segment, a final `>` one or more); at most 64."),
+    ("lastEventId", "The last cursor seen, to resume (for browsers: the same as the Last-Event-ID header)."),
+    ("token", "The JWT, for browsers (EventSource cannot send Authorization); never logged."),
+)
+_STREAM_HEADERS: Final = (
+    ("Last-Event-ID", "The last cursor seen: the stream replays what came after it, then goes live."),
+    ("Authorization", "`Bearer <jwt>` (the bearerAuth scheme), with SSE_FAST_AUTH=jwt."),
+)
+_SECURITY_SCHEMES: Final = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "SSE_FAST_AUTH=jwt: the token's `sub` is the clientId; its claims `topics`, `publish`, "
+        "`direct` and `admin` are the grants. On GET /sse the `token` query parameter may carry it instead.",
+    },
+    "apiKeyAuth": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "One of SSE_FAST_API_KEYS: an admin publisher called `server`; the HTTP API only.",
+    },
+}
+"""The security schemes of ``/openapi.json``."""
+_API_SECURITY: Final[Sequence[Mapping[str, Sequence[str]]]] = ({"bearerAuth": []}, {"apiKeyAuth": []}, {})
+"""What admits a caller to the HTTP API: a token, an API key, or nobody (``{}``) with SSE_FAST_AUTH=none."""
+_STREAM_SECURITY: Final[Sequence[Mapping[str, Sequence[str]]]] = ({"bearerAuth": []}, {})
+"""What admits a caller to ``GET /sse``: a token (header or ``token`` query), or nobody with SSE_FAST_AUTH=none."""
+_OPEN: Final[Sequence[Mapping[str, Sequence[str]]]] = ()
+"""Operations anyone may call."""
 
 
 def _error_answer(err: HttpError) -> Response:
@@ -87,21 +150,38 @@ class Api:
         self._openapi: bytes | None = None
 
     def _routes(self) -> list[Route]:
+        # A command (to /api/commands, or an envelope of type command to /api/messages) goes to the scheduler, which
+        # answers 202 CommandAnswer (execute), or 200 with a task record, the caller's tasks, or a repeat; an
+        # envelope of type ack to /api/messages answers 200 AckAnswer.
+        commanded = (DuplicateAnswer, CommandAnswer, TaskRecord, TasksAnswer)
+        errors = _PUBLISH_ERRORS | _TASK_ERRORS
+        publish = {202: (PublishAnswer, CommandAnswer), 200: (AckAnswer, *commanded), **errors}
+        command = {202: (PublishAnswer, CommandAnswer), 200: commanded, **errors}
         return [
-            Route("GET", "/sse", self.stream, "Open the event stream (PROTOCOL.md section 2)"),
-            Route("POST", "/api/messages", self.publish, "Publish a message", Envelope),
-            Route("POST", "/api/direct/{clientId}", self.direct, "Publish to one client", Envelope),
-            Route("POST", "/api/broadcast", self.broadcast, "Publish to everyone", BroadcastRequest),
-            Route("POST", "/api/commands", self.command, "Send a command (the scheduler)", Envelope),
-            Route("POST", "/api/ack", self.ack, "Acknowledge messages", AckRequest),
-            Route("GET", "/api/messages/{id}", self.message_status, "Delivery status of a requireAck message"),
-            Route("GET", "/api/connections", self.connections, "Live connections (of the cluster, with Redis; admin)"),
+            Route("GET", "/sse", self.stream, "Open the event stream (PROTOCOL.md section 2)", None,
+                  {200: "text/event-stream", 400: _E, 401: _E, 403: _E, 503: _E},
+                  query=_STREAM_QUERY, headers=_STREAM_HEADERS, security=_STREAM_SECURITY),
+            api_route("POST", "/api/messages", self.publish, "Publish a message", Envelope, publish),
+            api_route("POST", "/api/direct/{clientId}", self.direct, "Publish to one client", Envelope,
+                      {202: PublishAnswer, 200: DuplicateAnswer, **_PUBLISH_ERRORS}),
+            api_route("POST", "/api/broadcast", self.broadcast, "Publish to everyone", BroadcastRequest,
+                      {202: BroadcastAnswer, 200: DuplicateAnswer, **_PUBLISH_ERRORS}),
+            api_route("POST", "/api/commands", self.command, "Send a command (the scheduler)", Envelope, command),
+            api_route("POST", "/api/ack", self.ack, "Acknowledge messages", AckRequest, {200: AckAnswer, 503: _E}),
+            api_route("GET", "/api/messages/{id}", self.message_status, "Delivery status of a requireAck message",
+                      None, {200: MessageStatus, 404: _E, 503: _E}),
+            api_route("GET", "/api/connections", self.connections,
+                      "Live connections (of the cluster, with Redis; admin)", None,
+                      {200: list[ConnectionInfo], 503: _E}),
             *self.commands.routes(),
-            Route("GET", "/healthz", self.healthz, "Liveness"),
-            Route("GET", "/readyz", self.readyz, "Readiness (broker reachable, accepting streams)"),
-            Route("GET", "/metrics", self.metrics_text, "Prometheus metrics"),
-            Route("GET", "/openapi.json", self.openapi, "This document"),
-        ]
+            Route("GET", "/healthz", self.healthz, "Liveness", None, {200: HealthAnswer}, security=_OPEN),
+            Route("GET", "/readyz", self.readyz, "Readiness (broker reachable, accepting streams)", None,
+                  {200: ReadyAnswer, 503: ReadyAnswer}, security=_OPEN),
+            Route("GET", "/metrics", self.metrics_text, "Prometheus metrics", None, {200: "text/plain"},
+                  security=_OPEN),
+            Route("GET", "/openapi.json", self.openapi, "This document", None,
+                  {200: {"type": "object", "description": "An OpenAPI 3.1 document."}}, security=_OPEN),
+        ]  # fmt: skip
 
     # -- dispatch --------------------------------------------------------------------------------------------
 
@@ -228,15 +308,14 @@ class Api:
         return conn.id
 
     def _opening_bytes(self, conn_id: int, client_id: str, cursor: str | None, opening: Opening) -> bytes:
-        detail: dict[str, Any] = {
-            "clientId": client_id,
-            "connectionId": self.streams.public_id(conn_id),
-            "resumed": opening.resumed,
-            "missed": opening.missed,
-            "serverTime": int(time.time() * 1000),
-        }
-        if opening.gap is not None:
-            detail["reason"] = opening.gap
+        detail = ConnectDetail(
+            client_id=client_id,
+            connection_id=self.streams.public_id(conn_id),
+            resumed=opening.resumed,
+            missed=opening.missed,
+            server_time=int(time.time() * 1000),
+            reason=cast(GapReason | None, opening.gap),
+        )
         connect = system_envelope("connect", detail, message_id=new_message_id())
         parts = [encode_retry(self.settings.retry), encode_json_frame(connect, event="system", id=opening.cursor)]
         parts.extend(frame.body for frame in opening.extra)  # the mailbox: bounded by SSE_FAST_QUEUE_BYTES
@@ -261,13 +340,8 @@ class Api:
         accepted = await self._accept(caller, envelope, exclude=exclude)
         if accepted.duplicate:
             return _duplicate(accepted)
-        body = {
-            "success": True,
-            "messageId": accepted.message_id,
-            "delivered": accepted.delivered,
-            "queued": accepted.queued,
-        }
-        return json_response(202, body)
+        answer = PublishAnswer(message_id=accepted.message_id, delivered=accepted.delivered, queued=accepted.queued)
+        return json_response(202, answer)
 
     async def _accept(self, caller: Identity, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
         self.auth.check_publish(caller, target=envelope.target, topic=envelope.topic)
@@ -294,7 +368,7 @@ class Api:
         accepted = await self._accept(caller, envelope, exclude=body.exclude_client_id)
         if accepted.duplicate:
             return _duplicate(accepted)
-        return json_response(202, {"success": True, "sentCount": accepted.delivered, "messageId": accepted.message_id})
+        return json_response(202, BroadcastAnswer(sent_count=accepted.delivered, message_id=accepted.message_id))
 
     async def command(self, req: Request) -> Response:
         """``POST /api/commands``: to the scheduler, or relayed to ``target`` like a message."""
@@ -313,7 +387,7 @@ class Api:
         body = decode(await req.json_body(self.settings.max_body), AckRequest)
         caller = self._caller(req)
         acked = await self.broker.ack(caller.client_id, list(body.message_ids), admin=caller.admin)
-        return json_response(200, {"acked": acked})
+        return json_response(200, AckAnswer(acked=acked))
 
     async def _ack_envelope(self, req: Request, envelope: Envelope) -> Response:
         payload = envelope.payload if isinstance(envelope.payload, dict) else {}
@@ -322,7 +396,7 @@ class Api:
             raise HttpError(422, "invalid_ack", "an ack envelope needs payload.messageId (a string)")
         caller = self._caller(req, envelope.source)
         acked = await self.broker.ack(caller.client_id, [message_id], admin=caller.admin)
-        return json_response(200, {"acked": acked})
+        return json_response(200, AckAnswer(acked=acked))
 
     async def message_status(self, req: Request) -> Response:
         """``GET /api/messages/{id}``: for the message's source or an admin."""
@@ -332,7 +406,7 @@ class Api:
             raise HttpError(404, "unknown_message", "no requireAck message with this id is known")
         source, state, acked_by = status
         self.auth.check_owner(caller, source, what="this message")
-        return json_response(200, {"status": state, "ackedBy": acked_by})
+        return json_response(200, MessageStatus(status=cast(DeliveryStatus, state), acked_by=acked_by))
 
     # -- introspection ---------------------------------------------------------------------------------------
 
@@ -345,22 +419,37 @@ class Api:
 
     async def healthz(self, req: Request) -> Response:
         """``GET /healthz``: the worker is alive."""
-        return json_response(200, {"status": "ok"})
+        return json_response(200, HealthAnswer())
 
     async def readyz(self, req: Request) -> Response:
         """``GET /readyz``: 200 when the broker is reachable and streams are accepted, else 503."""
         ready = self.broker.ready() and self.streams.accepting
-        body = {"status": "ready" if ready else "unavailable", "broker": type(self.broker).__name__}
-        return json_response(200 if ready else 503, body, headers=[] if ready else [("retry-after", "5")])
+        answer = ReadyAnswer(status="ready" if ready else "unavailable", broker=type(self.broker).__name__)
+        return json_response(200 if ready else 503, answer, headers=[] if ready else [("retry-after", "5")])
 
     async def metrics_text(self, req: Request) -> Response:
         """``GET /metrics``."""
         body, content_type = self.metrics.render()
         return Response(200, body, [("content-type", content_type)])
 
+    def openapi_document(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of :attr:`routes` (``GET /openapi.json``)."""
+        table = [
+            Operation(r.method, r.path, r.request, r.responses, r.summary, r.query, r.headers, r.security,
+                      getattr(r.handler, "__name__", ""))
+            for r in self.routes
+        ]  # fmt: skip
+        return openapi_schema(
+            table,
+            title="sse-fast",
+            version=__version__,
+            description=_OPENAPI_DESCRIPTION,
+            security_schemes=_SECURITY_SCHEMES,
+            security=_API_SECURITY,
+        )
+
     async def openapi(self, req: Request) -> Response:
         """``GET /openapi.json``: OpenAPI 3.1, generated from the msgspec types."""
         if self._openapi is None:
-            table = [(r.method, r.path, r.request, r.responses or {}, r.summary) for r in self.routes]
-            self._openapi = msgspec.json.encode(openapi_schema(table))
+            self._openapi = msgspec.json.encode(self.openapi_document())
         return Response(200, self._openapi, [("content-type", "application/json")])
