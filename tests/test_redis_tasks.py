@@ -137,6 +137,16 @@ async def test_a_task_submitted_on_a_is_listed_on_b_and_cancelled_from_c(cluster
         assert error(command(c, "alice", "pause", taskId=task_id)) == (409, "task_finished")
 
 
+async def test_a_client_named_all_lists_only_its_own_tasks(cluster: list[Server]) -> None:
+    """Issue 13, item 5: the per-client task index of a client named ``all`` was the index of every task."""
+    a, b, _ = cluster
+    theirs = execute(a, "bob-of-all", "sleep", seconds=0.01)
+    mine = execute(a, "all", "sleep", seconds=0.01)
+    listed = [t["taskId"] for t in call(b, "GET", "/api/tasks", "all").json()["tasks"]]
+    assert mine in listed
+    assert theirs not in listed
+
+
 async def test_pause_and_resume_from_other_nodes(cluster: list[Server]) -> None:
     a, b, c = cluster
     async with open_stream(a.url, client_id="", headers=bearer("bob")) as stream:
@@ -213,9 +223,9 @@ async def test_task_records_in_redis_are_bounded_by_the_retention_settings(tmp_p
         listed = [t["taskId"] for t in call(b, "GET", "/api/tasks", "carol").json()["tasks"]]
         assert listed == ids[-3:]  # oldest first; the index keeps the newest retention_count
         with redis_server.client() as client:
-            assert client.zcard("sse:tasks:carol") == 3
+            assert client.zcard("sse:tasks:c:carol") == 3
             assert client.zcard("sse:tasks:all") == 3
-            assert 0 < client.ttl("sse:tasks:carol") <= 120 + 300 + 60
+            assert 0 < client.ttl("sse:tasks:c:carol") <= 120 + 300 + 60
             for task_id in ids:
                 assert 0 < client.ttl(f"sse:task:{task_id}") <= 120  # finished: the retention
             running = execute(a, "carol", "sleep", seconds=600)

@@ -43,6 +43,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
+from sse_fast import _redis_keys as keys
 from sse_fast import _rules as rules
 from sse_fast._core import Frame, parse_cursor, route_admits, seq_stream_id, stream_id_seq
 from sse_fast._http import HttpError
@@ -64,17 +65,6 @@ _T = TypeVar("_T")
 _json = msgspec.json.Encoder()
 _row = msgspec.json.Decoder(ConnectionInfo)
 
-LOG = "sse:log"
-EPOCH = "sse:epoch"
-FLOOR = "sse:floor"
-EPHEMERAL = "sse:eph"
-CONTROL = "sse:control"
-NODES = "sse:nodes"
-#: The newest log id ever trimmed away (by count, bytes or age): a cursor below it lost something (its coverage mark).
-TRIMMED = "sse:log:trimmed"
-#: The bytes of the data the log holds (its byte bound, ``SSE_FAST_REPLAY_BYTES``).
-LOG_BYTES = "sse:log:bytes"
-ACK_DUE = "sse:acks:due"
 NODE_TTL = 15
 PRESENCE_TTL = 24 * 3600
 #: Seconds between the rewrites of a node's connection rows (``lastActiveAt`` and queue stats are as of then).
@@ -290,12 +280,8 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _ack_key(message_id: str) -> str:
-    return f"sse:ack:{message_id}"  # 8 characters before the id: the publish script cuts them off (string.sub 9)
-
-
 def _dedupe_key(envelope: Envelope) -> str:
-    return "sse:dd:" + rules.dedupe_key(envelope.source or "", envelope.id or "")
+    return keys.dedupe(envelope.source or "", envelope.id or "")
 
 
 def _sees(fields: dict[bytes, bytes], client_id: str, topics: tuple[str, ...]) -> bool:
@@ -386,9 +372,9 @@ class RedisBroker(Broker):
         while True:
             try:
                 with redis.Redis.from_url(self.url, socket_timeout=3, socket_connect_timeout=2) as client:
-                    epoch, floor = client.eval(_INIT, 2, EPOCH, FLOOR, secrets.token_hex(4))
+                    epoch, floor = client.eval(_INIT, 2, keys.EPOCH, keys.FLOOR, secrets.token_hex(4))
                     try:
-                        last = client.xinfo_stream(LOG)["last-generated-id"]
+                        last = client.xinfo_stream(keys.LOG)["last-generated-id"]
                     except ResponseError:  # no log yet
                         last = b"0-0"
                     return _text(epoch), int(floor) << _SEQ_BITS, last if isinstance(last, bytes) else last.encode()
@@ -435,9 +421,9 @@ class RedisBroker(Broker):
         with contextlib.suppress(RedisError, OSError):
             pipe = self._redis.pipeline(transaction=False)
             for conn_id, client_id in self._members.items():
-                pipe.zrem(self._presence(client_id), self._member(conn_id))
-            pipe.delete(f"sse:node:{self.node_id}", self._rows_key(self.node_id))
-            pipe.zrem(NODES, self.node_id)
+                pipe.zrem(keys.presence(client_id), self._member(conn_id))
+            pipe.delete(keys.node(self.node_id), keys.rows(self.node_id))
+            pipe.zrem(keys.NODES, self.node_id)
             await pipe.execute()
         for client in (self._redis, self._reader, self._pubsub_client):
             with contextlib.suppress(RedisError, OSError):
@@ -523,21 +509,21 @@ class RedisBroker(Broker):
         if envelope.require_ack:
             fields += [b"a", message_id]
         s = self.settings
-        keys = [
-            LOG,
+        names = [
+            keys.LOG,
             _dedupe_key(envelope),
-            self._presence(target or ""),
-            f"sse:mbox:{target or ''}",
-            _ack_key(message_id),
-            ACK_DUE,
-            TRIMMED,
-            LOG_BYTES,
+            keys.presence(target or ""),
+            keys.mailbox(target or ""),
+            keys.ack(message_id),
+            keys.ACK_DUE,
+            keys.TRIMMED,
+            keys.LOG_BYTES,
         ]
         args: list[Any] = [
             s.replay_size,
             int(s.dedupe_window) if dedupe and s.dedupe_window >= 1 else 0,
             "1" if target is not None else "0",
-            "sse:node:",
+            keys.NODE_PREFIX,
             s.mailbox_size,
             int(s.mailbox_ttl) or 1,
             "1" if envelope.require_ack and track else "0",
@@ -551,7 +537,7 @@ class RedisBroker(Broker):
             s.replay_bytes,
             *fields,
         ]
-        entry_id, queued, dropped = await self._call(self._scripts["publish"](keys=keys, args=args))
+        entry_id, queued, dropped = await self._call(self._scripts["publish"](keys=names, args=args))
         if entry_id == b"in_use":
             raise rules.refuse_id_in_use()
         self.published += 1
@@ -579,7 +565,7 @@ class RedisBroker(Broker):
                 return rules.duplicate(envelope)
         route = [self.node_id, data.decode(), envelope.type, envelope.priority, envelope.target, envelope.topic]
         route.append(exclude)
-        await self._call(self._redis.publish(EPHEMERAL, _json.encode(route)))
+        await self._call(self._redis.publish(keys.EPHEMERAL, _json.encode(route)))
         self.published += 1
         return Accepted(envelope.id or "", self._route_ephemeral(route), False)
 
@@ -600,7 +586,7 @@ class RedisBroker(Broker):
                 if not synced or not self._up:
                     await self._reconnect()
                     synced = True
-                reply: Any = await self._reader.xread({LOG: self._last_id}, count=1000, block=1000)
+                reply: Any = await self._reader.xread({keys.LOG: self._last_id}, count=1000, block=1000)
                 backoff = 0.05
                 for _, entries in reply or []:
                     for entry_id, fields in entries:
@@ -618,7 +604,7 @@ class RedisBroker(Broker):
 
     async def _reconnect(self) -> None:
         """Redis answers again: check the epoch and the floor; a new floor means Redis lost its data."""
-        epoch, floor = await self._redis.eval(_INIT, 2, EPOCH, FLOOR, self.epoch)
+        epoch, floor = await self._redis.eval(_INIT, 2, keys.EPOCH, keys.FLOOR, self.epoch)
         self.reconnects += not self._up
         if _text(epoch) != self.epoch:
             log.error("Redis holds epoch %s, this worker %s: restart the worker", _text(epoch), self.epoch)
@@ -670,7 +656,7 @@ class RedisBroker(Broker):
         async def flush() -> None:
             with contextlib.suppress(RedisError, OSError):
                 for message_id in marks:
-                    await self._scripts["mark"](keys=[_ack_key(message_id)])
+                    await self._scripts["mark"](keys=[keys.ack(message_id)])
 
         asyncio.get_running_loop().create_task(flush())
 
@@ -681,7 +667,7 @@ class RedisBroker(Broker):
         while not self._closing:
             pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(EPHEMERAL, CONTROL)
+                await pubsub.subscribe(keys.EPHEMERAL, keys.CONTROL)
                 backoff = 0.05
                 while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
@@ -702,10 +688,10 @@ class RedisBroker(Broker):
     def _on_message(self, message: dict[str, Any]) -> None:
         channel = _text(message["channel"])
         body = msgspec.json.decode(message["data"])
-        if channel == EPHEMERAL:
+        if channel == keys.EPHEMERAL:
             if body[0] != self.node_id:
                 self._route_ephemeral(body)
-        elif channel == CONTROL and body.get("node") == self.node_id:
+        elif channel == keys.CONTROL and body.get("node") == self.node_id:
             self._control(body)
 
     def _control(self, body: dict[str, Any]) -> None:
@@ -727,11 +713,11 @@ class RedisBroker(Broker):
 
     async def send_control(self, body: dict[str, Any]) -> None:
         """Publish a control message; the node named ``body["node"]`` acts on it."""
-        await self._call(self._redis.publish(CONTROL, _json.encode(body)))
+        await self._call(self._redis.publish(keys.CONTROL, _json.encode(body)))
 
     async def node_alive(self, node: str) -> bool:
         """Whether ``node``'s heartbeat key exists (a dead node's expires within 15 s)."""
-        return bool(await self._call(self._redis.exists(f"sse:node:{node}")))
+        return bool(await self._call(self._redis.exists(keys.node(node))))
 
     # -- opening a stream ------------------------------------------------------------------------------------
 
@@ -754,12 +740,12 @@ class RedisBroker(Broker):
             self.streams.hub.set_watermark(conn_id, floor)
             self._members[conn_id] = client_id
         member = self._member(conn_id if conn_id is not None else 0)
-        keys = [self._presence(client_id), f"sse:mbox:{client_id}", EPOCH, FLOOR]
-        args: list[Any] = [member, int(time.time() * 1000), "sse:node:", PRESENCE_TTL]
+        names = [keys.presence(client_id), keys.mailbox(client_id), keys.EPOCH, keys.FLOOR]
+        args: list[Any] = [member, int(time.time() * 1000), keys.NODE_PREFIX, PRESENCE_TTL]
         conn = self.streams.get(conn_id) if self.streams is not None and conn_id is not None else None
         row = (str(conn.id), _json.encode(self.streams.info(conn))) if conn is not None and self.streams else None
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._connects.append((keys, args, row, answer))
+        self._connects.append((names, args, row, answer))
         if self._connect_task is None or self._connect_task.done():
             self._connect_task = asyncio.get_running_loop().create_task(self._register_connects())
         reply, info = await answer
@@ -787,14 +773,14 @@ class RedisBroker(Broker):
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 rows: dict[str, bytes] = {}
-                for keys, args, row, _ in batch:
-                    await self._scripts["connect"](keys=keys, args=args, client=pipe)
+                for names, args, row, _ in batch:
+                    await self._scripts["connect"](keys=names, args=args, client=pipe)
                     if row is not None:
                         rows[row[0]] = row[1]
-                pipe.xinfo_stream(LOG)
+                pipe.xinfo_stream(keys.LOG)
                 if rows:
-                    pipe.hset(self._rows_key(self.node_id), mapping=rows)  # type: ignore[arg-type]
-                    pipe.expire(self._rows_key(self.node_id), NODE_TTL)
+                    pipe.hset(keys.rows(self.node_id), mapping=rows)  # type: ignore[arg-type]
+                    pipe.expire(keys.rows(self.node_id), NODE_TTL)
                 replies: list[Any] = await self._call(pipe.execute(raise_on_error=False))
             except BaseException as err:  # the openings fail (503, then closed); a cancel (close()) still ends them
                 failure = err if isinstance(err, Exception) else RuntimeError("the broker is closing")
@@ -847,8 +833,8 @@ class RedisBroker(Broker):
         """The entries in ``(since, head]`` this subscriber may see, or ``expired`` when the log no longer holds all
         of them: the read and the coverage mark are taken in one transaction, so no trim can fall between them."""
         pipe = self._redis.pipeline(transaction=True)
-        pipe.xrange(LOG, f"({stream_id(since)}", stream_id(head))
-        pipe.get(TRIMMED)
+        pipe.xrange(keys.LOG, f"({stream_id(since)}", stream_id(head))
+        pipe.get(keys.TRIMMED)
         entries, mark = await self._call(pipe.execute())
         if mark is not None and cursor_seq(mark) > since:
             return [], "expired"
@@ -888,15 +874,8 @@ class RedisBroker(Broker):
 
     async def _send_control(self, notice: bytes, client_id: str, member: str) -> None:
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.publish(CONTROL, notice)
-            await self._redis.zrem(self._presence(client_id), member)
-
-    def _presence(self, client_id: str) -> str:
-        return f"sse:pres:{client_id}"
-
-    @staticmethod
-    def _rows_key(node: str) -> str:
-        return f"sse:conns:{node}"
+            await self._redis.publish(keys.CONTROL, notice)
+            await self._redis.zrem(keys.presence(client_id), member)
 
     def _member(self, conn_id: int) -> str:
         return f"{self.node_id}:{conn_id}"
@@ -919,8 +898,8 @@ class RedisBroker(Broker):
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for conn_id, client_id in gone:
-                    pipe.zrem(self._presence(client_id), self._member(conn_id))
-                pipe.hdel(self._rows_key(self.node_id), *(str(conn_id) for conn_id, _ in gone))
+                    pipe.zrem(keys.presence(client_id), self._member(conn_id))
+                pipe.hdel(keys.rows(self.node_id), *(str(conn_id) for conn_id, _ in gone))
                 await pipe.execute()
             except (RedisError, OSError):
                 self._gone.extend(gone)  # retried on the next tick
@@ -934,7 +913,7 @@ class RedisBroker(Broker):
         known = 0
         for message_id in message_ids:
             args = [client_id, "1" if admin else "0", rules.MAX_ACKERS]
-            found, new, env = await self._call(self._scripts["ack"](keys=[_ack_key(message_id)], args=args))
+            found, new, env = await self._call(self._scripts["ack"](keys=[keys.ack(message_id)], args=args))
             if not found:
                 continue
             if not new:
@@ -952,7 +931,7 @@ class RedisBroker(Broker):
             await self._append(notice, _json.encode(notice), exclude=None, dedupe=False, track=False)
 
     async def message_status(self, message_id: str) -> tuple[str, str, list[str]] | None:
-        values = await self._call(self._redis.hmget(_ack_key(message_id), ["env", "status", "by"]))
+        values = await self._call(self._redis.hmget(keys.ack(message_id), ["env", "status", "by"]))
         env, status, by = values
         if env is None:
             return None
@@ -994,8 +973,8 @@ class RedisBroker(Broker):
         client resumes from its cursor and is told ``expired`` instead of silently missing them.
         """
         s = self.settings
-        keys, min_ms = [LOG, TRIMMED, LOG_BYTES], int((now - s.replay_ttl) * 1000)
-        mark = await self._scripts["trim"](keys=keys, args=[s.replay_size, s.replay_bytes, min_ms])
+        names, min_ms = [keys.LOG, keys.TRIMMED, keys.LOG_BYTES], int((now - s.replay_ttl) * 1000)
+        mark = await self._scripts["trim"](keys=names, args=[s.replay_size, s.replay_bytes, min_ms])
         if mark is not None and cursor_seq(mark) > self._last_seq:
             self._last_seq = cursor_seq(mark)
             self.lagged += 1
@@ -1009,26 +988,26 @@ class RedisBroker(Broker):
         assert self.streams is not None
         now = time.time()
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(f"sse:node:{self.node_id}", len(self.streams), ex=NODE_TTL)
-        pipe.zadd(NODES, {self.node_id: now})
-        pipe.zremrangebyscore(NODES, "-inf", now - NODE_TTL)
-        pipe.expire(NODES, NODE_TTL * 4)
-        pipe.zrange(NODES, 0, -1)
-        pipe.get(EPOCH)
-        pipe.expire(self._rows_key(self.node_id), NODE_TTL)
+        pipe.set(keys.node(self.node_id), len(self.streams), ex=NODE_TTL)
+        pipe.zadd(keys.NODES, {self.node_id: now})
+        pipe.zremrangebyscore(keys.NODES, "-inf", now - NODE_TTL)
+        pipe.expire(keys.NODES, NODE_TTL * 4)
+        pipe.zrange(keys.NODES, 0, -1)
+        pipe.get(keys.EPOCH)
+        pipe.expire(keys.rows(self.node_id), NODE_TTL)
         replies = await pipe.execute()
         nodes = replies[4]
         if replies[5] is None:  # Redis lost its data without dropping our connections (FLUSHALL, failover)
             self._down(RuntimeError("the epoch is gone from Redis"))
             return
-        counts = await self._redis.mget([f"sse:node:{_text(n)}" for n in nodes]) if nodes else []
+        counts = await self._redis.mget([keys.node(_text(n)) for n in nodes]) if nodes else []
         self.cluster_nodes = sum(1 for c in counts if c is not None)
         self.cluster_connections = sum(int(c) for c in counts if c is not None)
 
     async def _write_rows(self) -> None:
         """Rewrite this node's connection rows, with their current queue stats (atomically: no empty moment)."""
         assert self.streams is not None
-        key = self._rows_key(self.node_id)
+        key = keys.rows(self.node_id)
         rows = {str(conn.id): _json.encode(self.streams.info(conn)) for conn in self.streams.connections()}
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(key)
@@ -1040,13 +1019,13 @@ class RedisBroker(Broker):
     async def _refresh_presence(self) -> None:
         pipe = self._redis.pipeline(transaction=False)
         for client_id in set(self._members.values()):
-            pipe.expire(self._presence(client_id), PRESENCE_TTL)
+            pipe.expire(keys.presence(client_id), PRESENCE_TTL)
         await pipe.execute()
 
     async def _redeliver(self, now: float) -> None:
         s = self.settings
         claimed = await self._scripts["due"](
-            keys=[ACK_DUE], args=[int(now * 1000), int(s.ack_timeout * 1000), s.ack_retries, 1000, "sse:ack:"]
+            keys=[keys.ACK_DUE], args=[int(now * 1000), int(s.ack_timeout * 1000), s.ack_retries, 1000, keys.ACK_PREFIX]
         )
         for _message_id, env, exclude in claimed:
             if not env:
@@ -1062,15 +1041,15 @@ class RedisBroker(Broker):
         """Every live node's connections: this node's as they are now, the others' from their rows in Redis (their
         ``lastActiveAt`` and queue stats as of that node's last refresh, at most CONNECTIONS_REFRESH s old)."""
         assert self.streams is not None
-        nodes = [_text(n) for n in await self._call(self._redis.zrange(NODES, 0, -1))]
+        nodes = [_text(n) for n in await self._call(self._redis.zrange(keys.NODES, 0, -1))]
         others = [n for n in nodes if n != self.node_id]
         rows = self.streams.rows()
         if others:
-            alive = await self._call(self._redis.mget([f"sse:node:{n}" for n in others]))
+            alive = await self._call(self._redis.mget([keys.node(n) for n in others]))
             pipe = self._redis.pipeline(transaction=False)
             live = [n for n, beat in zip(others, alive, strict=True) if beat is not None]
             for node in live:
-                pipe.hvals(self._rows_key(node))
+                pipe.hvals(keys.rows(node))
             for values in await self._call(pipe.execute()):
                 rows += [_row.decode(value) for value in values]
         rows.sort(key=lambda r: (r.connected_at, r.connection_id))

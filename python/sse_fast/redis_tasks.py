@@ -16,7 +16,7 @@ Keys, all bounded:
 - ``sse:task:<id>``, a hash ``{rec: the TaskRecord as JSON, node: the node that runs it}``; ``EXPIRE`` the
   scheduler's retention once the task has ended, :data:`LIVE_TTL` while it lives (refreshed by its node every
   :data:`LIVE_REFRESH` seconds, so that the live records of a dead node vanish within :data:`LIVE_TTL`).
-- ``sse:tasks:<client>`` and ``sse:tasks:all``, sorted sets of task ids by ``createdAt``, trimmed to the
+- ``sse:tasks:c:<client>`` and ``sse:tasks:all``, sorted sets of task ids by ``createdAt``, trimmed to the
   scheduler's ``retention_count`` newest and ``EXPIRE``d; ids whose hash expired are dropped when read.
 """
 
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from redis.exceptions import RedisError
 
+from sse_fast import _redis_keys as keys
 from sse_fast._http import HttpError
 from sse_fast.models import TaskRecord
 from sse_fast.scheduler import Scheduler, SchedulerError
@@ -50,18 +51,9 @@ LIVE_TTL: Final = 300
 LIVE_REFRESH: Final = 60
 #: Seconds a pause or resume waits for the owner's answer (a cancel waits ``cancel_grace`` more).
 CONTROL_WAIT: Final = 5.0
-ALL: Final = "sse:tasks:all"
 _FINISHED: Final = frozenset({"completed", "failed", "cancelled", "timed_out"})
 _json = msgspec.json.Encoder()
 _record = msgspec.json.Decoder(TaskRecord)
-
-
-def _task_key(task_id: str) -> str:
-    return f"sse:task:{task_id}"
-
-
-def _index_key(client_id: str) -> str:
-    return f"sse:tasks:{client_id}"
 
 
 class RedisTaskRegistry(LocalTaskRegistry):
@@ -115,10 +107,10 @@ class RedisTaskRegistry(LocalTaskRegistry):
         pipe = self.broker.redis.pipeline(transaction=False)
         node = self.broker.node_id
         for record in records:
-            key = _task_key(record.task_id)
+            key = keys.task(record.task_id)
             pipe.hset(key, mapping={"rec": _json.encode(record), "node": node})
             pipe.expire(key, max(1, int(s.retention)) if record.status in _FINISHED else LIVE_TTL)
-            for index in (_index_key(record.client_id), ALL):
+            for index in (keys.tasks_of(record.client_id), keys.TASKS_ALL):
                 pipe.zadd(index, {record.task_id: record.created_at})
                 pipe.zremrangebyrank(index, 0, -(s.retention_count + 1))
                 pipe.expire(index, index_ttl)
@@ -136,7 +128,7 @@ class RedisTaskRegistry(LocalTaskRegistry):
     # -- reading -----------------------------------------------------------------------------------------------
 
     async def _lookup(self, task_id: str) -> tuple[TaskRecord, str]:
-        rec, node = await self.broker.call(self.broker.redis.hmget(_task_key(task_id), ["rec", "node"]))
+        rec, node = await self.broker.call(self.broker.redis.hmget(keys.task(task_id), ["rec", "node"]))
         if rec is None:
             raise SchedulerError(404, "task_not_found", f"no task {task_id!r} (unknown, or dropped after retention)")
         return _record.decode(rec), node.decode() if isinstance(node, bytes) else str(node)
@@ -148,7 +140,7 @@ class RedisTaskRegistry(LocalTaskRegistry):
         return record
 
     async def tasks(self, client_id: str | None = None) -> list[TaskRecord]:
-        index = ALL if client_id is None else _index_key(client_id)
+        index = keys.TASKS_ALL if client_id is None else keys.tasks_of(client_id)
         redis = self.broker.redis
         found_ids: list[Any] = await self.broker.call(redis.zrange(index, 0, -1))
         ids = [i.decode() for i in found_ids]
@@ -158,10 +150,11 @@ class RedisTaskRegistry(LocalTaskRegistry):
         if remote:
             pipe = redis.pipeline(transaction=False)
             for task_id in remote:
-                pipe.hget(_task_key(task_id), "rec")
+                pipe.hget(keys.task(task_id), "rec")
             found = await self.broker.call(pipe.execute())
             gone = [task_id for task_id, rec in zip(remote, found, strict=True) if rec is None]
-            records += [_record.decode(rec) for rec in found if rec is not None]
+            # Filtered by owner after reading: an index names ids, and only the record says whose task it is.
+            records += [r for r in map(_record.decode, filter(None, found)) if client_id in (None, r.client_id)]
             if gone:
                 await self.broker.call(redis.zrem(index, *gone))
         records.sort(key=lambda r: (r.created_at, r.task_id))

@@ -1,0 +1,100 @@
+"""Every Redis key and channel sse-fast uses, in one place: each family has its own namespace.
+
+A key that holds a client-chosen part (a client id, a message id) puts it last, after a prefix that no other
+family shares; a key with two such parts length-prefixes the first (:func:`sse_fast.broker.rules.dedupe_key`),
+so no two families and no two values can name the same key. Lua scripts receive their keys (and the prefixes
+they need) from here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sse_fast import _rules as rules
+
+__all__ = [
+    "ACK_DUE",
+    "ACK_PREFIX",
+    "CONTROL",
+    "EPHEMERAL",
+    "EPOCH",
+    "FLOOR",
+    "LOG",
+    "LOG_BYTES",
+    "NODES",
+    "NODE_PREFIX",
+    "TASKS_ALL",
+    "TRIMMED",
+    "ack",
+    "dedupe",
+    "mailbox",
+    "node",
+    "presence",
+    "rows",
+    "task",
+    "tasks_of",
+]
+
+#: The replay log and the fan-out: one Redis Stream.
+LOG: Final = "sse:log"
+#: The newest log id ever trimmed away (by count, bytes or age): the coverage mark of a resume.
+TRIMMED: Final = "sse:log:trimmed"
+#: The bytes of the data the log holds (its byte bound, ``SSE_FAST_REPLAY_BYTES``).
+LOG_BYTES: Final = "sse:log:bytes"
+#: The log's epoch (a random token: the first part of every cursor) and its floor (the seq it starts from).
+EPOCH: Final = "sse:epoch"
+FLOOR: Final = "sse:floor"
+#: Pub/sub channels: ephemeral messages, and controls between nodes (``replaced`` closes, task controls).
+EPHEMERAL: Final = "sse:eph"
+CONTROL: Final = "sse:control"
+#: The live nodes, a sorted set by last heartbeat.
+NODES: Final = "sse:nodes"
+#: requireAck deadlines, a sorted set of message ids by deadline.
+ACK_DUE: Final = "sse:acks:due"
+#: The prefix of a requireAck message's hash (the due script builds the key from it).
+ACK_PREFIX: Final = "sse:ack:"
+#: The prefix of a node's heartbeat key (the scripts that read presence build the key from it).
+NODE_PREFIX: Final = "sse:node:"
+#: Every task's id, a sorted set by ``createdAt``.
+TASKS_ALL: Final = "sse:tasks:all"
+
+
+def ack(message_id: str) -> str:
+    """A requireAck message's state: ``{env, status, attempts, exclude, by, n}``. (The publish script finds the
+    message id again by cutting :data:`ACK_PREFIX`, 8 characters, off this key.)"""
+    return ACK_PREFIX + message_id
+
+
+def dedupe(source: str, message_id: str) -> str:
+    """The idempotency entry of ``(source, id)``."""
+    return "sse:dd:" + rules.dedupe_key(source, message_id)
+
+
+def mailbox(client_id: str) -> str:
+    """A client's offline mailbox, a list (newest first)."""
+    return "sse:mbox:" + client_id
+
+
+def presence(client_id: str) -> str:
+    """A client's connections in the cluster, a sorted set of ``<node>:<conn>`` by connect time."""
+    return "sse:pres:" + client_id
+
+
+def node(node_id: str) -> str:
+    """A node's heartbeat (its connection count), expiring when the node stops beating."""
+    return NODE_PREFIX + node_id
+
+
+def rows(node_id: str) -> str:
+    """A node's connection rows (``GET /api/connections``), a hash by connection id."""
+    return "sse:conns:" + node_id
+
+
+def task(task_id: str) -> str:
+    """A task's record and the node that runs it."""
+    return "sse:task:" + task_id
+
+
+def tasks_of(client_id: str) -> str:
+    """A client's task ids, a sorted set by ``createdAt`` (``c:`` keeps it apart from :data:`TASKS_ALL`)."""
+    return "sse:tasks:c:" + client_id
