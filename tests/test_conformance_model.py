@@ -40,8 +40,8 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_s
 from _brokers import Received, StreamSink, cancel_pending, close_app, head_seq, make_app, settle
 from _redis import RedisServer, running_redis
 from reference.rules import EXPIRED, UNKNOWN, UNKNOWN_CURSOR, Answer, BrokerModel, Message, Opening, Seen
-from sse_fast.errors import HttpError
-from sse_fast.models import Envelope, new_message_id
+from sse_fast.errors import HttpError, ValidationFailure
+from sse_fast.models import Envelope, decode_envelope, new_message_id
 from sse_fast.server import App
 
 _T = TypeVar("_T")
@@ -73,10 +73,7 @@ MAX_STREAMS = 5
 MAX_STREAMS_PER_CLIENT = 2  # below SSE_FAST_MAX_CONNECTIONS_PER_CLIENT: no stream is ``replaced``
 
 #: The deviations still open: the machine avoids their inputs, and the regression test of each is an xfail.
-KNOWN = {
-    "test_a_redelivery_to_an_offline_target_is_not_mailboxed_again": "Redis mailboxes redeliveries",
-    "test_require_ack_on_an_ephemeral_message_is_alike": "requireAck on an ephemeral message: tracked (memory) or not",
-}
+KNOWN: dict[str, str] = {}
 
 #: Outcomes every default run reaches (each is reached tens of times in 200 sequences).
 MUST_REACH = (
@@ -93,7 +90,7 @@ MUST_REACH = (
 )
 SOURCE = st.sampled_from(SOURCES)
 CHOSEN = st.sampled_from((None, *IDS))  # None: the server assigns the id
-# Not both requireAck and ephemeral: the brokers disagree there (KNOWN).
+# Not both requireAck and ephemeral: such an envelope is refused before it reaches a broker (422).
 MODE = st.sampled_from(("plain", "plain", "requireAck", "ephemeral"))
 #: Cursors no broker issued (:meth:`BrokerConformance._cursor_for` writes them).
 UNISSUED = (
@@ -511,14 +508,7 @@ class BrokerConformance(RuleBasedStateMachine):
         for app in self.apps.values():
             self.run(tick(app, now))
 
-    @precondition(
-        lambda self: (
-            not self.expired_all
-            and any(t.open for t in self.model.acks.values())
-            # Redis puts a redelivery to an offline target in its mailbox again, the memory broker does not (KNOWN).
-            and all(self.model.online(t.message.target) for t in self.model.redelivered_now() if t.message.target)
-        )
-    )
+    @precondition(lambda self: not self.expired_all and any(t.open for t in self.model.acks.values()))
     @rule()
     def tick_past_ack_deadlines(self) -> None:
         # A virtual clock 2 s (two ack timeouts) past every deadline; far below every other window and TTL.
@@ -730,24 +720,7 @@ async def test_a_late_ack_after_expiry_leaves_the_message_expired(broker: str, r
         assert [f.envelope["payload"] for f in source.messages()] == [{"messageId": "order-1", "clientId": "t"}]
 
 
-@pytest.mark.parametrize(
-    "broker",
-    [
-        "memory",
-        pytest.param(
-            "redis",
-            marks=[
-                pytest.mark.redis,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="issue 12 (found by the conformance model): Redis puts every redelivery of a requireAck "
-                    "message to an offline target in its mailbox again, so the target gets it once per attempt when "
-                    "it connects (the memory broker redelivers to live connections only)",
-                ),
-            ],
-        ),
-    ],
-)
+@pytest.mark.parametrize("broker", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def test_a_redelivery_to_an_offline_target_is_not_mailboxed_again(broker: str, redis_server: RedisServer) -> None:
     async with running_app(broker, redis_server, ack_retries=2) as app:
         accepted = await app.broker.publish(envelope("once", id="order-1", target="t", source="s", require_ack=True))
@@ -759,23 +732,12 @@ async def test_a_redelivery_to_an_offline_target_is_not_mailboxed_again(broker: 
         assert payloads(stream) == ["once"]
 
 
-@pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 (found by the conformance model): requireAck on an ephemeral message is tracked (acked, "
-    "redelivered, status) by the memory broker and ignored by Redis",
-)
-async def test_require_ack_on_an_ephemeral_message_is_alike(redis_server: RedisServer) -> None:
-    """Which is right is not settled (docs/protocol.md is silent); the brokers must at least agree."""
-    seen = {}
-    for broker in ("memory", "redis"):
-        async with running_app(broker, redis_server) as app:
-            stream = await open_stream(app, "t")
-            await app.broker.publish(envelope(1, id="e-1", target="t", source="s", require_ack=True, ephemeral=True))
-            await settle(app)
-            status = await app.broker.message_status("e-1")
-            seen[broker] = (payloads(stream), status, await app.broker.ack("t", ["e-1"], admin=False))
-    assert seen["memory"] == seen["redis"]
+def test_require_ack_on_an_ephemeral_message_is_refused() -> None:
+    """Found by the conformance model: memory tracked such a message, Redis ignored the requireAck. A message that
+    is not kept cannot be redelivered, so the envelope is refused (422), before either broker sees it."""
+    with pytest.raises(ValidationFailure) as refused:
+        decode_envelope(b'{"type": "json", "payload": 1, "requireAck": true, "ephemeral": true}')
+    assert (refused.value.status, refused.value.code) == (422, "invalid_message")
 
 
 def test_the_known_deviations_each_have_their_test() -> None:

@@ -124,7 +124,8 @@ def ack_step(status: AckStatus, acked_by: list[str], client_id: str) -> tuple[bo
 
 
 def redelivery_step(attempts: int, retries: int) -> Literal["redeliver", "expire"]:
-    """At an open message's deadline: redelivered while it has had at most ``retries`` redeliveries."""
+    """At an open message's deadline: redelivered while it has had at most ``retries`` redeliveries. A redelivery
+    goes to the live connections only: an offline target still has the message in its mailbox."""
     return "expire" if attempts > retries else "redeliver"
 
 

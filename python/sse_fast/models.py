@@ -138,7 +138,8 @@ class Envelope(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fiel
 
     On the wire, fields at their default are left out: no ``priority`` means 1 (NORMAL), no ``requireAck`` or
     ``ephemeral`` means false, and a missing optional field means null. ``id``, ``timestamp`` and ``source`` are
-    set by the server on accept. No ``target`` and no ``topic`` is a broadcast; both is an error.
+    set by the server on accept. No ``target`` and no ``topic`` is a broadcast; both is an error, and so is
+    ``requireAck`` on an ``ephemeral`` message (422 ``invalid_message``).
     """
 
     id: MessageId | None = None
@@ -157,6 +158,8 @@ class Envelope(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fiel
     def __post_init__(self) -> None:
         if self.target is not None and self.topic is not None:
             raise ValueError(f"{_TARGET_AND_TOPIC}: send to a client or to a topic, not both")
+        if self.require_ack and self.ephemeral:
+            raise ValueError("`requireAck` and `ephemeral` are exclusive: an ephemeral message is not kept to redeliver")
 
 
 class BroadcastRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):

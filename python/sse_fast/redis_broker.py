@@ -314,7 +314,7 @@ class RedisBroker(Broker):
         return Accepted(envelope.id or "", await self._delivered(entry_id), queued)
 
     async def _append(
-        self, envelope: Envelope, data: bytes, *, exclude: str | None, dedupe: bool, track: bool
+        self, envelope: Envelope, data: bytes, *, exclude: str | None, dedupe: bool, track: bool, mailbox: bool = True
     ) -> tuple[bytes, bool]:
         """XADD one envelope (with dedupe, mailbox and ack tracking); ``b""`` as the id when it is a duplicate."""
         message_id = envelope.id or ""
@@ -342,7 +342,7 @@ class RedisBroker(Broker):
         args: list[Any] = [
             s.replay_size,
             int(s.dedupe_window) if dedupe and s.dedupe_window >= 1 else 0,
-            "1" if target is not None else "0",
+            "1" if target is not None and mailbox else "0",
             keys.NODE_PREFIX,
             s.mailbox_size,
             int(s.mailbox_ttl) or 1,
@@ -852,7 +852,8 @@ class RedisBroker(Broker):
                 self.acks_expired += 1
                 continue
             envelope = msgspec.json.decode(env, type=Envelope)
-            await self._append(envelope, env, exclude=_text(exclude) or None, dedupe=False, track=False)
+            # To the live connections only (rules.redelivery_step): an offline target has it in its mailbox.
+            await self._append(envelope, env, exclude=_text(exclude) or None, dedupe=False, track=False, mailbox=False)
             self.redelivered += 1
 
     # -- introspection ---------------------------------------------------------------------------------------
