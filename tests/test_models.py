@@ -67,7 +67,6 @@ def test_full_envelope_round_trips_in_camel_case() -> None:
         "metadata": {"k": "v"},
         "requireAck": True,
         "correlationId": "c-1",
-        "ephemeral": True,
     }
     e = models.decode_envelope(json.dumps(wire).encode())
     assert (e.require_ack, e.correlation_id, e.target) == (True, "c-1", "bob@example.com")
