@@ -17,9 +17,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from sse_fast._http import Request, Response
 from sse_fast.app import App
 from sse_fast.models import Envelope, ValidationFailure, decode_envelope
+from sse_fast.server.http import Request, Response
 from sse_fast.settings import Settings
 
 Bench = Any  # pytest-benchmark's fixture

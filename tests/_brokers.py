@@ -1,6 +1,6 @@
 """An in-process App on either broker, a sink that decodes what a stream receives, and quiescence helpers.
 
-No server process and no socket to the client: streams are opened with ``app.api._open`` (what ``GET /sse`` does
+No server process and no socket to the client: streams are opened with ``app.handshake.open`` (what ``GET /sse`` does
 once its headers are out) and publishes go to ``app.broker`` directly, as ``tests/test_broker.py`` does. With the
 Redis broker the frames still travel through Redis (the node's reader loop routes the log), so a test waits for
 :func:`settle` before it looks at what a stream received.
@@ -19,8 +19,8 @@ from redis.exceptions import ResponseError
 
 from sse_fast import Decoder, Event
 from sse_fast._core import stream_id_seq
-from sse_fast._redis_keys import LOG
-from sse_fast.server import App
+from sse_fast.broker.redis.keys import LOG
+from sse_fast.server.app import App
 from sse_fast.settings import Settings
 
 __all__ = [

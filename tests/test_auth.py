@@ -1,4 +1,4 @@
-"""sse_fast.auth: identities under auth=none and auth=jwt (HS256, RS256, ES256, JWKS), API keys, permissions."""
+"""sse_fast.server.auth: identities under auth=none and auth=jwt (HS256, RS256, ES256, JWKS), API keys, permissions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from sse_fast import auth, models
+from sse_fast import models
+from sse_fast.server import auth
 from sse_fast.settings import Settings
 
 Identity = auth.Identity

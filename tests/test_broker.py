@@ -10,7 +10,7 @@ import pytest
 
 from sse_fast import Decoder
 from sse_fast.models import Envelope, ValidationFailure, new_message_id
-from sse_fast.server import App
+from sse_fast.server.app import App
 from sse_fast.settings import Settings
 
 
@@ -64,7 +64,7 @@ async def turn() -> None:
 async def test_live_frames_wait_while_the_opening_write_is_pending() -> None:
     app = make_app()
     sink = PendingSink(pending_first=True)
-    conn_id = await app.api._open("late", (), None, sink)
+    conn_id = await app.handshake.open("late", (), None, sink)
     for n in range(3):
         await app.broker.publish(envelope(n, target="late"))
     await turn()
@@ -78,12 +78,12 @@ async def test_live_frames_wait_while_the_opening_write_is_pending() -> None:
 async def test_a_long_replay_is_written_in_chunks_with_backpressure_then_live() -> None:
     app = make_app(queue_bytes=65536, max_body=4096)
     first = PendingSink()
-    await app.api._open("reader", (), None, first)
+    await app.handshake.open("reader", (), None, first)
     cursor = Decoder().feed(bytes(first.data))[-1].id
     for n in range(300):  # about 300 x 230 bytes: several chunks of 16 KiB
         await app.broker.publish(envelope(n, target="reader"))
     sink = PendingSink(pending_every=2)
-    conn_id = await app.api._open("reader", (), cursor, sink)
+    conn_id = await app.handshake.open("reader", (), cursor, sink)
     await app.broker.publish(envelope("live", target="reader"))
     for _ in range(50):
         await turn()
@@ -122,7 +122,7 @@ async def test_mailboxes_are_bounded_in_bytes_per_client() -> None:
     assert counters["mailbox_bytes"] <= 8192
     assert counters["mailbox_dropped"] > 0
     sink = PendingSink()
-    await app.api._open("offline", (), None, sink)
+    await app.handshake.open("offline", (), None, sink)
     kept = [p["n"] for p in sink.payloads()]
     assert kept == list(range(20 - len(kept), 20)), "the newest are kept, oldest dropped"
 

@@ -7,7 +7,7 @@ reader has routed the whole log, no background task runs, the writer flushed) an
 frames (type, message id, payload, route, whether the frame carried an ``id:``), the ``connect`` frame's
 ``resumed``/``missed``/``reason``, publish answers (``duplicate``, ``queued``, refusals; ``delivered`` too on the
 memory broker, where it cannot lag), ack answers and the status of every ``requireAck`` message. Streams are
-opened in process (``app.api._open`` with a sink, as ``GET /sse`` does; tests/_brokers.py builds the apps and
+opened in process (``app.handshake.open`` with a sink, as ``GET /sse`` does; tests/_brokers.py builds the apps and
 waits for quiet), so frames still go through the hub, the writer and, with Redis, the log and the reader loop.
 
 The machine does not generate the inputs of the deviations still open (:data:`KNOWN`): each has its own small
@@ -42,7 +42,7 @@ from _redis import RedisServer, running_redis
 from reference.rules import EXPIRED, UNKNOWN, UNKNOWN_CURSOR, Answer, BrokerModel, Message, Opening, Seen
 from sse_fast.errors import HttpError, ValidationFailure
 from sse_fast.models import Envelope, decode_envelope, new_message_id
-from sse_fast.server import App
+from sse_fast.server.app import App
 
 _T = TypeVar("_T")
 
@@ -364,7 +364,7 @@ class BrokerConformance(RuleBasedStateMachine):
         for name, app in self.apps.items():
             text = self._cursor_for(name, app, cursor)
             sink = StreamSink()
-            conn_id = self.run(app.api._open(client, topics, text, sink))
+            conn_id = self.run(app.handshake.open(client, topics, text, sink))
             stream.sinks[name] = (conn_id, sink)
         self.settle()
         for name, (_, sink) in stream.sinks.items():
@@ -608,7 +608,7 @@ def envelope(payload: Any, **fields: Any) -> Envelope:
 
 async def open_stream(app: App, client: str, cursor: str | None = None, topics: tuple[str, ...] = ()) -> StreamSink:
     sink = StreamSink()
-    await app.api._open(client, topics, cursor, sink)
+    await app.handshake.open(client, topics, cursor, sink)
     await settle(app)
     return sink
 

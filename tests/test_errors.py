@@ -10,7 +10,9 @@ import msgspec
 import pytest
 
 from _servers import running_server
-from sse_fast import Client, _http, auth, errors, models, scheduler, settings
+from sse_fast import Client, errors, models, scheduler, settings
+from sse_fast.server import auth
+from sse_fast.server import http as _http
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 
 from sse_fast import CRITICAL, HIGH, LOW, NORMAL, PermanentError, Scheduler, TaskContext
 from sse_fast.models import Envelope
-from sse_fast.scheduler import SchedulerError
+from sse_fast.scheduler.core import SchedulerError
 
 
 class Recorder:

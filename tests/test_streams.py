@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from sse_fast import Decoder
-from sse_fast.broker import MemoryBroker
+from sse_fast.broker.memory import MemoryBroker
 from sse_fast.models import Envelope, new_message_id
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams

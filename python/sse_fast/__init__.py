@@ -28,8 +28,8 @@ from sse_fast.errors import (
     TaskError,
     TopicError,
 )
-from sse_fast.scheduler import PermanentError, Scheduler, TaskContext
-from sse_fast.server import App, create_app
+from sse_fast.scheduler.core import PermanentError, Scheduler, TaskContext
+from sse_fast.server.app import App, create_app
 from sse_fast.settings import Settings, SettingsError
 
 __all__ = [

@@ -5,7 +5,7 @@ sse-fast build their own with :func:`sse_fast.create_app` and a :class:`sse_fast
 """
 
 from sse_fast import demo
-from sse_fast.server import App, create_app
+from sse_fast.server.app import App, create_app
 
 __all__ = ["app"]
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
-from sse_fast.scheduler import PermanentError, Scheduler, TaskContext
+from sse_fast.scheduler.core import PermanentError, Scheduler, TaskContext
 
 __all__ = ["count", "fail", "register", "scheduler", "sleep"]
 

@@ -9,10 +9,11 @@
     │
     │   the server: every error it answers, as {"error", "code", "detail"} (PROTOCOL.md section 7)
     ├── HttpError                      status, code, message, detail, headers (Retry-After, Allow...)
-    │   ├── AuthFailure                400/401/403: who the caller is and what it may do (sse_fast.auth)
+    │   ├── AuthFailure                400/401/403: who the caller is and what it may do (sse_fast.server.auth)
     │   ├── ValidationFailure (ValueError)
     │   │                              400/409/413/422: a request the protocol refuses (sse_fast.models)
-    │   └── SchedulerError             400/404/409/422/429/503/504: a refused task request (sse_fast.scheduler)
+    │   ├── BrokerUnavailable          503 + Retry-After: Redis cannot be reached now (sse_fast.broker.redis)
+    │   └── SchedulerError             400/404/409/422/429/503/504: a refused task request (sse_fast.scheduler.core)
     ├── PermanentError                 raised by a task handler: fail the task without retrying
     │
     │   the client (sse_fast.client): what it raises to its caller
@@ -42,6 +43,7 @@ import msgspec
 __all__ = [
     "AuthError",
     "AuthFailure",
+    "BrokerUnavailable",
     "ConnectionLostError",
     "ErrorBody",
     "FrameError",
@@ -122,8 +124,8 @@ class HttpError(SseFastError):
 
 
 class AuthFailure(HttpError):
-    """A caller refused by :mod:`sse_fast.auth`: 400 (a malformed clientId), 401 (no, or a bad, credential) or 403
-    (``client_id_mismatch``, ``topic_not_granted``, ``direct_not_granted``, ``admin_required``, ``not_owner``)."""
+    """A caller refused by :mod:`sse_fast.server.auth`: 400 (a malformed clientId), 401 (no, or a bad, credential) or
+    403 (``client_id_mismatch``, ``topic_not_granted``, ``direct_not_granted``, ``admin_required``, ``not_owner``)."""
 
 
 class ValidationFailure(HttpError, ValueError):
@@ -136,6 +138,15 @@ class SchedulerError(HttpError):
     (422), ``queue_full`` (429, ``retry_after`` seconds), ``task_not_found`` (404), ``task_finished`` (409),
     ``not_paused`` (409), ``shutting_down`` (503); across Redis nodes also ``task_node_unavailable`` (503) and
     ``task_node_timeout`` (504)."""
+
+
+class BrokerUnavailable(HttpError):
+    """503 ``broker_unavailable`` with ``Retry-After``: the shared broker (Redis) cannot be reached now; the request
+    changed nothing, and the same request may be retried."""
+
+    def __init__(self, *, retry_after: int = 2) -> None:
+        message = "the message broker (Redis) is unreachable; retry later"
+        super().__init__(503, "broker_unavailable", message, retry_after=retry_after)
 
 
 class PermanentError(SseFastError):

@@ -159,7 +159,7 @@ class Envelope(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fiel
         if self.target is not None and self.topic is not None:
             raise ValueError(f"{_TARGET_AND_TOPIC}: send to a client or to a topic, not both")
         if self.require_ack and self.ephemeral:
-            raise ValueError("`requireAck` and `ephemeral` are exclusive: an ephemeral message is not kept to redeliver")
+            raise ValueError("`requireAck` and `ephemeral` are exclusive: an ephemeral message is not kept")
 
 
 class BroadcastRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):

@@ -1,9 +1,10 @@
 """The endpoints of PROTOCOL.md sections 2, 3, 5 and 6, and the table that routes to them.
 
-Each handler takes a :class:`~sse_fast._http.Request` and returns a :class:`~sse_fast._http.Response` (or, for
-``GET /sse``, a :class:`~sse_fast._http.StreamResponse`); errors are raised as :class:`~sse_fast.errors.HttpError`
-(or a subclass: ``AuthFailure``, ``ValidationFailure``, ``SchedulerError``) and answered as JSON by
-:meth:`Api.handle`, the one place that does it. Nothing here knows whether RSGI or ASGI carries the request.
+Each handler takes a :class:`~sse_fast.server.http.Request` and returns a
+:class:`~sse_fast.server.http.Response` (or, for ``GET /sse``, a :class:`~sse_fast.server.http.StreamResponse`);
+errors are raised as :class:`~sse_fast.errors.HttpError` (or a subclass: ``AuthFailure``, ``ValidationFailure``,
+``SchedulerError``) and answered as JSON by :meth:`Api.handle`, the one place that does it. Nothing here knows
+whether RSGI or ASGI carries the request.
 """
 
 from __future__ import annotations
@@ -16,25 +17,19 @@ from typing import Any, Final, cast
 
 import msgspec
 
-from sse_fast._core import __version__, encode_json_frame, encode_retry, validate_topic
-from sse_fast._http import HttpError, Request, Response, Route, StreamResponse, api_route, json_response
-from sse_fast.auth import Authenticator, Identity
-from sse_fast.broker import Accepted, Broker, Opening
-from sse_fast.commands import CommandService
-from sse_fast.errors import ErrorBody, TopicError
-from sse_fast.metrics import Metrics
+from sse_fast._core import __version__, validate_topic
+from sse_fast.broker import Accepted, Broker
+from sse_fast.errors import BrokerUnavailable, ErrorBody, TopicError
 from sse_fast.models import (
     AckAnswer,
     AckRequest,
     BroadcastAnswer,
     BroadcastRequest,
     CommandAnswer,
-    ConnectDetail,
     ConnectionInfo,
     DeliveryStatus,
     DuplicateAnswer,
     Envelope,
-    GapReason,
     HealthAnswer,
     MessageStatus,
     PublishAnswer,
@@ -47,12 +42,17 @@ from sse_fast.models import (
     openapi_schema,
 )
 from sse_fast.models import Route as Operation
+from sse_fast.server.auth import Authenticator, Identity
+from sse_fast.server.commands import CommandService
+from sse_fast.server.handshake import Handshake, cursor_of
+from sse_fast.server.http import HttpError, Request, Response, Route, StreamResponse, api_route, json_response
+from sse_fast.server.metrics import Metrics
 from sse_fast.settings import Settings
-from sse_fast.streams import Sink, Streams, system_envelope
+from sse_fast.streams import Sink, Streams
 
 __all__ = ["Api"]
 
-log = logging.getLogger("sse_fast.routes")
+log = logging.getLogger("sse_fast.server.routes")
 
 _OPENAPI_DESCRIPTION = (
     "Server-Sent Events with typed, prioritised messages (docs/protocol.md). Every error answer is "
@@ -60,7 +60,6 @@ _OPENAPI_DESCRIPTION = (
 )
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 _MAX_TOPICS = 64
-_MAX_CURSOR = 256
 SSE_HEADERS = [
     ("content-type", "text/event-stream; charset=utf-8"),
     ("cache-control", "no-cache"),
@@ -139,6 +138,7 @@ class Api:
         auth: Authenticator,
         commands: CommandService,
         metrics: Metrics,
+        handshake: Handshake,
     ) -> None:
         self.settings = settings
         self.broker = broker
@@ -146,6 +146,7 @@ class Api:
         self.auth = auth
         self.commands = commands
         self.metrics = metrics
+        self.handshake = handshake
         self.routes = self._routes()
         self._openapi: bytes | None = None
 
@@ -257,18 +258,16 @@ class Api:
         """``GET /sse``: authenticate, check topics and capacity, then open the stream."""
         caller = self.auth.stream_identity(req.headers, req.query)
         topics = self._topics(req.query.get("topics", ""), caller)
-        cursor = req.headers.get("last-event-id") or req.query.get("lastEventId") or None
-        if cursor is not None and (len(cursor) > _MAX_CURSOR or not cursor.isprintable()):
-            cursor = "invalid"
+        cursor = cursor_of(req.headers.get("last-event-id"), req.query.get("lastEventId"))
         if not self.streams.accepting:
             raise HttpError(503, "shutting_down", "the server is shutting down", headers=[("retry-after", "5")])
         if not self.broker.ready():
-            raise HttpError(503, "broker_unavailable", "the broker is unreachable", headers=[("retry-after", "2")])
+            raise BrokerUnavailable()
         if len(self.streams) >= self.settings.max_connections:
             raise HttpError(503, "server_full", "too many connections", headers=[("retry-after", "5")])
 
         async def open_stream(sink: Sink) -> int:
-            return await self._open(caller.client_id, topics, cursor, sink)
+            return await self.handshake.open(caller.client_id, topics, cursor, sink)
 
         return StreamResponse(list(SSE_HEADERS), open_stream, self.streams.remove)
 
@@ -284,42 +283,6 @@ class Api:
             if not self.auth.can_subscribe(caller, topic):
                 raise HttpError(403, "topic_not_granted", f"not allowed to subscribe to {topic}", {"topic": topic})
         return topics
-
-    async def _open(self, client_id: str, topics: tuple[str, ...], cursor: str | None, sink: Sink) -> int:
-        conn = self.streams.open(client_id, topics, sink)
-        # Live frames routed to it while the broker answers (a Redis round trip) wait until the opening is written.
-        conn.blocked = True
-        try:
-            opening = await self.broker.open_stream(client_id, topics, cursor, conn_id=conn.id)
-        except Exception as err:  # the headers are out: end the stream; the client reconnects and resumes
-            log.warning("could not open a stream for %s: %s", client_id, err)
-            self.streams.close(conn.id, "broker_unavailable")
-            return conn.id
-        if self.streams.get(conn.id) is None:  # replaced or closed meanwhile
-            return conn.id
-        written = sink.write(self._opening_bytes(conn.id, client_id, cursor, opening))
-        self.streams.hub.set_watermark(conn.id, opening.watermark)
-        self.metrics.replayed += opening.missed
-        # The replay goes out through the writer, in chunks and with the sink's backpressure, before any live frame.
-        self.streams.replay(conn, opening.frames)
-        if written:
-            self.streams.unblock(conn.id)
-        # Otherwise the sink says when it can take more (ASGI: when its pending send completes).
-        return conn.id
-
-    def _opening_bytes(self, conn_id: int, client_id: str, cursor: str | None, opening: Opening) -> bytes:
-        detail = ConnectDetail(
-            client_id=client_id,
-            connection_id=self.streams.public_id(conn_id),
-            resumed=opening.resumed,
-            missed=opening.missed,
-            server_time=int(time.time() * 1000),
-            reason=cast(GapReason | None, opening.gap),
-        )
-        connect = system_envelope("connect", detail, message_id=new_message_id())
-        parts = [encode_retry(self.settings.retry), encode_json_frame(connect, event="system", id=opening.cursor)]
-        parts.extend(frame.body for frame in opening.extra)  # the mailbox: bounded by SSE_FAST_QUEUE_BYTES
-        return b"".join(parts)
 
     # -- publishing ------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from sse_fast import _rules as rules
+from sse_fast.broker import rules as rules
 
 __all__ = [
     "ACK_DUE",

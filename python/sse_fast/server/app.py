@@ -1,7 +1,7 @@
 """The server: :class:`App`, one worker's routes, streams, broker and scheduler, and :func:`create_app`.
 
 ``App`` speaks both granian interfaces with the same routes, streams and broker; the interface-specific code is
-in :mod:`sse_fast._rsgi` and :mod:`sse_fast._asgi`, twins with the same shape. :mod:`sse_fast.app` holds the
+in :mod:`sse_fast.server.rsgi` and :mod:`sse_fast.server.asgi`, twins with the same shape. :mod:`sse_fast.app` holds the
 instance that ``granian sse_fast.app:app`` runs; importing this module builds nothing.
 """
 
@@ -13,15 +13,18 @@ import secrets
 import signal
 from typing import Any
 
-from sse_fast import _asgi, _rsgi
-from sse_fast._backlog import BacklogWatch
-from sse_fast.auth import Authenticator
 from sse_fast.broker import Broker, create_broker
-from sse_fast.commands import CommandService
-from sse_fast.metrics import Metrics
 from sse_fast.models import new_message_id
-from sse_fast.routes import Api
-from sse_fast.scheduler import Scheduler
+from sse_fast.scheduler import task_registry
+from sse_fast.scheduler.core import Scheduler
+from sse_fast.server import asgi as _asgi
+from sse_fast.server import rsgi as _rsgi
+from sse_fast.server.auth import Authenticator
+from sse_fast.server.backlog import BacklogWatch
+from sse_fast.server.commands import CommandService
+from sse_fast.server.handshake import Handshake
+from sse_fast.server.metrics import Metrics
+from sse_fast.server.routes import Api
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
@@ -45,8 +48,9 @@ class App:
         self.scheduler.bind(self.broker, settings)
         self.streams.add_tick_job(self.scheduler.tick)
         auth = Authenticator(settings)
-        self.tasks = self.broker.task_registry(self.scheduler)
+        self.tasks = task_registry(self.scheduler, self.broker)
         self.commands = CommandService(self.scheduler, self.tasks, auth=auth)
+        self.handshake = Handshake(settings, broker=self.broker, streams=self.streams, metrics=self.metrics)
         self.api = Api(
             settings,
             broker=self.broker,
@@ -54,6 +58,7 @@ class App:
             auth=auth,
             commands=self.commands,
             metrics=self.metrics,
+            handshake=self.handshake,
         )
         # Set for real in startup(), once the loop is known; until then a watch that never schedules.
         self.backlog = BacklogWatch(settings.queue_bytes, self._slow_consumer, lambda _: None)

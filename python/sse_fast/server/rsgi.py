@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from granian._granian import RSGIProtocolClosed as ProtocolClosed
 
-from sse_fast._backlog import BacklogWatch, Watched
-from sse_fast._http import Request, Response, parse_query
+from sse_fast.server.backlog import BacklogWatch, Watched
+from sse_fast.server.http import Request, Response, parse_query
 
 if TYPE_CHECKING:
-    from sse_fast.server import App
+    from sse_fast.server.app import App
 
 __all__ = ["RsgiSink", "serve"]
 

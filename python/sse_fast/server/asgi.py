@@ -1,4 +1,4 @@
-"""The ASGI interface (``granian --interface asgi``): the twin of :mod:`sse_fast._rsgi`.
+"""The ASGI interface (``granian --interface asgi``): the twin of :mod:`sse_fast.server.rsgi`.
 
 ASGI needs the request's coroutine to live as long as its response, so a stream keeps one coroutine that waits
 for the client to leave. Writes still come from the worker's writer: ``send`` is called without awaiting when
@@ -14,10 +14,10 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from sse_fast._http import Request, Response, parse_query
+from sse_fast.server.http import Request, Response, parse_query
 
 if TYPE_CHECKING:
-    from sse_fast.server import App
+    from sse_fast.server.app import App
 
 __all__ = ["serve"]
 

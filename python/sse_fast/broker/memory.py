@@ -10,8 +10,6 @@ Every store here is bounded (``SSE_FAST_*`` settings), and counted in :meth:`Bro
 
 from __future__ import annotations
 
-import abc
-import asyncio
 import heapq
 import secrets
 import time
@@ -21,16 +19,14 @@ from typing import Literal
 
 import msgspec
 
-from sse_fast import _rules as rules
 from sse_fast._core import Frame, ReplayLog
-from sse_fast._rules import Accepted, AckStatus, Opening, ack_notice
-from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure
-from sse_fast.scheduler import Scheduler
+from sse_fast.broker import rules
+from sse_fast.broker.base import Broker
+from sse_fast.broker.rules import Accepted, AckStatus, Opening, ack_notice
+from sse_fast.models import Envelope
 from sse_fast.settings import Settings
-from sse_fast.streams import Streams
-from sse_fast.task_registry import LocalTaskRegistry, TaskRegistry
 
-__all__ = ["Accepted", "Broker", "MemoryBroker", "Opening", "create_broker"]
+__all__ = ["MemoryBroker"]
 
 _json = msgspec.json.Encoder()
 
@@ -55,85 +51,6 @@ class _Tracked:
     def open(self) -> bool:
         """Still waiting for an ack (and holding its envelope for redelivery)."""
         return self.status in ("pending", "delivered")
-
-
-class Broker(abc.ABC):
-    """The interface every broker implements. All methods run on the worker's event loop."""
-
-    epoch: str
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.streams: Streams | None = None
-
-    def attach(self, streams: Streams) -> None:
-        """Bind the broker to this worker's streams (before the first request)."""
-        self.streams = streams
-        streams.add_tick_job(self.tick)
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:  # noqa: B027 - optional hook
-        """Start background work on the worker's loop (which may not be running yet)."""
-
-    @abc.abstractmethod
-    async def publish(self, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
-        """Deliver an accepted, validated envelope (id, timestamp and source already set by the server)."""
-
-    @abc.abstractmethod
-    async def open_stream(
-        self, client_id: str, topics: tuple[str, ...], cursor: str | None, *, conn_id: int | None = None
-    ) -> Opening:
-        """What a stream that just registered with the hub (as ``conn_id``) must receive before its live frames."""
-
-    @abc.abstractmethod
-    async def ack(self, client_id: str, message_ids: list[str], *, admin: bool) -> int:
-        """Record acks; returns how many of the ids were known ``requireAck`` messages."""
-
-    @abc.abstractmethod
-    async def message_status(self, message_id: str) -> tuple[str, str, list[str]] | None:
-        """``(source, status, acked_by)`` of a ``requireAck`` message, or None when unknown."""
-
-    @abc.abstractmethod
-    def tick(self, now: float) -> None:
-        """Periodic work (about once a second): ack timeouts and redelivery, expiry."""
-
-    def publish_now(self, envelope: Envelope) -> None:
-        """Deliver without awaiting: for the synchronous shutdown path (it runs in the SIGTERM handler).
-
-        A broker that must await I/O only schedules the publish on the running loop.
-        """
-        asyncio.get_running_loop().create_task(self.publish(envelope))
-
-    def encode(self, envelope: Envelope) -> bytes:
-        """The envelope as one line of JSON; 413 when its frame could never fit a connection's queue."""
-        data = _json.encode(envelope)
-        if len(data) + len(envelope.type) + 16 > self.settings.queue_bytes:
-            # Every recipient would overflow and be cut as a slow consumer: refuse it instead.
-            raise ValidationFailure(
-                413,
-                "message_too_large",
-                f"the framed message is larger than SSE_FAST_QUEUE_BYTES ({self.settings.queue_bytes})",
-            )
-        return data
-
-    def ready(self) -> bool:
-        """Whether the broker can take publishes now (``/readyz``)."""
-        return True
-
-    def task_registry(self, scheduler: Scheduler) -> TaskRegistry:
-        """Where task records are found and task controls go: here, ``scheduler``'s own tasks (one worker)."""
-        return LocalTaskRegistry(scheduler)
-
-    async def connections(self) -> list[ConnectionInfo]:
-        """The rows of ``GET /api/connections``: this worker's streams (a shared broker lists the cluster's)."""
-        assert self.streams is not None
-        return self.streams.rows()
-
-    async def close(self) -> None:  # noqa: B027 - optional hook; the memory broker holds nothing to release
-        """Release what the broker holds (connections to Redis, ...)."""
-
-    @abc.abstractmethod
-    def counters(self) -> dict[str, int]:
-        """Gauges and counters for ``/metrics``."""
 
 
 class _Mailboxes:
@@ -421,12 +338,3 @@ class MemoryBroker(Broker):
             "acks_redelivered": self.redelivered,
             "acks_expired": self.acks_expired,
         }
-
-
-def create_broker(settings: Settings) -> Broker:
-    """The broker the settings name: ``memory`` (default) or a Redis URL."""
-    if settings.broker == "memory":
-        return MemoryBroker(settings)
-    from sse_fast.redis_broker import RedisBroker  # redis-py is imported only when it is used
-
-    return RedisBroker(settings)

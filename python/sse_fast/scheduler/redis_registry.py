@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from redis.exceptions import RedisError
 
-from sse_fast import _redis_keys as keys
-from sse_fast._http import HttpError
+from sse_fast.broker.redis import keys as keys
+from sse_fast.errors import HttpError
 from sse_fast.models import TaskRecord
-from sse_fast.scheduler import Scheduler, SchedulerError
-from sse_fast.task_registry import LocalTaskRegistry
+from sse_fast.scheduler.core import Scheduler, SchedulerError
+from sse_fast.scheduler.registry import LocalTaskRegistry
 
 if TYPE_CHECKING:
-    from sse_fast.redis_broker import RedisBroker
+    from sse_fast.broker.redis.broker import RedisBroker
 
 __all__ = ["LIVE_REFRESH", "LIVE_TTL", "RedisTaskRegistry"]
 
@@ -71,6 +71,9 @@ class RedisTaskRegistry(LocalTaskRegistry):
         scheduler.watch(self._changed)
         broker.on_control("task", self._on_control)
         broker.on_control("task_reply", self._on_reply)
+        broker.add_close_hook(self.flush)  # the last task events of a shutdown, while Redis is still there
+        assert broker.streams is not None, "attach() the broker to the streams first"
+        broker.streams.add_tick_job(self.tick)
 
     # -- writing this node's records ---------------------------------------------------------------------------
 

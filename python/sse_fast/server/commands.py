@@ -1,7 +1,7 @@
 """The HTTP face of the scheduler: ``POST /api/commands`` (PROTOCOL.md section 4) and ``/api/tasks``.
 
 ``execute`` goes to this worker's :class:`~sse_fast.scheduler.Scheduler`; everything else goes through the
-:class:`~sse_fast.task_registry.TaskRegistry` the broker chose, which finds tasks wherever they run (with Redis, on
+:class:`~sse_fast.scheduler.registry.TaskRegistry` the broker chose, which finds tasks wherever they run (with Redis, on
 any node). Refusals (:class:`~sse_fast.errors.SchedulerError` and the other :class:`~sse_fast.errors.HttpError`)
 go up to the routes, which answer them; a command with ``requireAck`` gets its ``ack`` event either way.
 
@@ -20,12 +20,12 @@ request                                    answer                        notes
 
 from __future__ import annotations
 
-from sse_fast._http import HttpError, Request, Response, Route, api_route, json_response
-from sse_fast.auth import Authenticator, Identity
 from sse_fast.errors import ErrorBody
 from sse_fast.models import CommandAnswer, CommandPayload, Envelope, TaskRecord, TasksAnswer, convert
-from sse_fast.scheduler import Scheduler
-from sse_fast.task_registry import LocalTaskRegistry, TaskRegistry
+from sse_fast.scheduler.core import Scheduler
+from sse_fast.scheduler.registry import LocalTaskRegistry, TaskRegistry
+from sse_fast.server.auth import Authenticator, Identity
+from sse_fast.server.http import HttpError, Request, Response, Route, api_route, json_response
 
 __all__ = ["CommandService"]
 

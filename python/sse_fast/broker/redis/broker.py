@@ -13,7 +13,7 @@ without its data, the first node to notice writes a new floor, and every cursor 
 
 Ephemeral messages go over pub/sub (``sse:eph``): no log, no mailbox, no cursor. ``sse:control`` carries
 ``replaced`` closes to the node that holds the connection, and task controls and their answers between nodes
-(:mod:`sse_fast.redis_tasks`, the task registry this broker chooses).
+(:mod:`sse_fast.scheduler.redis_registry`, the task registry this broker chooses).
 
 Presence: ``sse:pres:<client>`` is a sorted set of ``<node>:<conn>`` by connect time; a node is alive while its
 ``sse:node:<node>`` key (refreshed every tick, 15 s TTL) exists, so the connections of a dead node stop counting
@@ -34,7 +34,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import redis
@@ -43,20 +43,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from sse_fast import _redis_keys as keys
-from sse_fast import _redis_scripts as scripts
-from sse_fast import _rules as rules
 from sse_fast._core import Frame, parse_cursor, route_admits, seq_stream_id, stream_id_seq
-from sse_fast._http import HttpError
-from sse_fast._rules import Accepted, Opening, ack_notice
-from sse_fast.broker import Broker
+from sse_fast.broker import rules as rules
+from sse_fast.broker.base import Broker
+from sse_fast.broker.redis import keys as keys
+from sse_fast.broker.redis import scripts as scripts
+from sse_fast.broker.rules import Accepted, Opening, ack_notice
+from sse_fast.errors import BrokerUnavailable
 from sse_fast.models import ConnectionInfo, Envelope
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
-
-if TYPE_CHECKING:
-    from sse_fast.redis_tasks import RedisTaskRegistry
-    from sse_fast.scheduler import Scheduler
 
 __all__ = ["RedisBroker", "cursor_seq", "stream_id"]
 
@@ -73,7 +69,7 @@ CONNECTIONS_REFRESH = 5
 #: How long a publish waits for this node's reader to route its entry (to count ``delivered``).
 DELIVERY_WAIT = 1.0
 #: Seconds a client waits before retrying a publish refused while Redis is unreachable.
-RETRY_AFTER = "2"
+RETRY_AFTER = 2
 #: Connections of a worker's command client. More concurrent calls wait for one (redis-py's plain pool would fail
 #: them with ``Too many connections`` past its default of 100, which read as "Redis is down").
 POOL_SIZE = 64
@@ -168,7 +164,6 @@ class RedisBroker(Broker):
         self._last_refresh = 0.0
         self._last_rows = 0.0
         self._control_ops: dict[str, Callable[[dict[str, Any]], None]] = {"close": self._close_replaced}
-        self._registry: RedisTaskRegistry | None = None
         self.cluster_connections = 0
         self.cluster_nodes = 0
         self.published = 0
@@ -225,9 +220,8 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         """Stop the loops, withdraw this node's presence (best effort) and close the Redis connections."""
-        if self._registry is not None and self._up:
-            with contextlib.suppress(Exception):  # the last task events of a shutdown: best effort, bounded
-                await asyncio.wait_for(self._registry.flush(), 2.0)
+        if self._up:
+            await self.run_close_hooks()
         self._closing = True
         for task in [*self._tasks, *(t for t in (self._tick_task, self._connect_task) if t is not None)]:
             task.cancel()
@@ -259,12 +253,7 @@ class RedisBroker(Broker):
             if isinstance(err, ResponseError):
                 raise
             self._down(err)
-            raise HttpError(
-                503,
-                "broker_unavailable",
-                "the message broker (Redis) is unreachable; retry later",
-                headers=[("retry-after", RETRY_AFTER)],
-            ) from None
+            raise BrokerUnavailable(retry_after=RETRY_AFTER) from None
 
     async def call(self, awaitable: Awaitable[_T]) -> _T:
         """One Redis call for a collaborator of this broker (the task registry): 503 when Redis is unreachable."""
@@ -275,16 +264,6 @@ class RedisBroker(Broker):
         """The client for commands (not the reader's, not pub/sub's)."""
         return self._redis
 
-    def task_registry(self, scheduler: Scheduler) -> RedisTaskRegistry:
-        """Task records in Redis, controls relayed to the node that runs the task."""
-        from sse_fast.redis_tasks import RedisTaskRegistry
-
-        if self._registry is None:
-            self._registry = RedisTaskRegistry(scheduler, self)
-            assert self.streams is not None, "attach() the broker to the streams first"
-            self.streams.add_tick_job(self._registry.tick)
-        return self._registry
-
     def _down(self, err: BaseException) -> None:
         if self._up:
             log.warning("Redis unreachable (%s); publishes answer 503 until it is back", err)
@@ -292,12 +271,7 @@ class RedisBroker(Broker):
 
     def _refuse_if_down(self) -> None:
         if not self._up:
-            raise HttpError(
-                503,
-                "broker_unavailable",
-                "the message broker (Redis) is unreachable; retry later",
-                headers=[("retry-after", RETRY_AFTER)],
-            )
+            raise BrokerUnavailable(retry_after=RETRY_AFTER)
 
     # -- publishing ------------------------------------------------------------------------------------------
 

@@ -1,12 +1,12 @@
 """The task registry: where the commands endpoint finds task records and sends task controls (PROTOCOL.md section 4).
 
 A :class:`~sse_fast.scheduler.Scheduler` runs the tasks submitted to its own worker; the registry answers for the
-whole server. The broker chooses it (:meth:`sse_fast.broker.Broker.task_registry`):
+whole server. :func:`sse_fast.scheduler.task_registry` chooses it by the broker:
 
 - :class:`LocalTaskRegistry` (the memory broker): the scheduler's own records, nothing more. One worker.
-- :class:`~sse_fast.redis_tasks.RedisTaskRegistry` (the Redis broker): every node mirrors its tasks' records into
-  Redis, so that any node can list and query them, and sends ``cancel``/``pause``/``resume`` to the node that runs
-  the task and answers with that node's answer.
+- :class:`~sse_fast.scheduler.redis_registry.RedisTaskRegistry` (the Redis broker): every node mirrors its tasks'
+  records into Redis, so that any node can list and query them, and sends ``cancel``/``pause``/``resume`` to the
+  node that runs the task and answers with that node's answer.
 
 A task runs on the node that accepted its ``execute``, from submit to end (it is never moved or stolen).
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 
 from sse_fast.models import TaskRecord
-from sse_fast.scheduler import Scheduler
+from sse_fast.scheduler.core import Scheduler
 
 __all__ = ["LocalTaskRegistry", "TaskRegistry"]
 

@@ -1,0 +1,117 @@
+"""The interface every broker implements: where published messages, the replay log, mailboxes, acks and
+idempotency live.
+
+A broker turns an accepted envelope into frames on this worker's streams (:class:`~sse_fast.streams.Streams`) and
+keeps what must outlive a connection. It is storage and transport; what it decides, it decides with
+:mod:`sse_fast.broker.rules`, so that the memory broker (:mod:`sse_fast.broker.memory`, one process) and the Redis
+broker (:mod:`sse_fast.broker.redis`, a cluster) behave alike and routes, streams and clients never know which one
+runs. Every store is bounded (``SSE_FAST_*`` settings) and counted in :meth:`Broker.counters`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from sse_fast.broker.rules import Accepted, Opening
+from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure
+from sse_fast.settings import Settings
+from sse_fast.streams import Streams
+
+__all__ = ["Broker"]
+
+log = logging.getLogger("sse_fast.broker")
+_json = msgspec.json.Encoder()
+
+
+class Broker(abc.ABC):
+    """The interface every broker implements. All methods run on the worker's event loop."""
+
+    epoch: str
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.streams: Streams | None = None
+        self._close_hooks: list[Callable[[], Awaitable[None]]] = []
+
+    def attach(self, streams: Streams) -> None:
+        """Bind the broker to this worker's streams (before the first request)."""
+        self.streams = streams
+        streams.add_tick_job(self.tick)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:  # noqa: B027 - optional hook
+        """Start background work on the worker's loop (which may not be running yet)."""
+
+    @abc.abstractmethod
+    async def publish(self, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
+        """Deliver an accepted, validated envelope (id, timestamp and source already set by the server)."""
+
+    @abc.abstractmethod
+    async def open_stream(
+        self, client_id: str, topics: tuple[str, ...], cursor: str | None, *, conn_id: int | None = None
+    ) -> Opening:
+        """What a stream that just registered with the hub (as ``conn_id``) must receive before its live frames."""
+
+    @abc.abstractmethod
+    async def ack(self, client_id: str, message_ids: list[str], *, admin: bool) -> int:
+        """Record acks; returns how many of the ids were known ``requireAck`` messages."""
+
+    @abc.abstractmethod
+    async def message_status(self, message_id: str) -> tuple[str, str, list[str]] | None:
+        """``(source, status, acked_by)`` of a ``requireAck`` message, or None when unknown."""
+
+    @abc.abstractmethod
+    def tick(self, now: float) -> None:
+        """Periodic work (about once a second): ack timeouts and redelivery, expiry."""
+
+    def publish_now(self, envelope: Envelope) -> None:
+        """Deliver without awaiting: for the synchronous shutdown path (it runs in the SIGTERM handler).
+
+        A broker that must await I/O only schedules the publish on the running loop.
+        """
+        asyncio.get_running_loop().create_task(self.publish(envelope))
+
+    def encode(self, envelope: Envelope) -> bytes:
+        """The envelope as one line of JSON; 413 when its frame could never fit a connection's queue."""
+        data = _json.encode(envelope)
+        if len(data) + len(envelope.type) + 16 > self.settings.queue_bytes:
+            # Every recipient would overflow and be cut as a slow consumer: refuse it instead.
+            raise ValidationFailure(
+                413,
+                "message_too_large",
+                f"the framed message is larger than SSE_FAST_QUEUE_BYTES ({self.settings.queue_bytes})",
+            )
+        return data
+
+    def ready(self) -> bool:
+        """Whether the broker can take publishes now (``/readyz``)."""
+        return True
+
+    async def connections(self) -> list[ConnectionInfo]:
+        """The rows of ``GET /api/connections``: this worker's streams (a shared broker lists the cluster's)."""
+        assert self.streams is not None
+        return self.streams.rows()
+
+    def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Await ``hook()`` when the broker closes, while it can still write (a collaborator's last writes)."""
+        self._close_hooks.append(hook)
+
+    async def run_close_hooks(self) -> None:
+        """Await every close hook, each bounded to 2 s and best effort: a shutdown must not hang on one."""
+        for hook in self._close_hooks:
+            try:
+                await asyncio.wait_for(hook(), 2.0)
+            except Exception as err:  # logged, never raised: the close goes on
+                log.warning("a close hook of the broker failed: %r", err)
+
+    async def close(self) -> None:
+        """Release what the broker holds (connections to Redis, ...), after its close hooks."""
+        await self.run_close_hooks()
+
+    @abc.abstractmethod
+    def counters(self) -> dict[str, int]:
+        """Gauges and counters for ``/metrics``."""

@@ -1,0 +1,13 @@
+"""The Redis broker: many workers and many nodes behave as one server (``SSE_FAST_BROKER=redis://...``).
+
+- :mod:`~sse_fast.broker.redis.broker`: :class:`RedisBroker`: publish, the reader loop (the log is the fan-out),
+  resume, acks, presence and the periodic work;
+- :mod:`~sse_fast.broker.redis.keys`: every key and channel, each family in its own namespace;
+- :mod:`~sse_fast.broker.redis.scripts`: the Lua scripts, one atomic step each.
+"""
+
+from __future__ import annotations
+
+from sse_fast.broker.redis.broker import RedisBroker
+
+__all__ = ["RedisBroker"]
