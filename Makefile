@@ -45,10 +45,11 @@ test-rust: ## cargo test for the workspace's core crate
 test-python: build ## pytest (exit 5, no test collected, is a failure)
 	$(PY) -m pytest
 
-lint: build ## ruff, mypy strict, stubtest, cargo fmt --check, clippy -D warnings
+lint: build ## ruff, mypy strict, import contracts (lint-imports), stubtest, cargo fmt --check, clippy -D warnings
 	$(VENV)/bin/ruff check python tests bench loadtest
 	$(VENV)/bin/ruff format --check python tests bench loadtest
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m mypy.stubtest sse_fast._core
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -q -- -D warnings
