@@ -12,7 +12,7 @@ RUST_SRC := $(shell find rust -name '*.rs' -o -name 'Cargo.toml') Cargo.toml pyp
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build run test test-rust test-python lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke clean
+.PHONY: help venv build run test test-rust test-python test-model lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ test-rust: ## cargo test for the workspace's core crate
 
 test-python: build ## pytest (exit 5, no test collected, is a failure)
 	$(PY) -m pytest
+
+MODEL_EXAMPLES ?= 2000
+test-model: build ## The broker conformance model test, longer: MODEL_EXAMPLES random sequences per broker (default 2,000)
+	SSE_FAST_MODEL_EXAMPLES=$(MODEL_EXAMPLES) $(PY) -m pytest tests/test_conformance_model.py --timeout 3600
 
 lint: build ## ruff, mypy strict, import contracts (lint-imports), stubtest, cargo fmt --check, clippy -D warnings
 	$(VENV)/bin/ruff check python tests bench loadtest
