@@ -163,7 +163,7 @@ async def _turns(app: App) -> None:
 
 async def _redis_quiet(broker: Any) -> bool:
     """The reader routed the whole log, and nothing the broker started in the background is still running."""
-    if broker._connects or broker._gone or broker._marks:
+    if broker._connects or broker._presence._gone or broker._marks:
         return False
     current = asyncio.current_task()
     if any(not t.done() for t in asyncio.all_tasks() if t is not current and t not in broker._tasks):

@@ -11,18 +11,16 @@ fewer). The cursor is ``<epoch>-<seq>``, the epoch a random token kept in Redis 
 valid on every node and across node restarts. ``sse:floor`` is the seq the log starts from: when Redis comes back
 without its data, the first node to notice writes a new floor, and every cursor below it is ``expired``.
 
-Ephemeral messages go over pub/sub (``sse:eph``): no log, no mailbox, no cursor. ``sse:control`` carries
-``replaced`` closes to the node that holds the connection, and task controls and their answers between nodes
-(:mod:`sse_fast.scheduler.redis_registry`, the task registry this broker chooses).
+:class:`RedisBroker` owns the log and what hangs on it: publish, the reader loop, resume, acks and their
+redelivery, the periodic work, and Redis being up or down. Two collaborators hold the rest, each given what it needs
+of the broker (its command client, its fail-fast call, its streams, its node id, its settings):
+:class:`~sse_fast.broker.redis.presence.Presence` (who is connected where in the cluster: presence, the per-client
+limit across nodes, the node heartbeat, the connection rows) and :class:`~sse_fast.broker.redis.pubsub.PubSub`
+(ephemeral messages and controls between nodes, over pub/sub).
 
-Presence: ``sse:pres:<client>`` is a sorted set of ``<node>:<conn>`` by connect time; a node is alive while its
-``sse:node:<node>`` key (refreshed every tick, 15 s TTL) exists, so the connections of a dead node stop counting
-within 15 s. ``sse:conns:<node>`` is a hash of the node's connections (the rows of ``GET /api/connections``):
-written when a stream opens, deleted when it closes, rewritten with fresh queue stats every
-:data:`CONNECTIONS_REFRESH` seconds, and expiring with the node's heartbeat. Every structure is bounded: the log by
-count, bytes and age (one trim script, which records the newest id it removed in ``sse:log:trimmed``: a resume
-whose cursor is below that mark is ``expired``), mailboxes by ``LTRIM`` and ``EXPIRE``, presence, dedupe, ack keys
-and connection rows by ``EXPIRE``, the ack deadline set by a cap on its size.
+Every structure is bounded: the log by count, bytes and age (one trim script, which records the newest id it
+removed in ``sse:log:trimmed``: a resume whose cursor is below that mark is ``expired``), mailboxes by ``LTRIM`` and
+``EXPIRE``, presence, dedupe, ack keys and connection rows by ``EXPIRE``, the ack deadline set by a cap on its size.
 """
 
 from __future__ import annotations
@@ -48,6 +46,8 @@ from sse_fast.broker import rules as rules
 from sse_fast.broker.base import Broker
 from sse_fast.broker.redis import keys as keys
 from sse_fast.broker.redis import scripts as scripts
+from sse_fast.broker.redis.presence import CONNECTIONS_REFRESH, NODE_TTL, PRESENCE_TTL, Presence
+from sse_fast.broker.redis.pubsub import PubSub
 from sse_fast.broker.rules import Accepted, Opening, ack_notice
 from sse_fast.errors import BrokerUnavailable
 from sse_fast.models import ConnectionInfo, Envelope
@@ -60,12 +60,7 @@ log = logging.getLogger("sse_fast.redis")
 
 _T = TypeVar("_T")
 _json = msgspec.json.Encoder()
-_row = msgspec.json.Decoder(ConnectionInfo)
 
-NODE_TTL = 15
-PRESENCE_TTL = 24 * 3600
-#: Seconds between the rewrites of a node's connection rows (``lastActiveAt`` and queue stats are as of then).
-CONNECTIONS_REFRESH = 5
 #: How long a publish waits for this node's reader to route its entry (to count ``delivered``).
 DELIVERY_WAIT = 1.0
 #: Seconds a client waits before retrying a publish refused while Redis is unreachable.
@@ -136,6 +131,9 @@ class RedisBroker(Broker):
         self._redis = aioredis.Redis.from_pool(pool)
         self._reader = aioredis.Redis.from_url(self.url, **options)
         self._pubsub_client = aioredis.Redis.from_url(self.url, **{**options, "socket_timeout": None})
+        # The collaborators read this broker's node id and streams when they use them: attach() sets both later.
+        self._presence = Presence(self)
+        self._pubsub = PubSub(self, self._pubsub_client, down=self._down)
         self._scripts = {
             name: self._redis.register_script(src)
             for name, src in (
@@ -155,17 +153,12 @@ class RedisBroker(Broker):
         # This node's publishes whose entry the reader has routed: entry id -> connections written to.
         self._routed: OrderedDict[bytes, int] = OrderedDict()
         self._waiters: dict[bytes, asyncio.Future[int]] = {}
-        self._members: dict[int, str] = {}  # conn id -> client id, for presence
         # Stream openings waiting for their Redis round trip: (connect keys, args, connection row, answer).
         self._connects: list[tuple[list[Any], list[Any], tuple[str, bytes] | None, asyncio.Future[Any]]] = []
         self._connect_task: asyncio.Task[None] | None = None
-        self._gone: list[tuple[int, str]] = []
         self._marks: list[str] = []
         self._last_refresh = 0.0
         self._last_rows = 0.0
-        self._control_ops: dict[str, Callable[[dict[str, Any]], None]] = {"close": self._close_replaced}
-        self.cluster_connections = 0
-        self.cluster_nodes = 0
         self.published = 0
         self.duplicates = 0
         self.redelivered = 0
@@ -202,13 +195,13 @@ class RedisBroker(Broker):
         """Bind to this worker's streams; presence follows every connection that closes."""
         super().attach(streams)
         self.node_id = streams.node_id
-        streams.add_remove_hook(self._removed)
+        streams.add_remove_hook(self._presence.removed)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the reader and the pub/sub listener on ``loop`` (which may not be running yet)."""
         if self._tasks:
             return
-        self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._listen_loop())]
+        self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._pubsub.listen())]
 
     def _ensure_started(self) -> None:
         if not self._tasks:
@@ -223,6 +216,7 @@ class RedisBroker(Broker):
         if self._up:
             await self.run_close_hooks()
         self._closing = True
+        self._pubsub.stop()
         for task in [*self._tasks, *(t for t in (self._tick_task, self._connect_task) if t is not None)]:
             task.cancel()
         pending, self._connects = self._connects, []
@@ -232,13 +226,7 @@ class RedisBroker(Broker):
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
-        with contextlib.suppress(RedisError, OSError):
-            pipe = self._redis.pipeline(transaction=False)
-            for conn_id, client_id in self._members.items():
-                pipe.zrem(keys.presence(client_id), self._member(conn_id))
-            pipe.delete(keys.node(self.node_id), keys.rows(self.node_id))
-            pipe.zrem(keys.NODES, self.node_id)
-            await pipe.execute()
+        await self._presence.withdraw()
         for client in (self._redis, self._reader, self._pubsub_client):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
@@ -357,18 +345,9 @@ class RedisBroker(Broker):
             if not await self._call(self._redis.set(key, b"1", nx=True, ex=int(self.settings.dedupe_window))):
                 self.duplicates += 1
                 return rules.duplicate(envelope)
-        route = [self.node_id, data.decode(), envelope.type, envelope.priority, envelope.target, envelope.topic]
-        route.append(exclude)
-        await self._call(self._redis.publish(keys.EPHEMERAL, _json.encode(route)))
+        route = await self._pubsub.publish_ephemeral(envelope, data, exclude)
         self.published += 1
-        return Accepted(envelope.id or "", self._route_ephemeral(route), False)
-
-    def _route_ephemeral(self, route: list[Any]) -> int:
-        assert self.streams is not None
-        _, data, event, priority, target, topic, exclude = route
-        raw = data if isinstance(data, bytes) else str(data).encode()
-        frame = Frame(raw, event=event, priority=priority)
-        return self.streams.deliver(frame, target=target, topic=topic, exclude=exclude).delivered
+        return Accepted(envelope.id or "", self._pubsub.route_ephemeral(route), False)
 
     # -- the reader: the log is the fan-out --------------------------------------------------------------------
 
@@ -454,64 +433,20 @@ class RedisBroker(Broker):
 
         asyncio.get_running_loop().create_task(flush())
 
-    # -- pub/sub: ephemeral messages and control ---------------------------------------------------------------
+    # -- between nodes: liveness and controls (for the task registry) ------------------------------------------
 
-    async def _listen_loop(self) -> None:
-        backoff = 0.05
-        while not self._closing:
-            pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(keys.EPHEMERAL, keys.CONTROL)
-                backoff = 0.05
-                while not self._closing:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        self._on_message(message)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as err:
-                self._down(err)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            except Exception:
-                log.exception("the Redis listener failed; continuing")
-            finally:
-                with contextlib.suppress(BaseException):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    def _on_message(self, message: dict[str, Any]) -> None:
-        channel = _text(message["channel"])
-        body = msgspec.json.decode(message["data"])
-        if channel == keys.EPHEMERAL:
-            if body[0] != self.node_id:
-                self._route_ephemeral(body)
-        elif channel == keys.CONTROL and body.get("node") == self.node_id:
-            self._control(body)
-
-    def _control(self, body: dict[str, Any]) -> None:
-        handler = self._control_ops.get(str(body.get("op")))
-        if handler is not None:
-            handler(body)
-
-    def _close_replaced(self, body: dict[str, Any]) -> None:
-        assert self.streams is not None
-        conn_id = int(body["conn"])
-        if self.streams.get(conn_id) is not None:
-            self.streams.closed_replaced += 1
-            self.streams.close(conn_id, str(body.get("reason", "replaced")))
+    async def node_alive(self, node: str) -> bool:
+        """Whether ``node``'s heartbeat key exists (a dead node's expires within 15 s)."""
+        return await self._presence.node_alive(node)
 
     def on_control(self, op: str, handler: Callable[[dict[str, Any]], None]) -> None:
         """Call ``handler(body)`` (on the loop; it must not block) for ``sse:control`` messages of ``op`` that name
         this node (``body["node"]``)."""
-        self._control_ops[op] = handler
+        self._pubsub.on_control(op, handler)
 
     async def send_control(self, body: dict[str, Any]) -> None:
         """Publish a control message; the node named ``body["node"]`` acts on it."""
-        await self._call(self._redis.publish(keys.CONTROL, _json.encode(body)))
-
-    async def node_alive(self, node: str) -> bool:
-        """Whether ``node``'s heartbeat key exists (a dead node's expires within 15 s)."""
-        return bool(await self._call(self._redis.exists(keys.node(node))))
+        await self._pubsub.send_control(body)
 
     # -- opening a stream ------------------------------------------------------------------------------------
 
@@ -532,8 +467,8 @@ class RedisBroker(Broker):
         if conn_id is not None:
             assert self.streams is not None
             self.streams.hub.set_watermark(conn_id, floor)
-            self._members[conn_id] = client_id
-        member = self._member(conn_id if conn_id is not None else 0)
+            self._presence.add(conn_id, client_id)
+        member = self._presence.member(conn_id if conn_id is not None else 0)
         names = [keys.presence(client_id), keys.mailbox(client_id), keys.EPOCH, keys.FLOOR]
         args: list[Any] = [member, int(time.time() * 1000), keys.NODE_PREFIX, PRESENCE_TTL]
         conn = self.streams.get(conn_id) if self.streams is not None and conn_id is not None else None
@@ -545,7 +480,7 @@ class RedisBroker(Broker):
         reply, info = await answer
         epoch, log_floor, members, mail = reply
         gap = self._gap(cursor, since, _text(epoch), int(log_floor) << _SEQ_BITS, info)
-        self._enforce_limit(client_id, [_text(m) for m in members])
+        self._presence.enforce_limit(client_id, [_text(m) for m in members])
         frames: list[Frame] = []
         if cursor is not None and gap is None and since is not None and since < head:
             frames, gap = await self._replay(since, head, client_id, topics)
@@ -650,56 +585,6 @@ class RedisBroker(Broker):
                 frames.append(Frame(data, event=event.decode(), priority=int(priority), seq=seq))
         return frames
 
-    def _enforce_limit(self, client_id: str, members: list[str]) -> None:
-        """Past the per-client limit cluster-wide, the oldest connections are closed as ``replaced``."""
-        excess = len(members) - self.settings.max_connections_per_client
-        if excess <= 0:
-            return
-        assert self.streams is not None
-        for member in members[:excess]:
-            node, _, conn = member.partition(":")
-            if node == self.node_id:
-                if self.streams.get(int(conn)) is not None:
-                    self.streams.closed_replaced += 1
-                    self.streams.close(int(conn), "replaced")
-            else:
-                notice = _json.encode({"op": "close", "node": node, "conn": int(conn), "reason": "replaced"})
-                asyncio.get_running_loop().create_task(self._send_control(notice, client_id, member))
-
-    async def _send_control(self, notice: bytes, client_id: str, member: str) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.publish(keys.CONTROL, notice)
-            await self._redis.zrem(keys.presence(client_id), member)
-
-    def _member(self, conn_id: int) -> str:
-        return f"{self.node_id}:{conn_id}"
-
-    def _removed(self, conn_id: int, client_id: str) -> None:
-        """A connection of this node closed: withdraw its presence soon (batched)."""
-        if self._members.pop(conn_id, None) is None:
-            return
-        self._gone.append((conn_id, client_id))
-        if len(self._gone) == 1:
-            with contextlib.suppress(RuntimeError):  # no running loop: the next tick flushes it
-                asyncio.get_running_loop().call_soon(self._flush_gone)
-
-    def _flush_gone(self) -> None:
-        gone, self._gone = self._gone, []
-        if not gone:
-            return
-
-        async def flush() -> None:
-            try:
-                pipe = self._redis.pipeline(transaction=False)
-                for conn_id, client_id in gone:
-                    pipe.zrem(keys.presence(client_id), self._member(conn_id))
-                pipe.hdel(keys.rows(self.node_id), *(str(conn_id) for conn_id, _ in gone))
-                await pipe.execute()
-            except (RedisError, OSError):
-                self._gone.extend(gone)  # retried on the next tick
-
-        asyncio.get_running_loop().create_task(flush())
-
     # -- acks ------------------------------------------------------------------------------------------------
 
     async def ack(self, client_id: str, message_ids: list[str], *, admin: bool) -> int:
@@ -744,16 +629,16 @@ class RedisBroker(Broker):
         if not self._up:
             return
         try:
-            self._flush_gone()
+            self._presence.flush_gone()
             await self._heartbeat()
             if now - self._last_rows >= CONNECTIONS_REFRESH:
                 self._last_rows = now
-                await self._write_rows()
+                await self._presence.write_rows()
             await self._redeliver(now)
             await self._trim_log(now)
             if now - self._last_refresh > 600:
                 self._last_refresh = now
-                await self._refresh_presence()
+                await self._presence.refresh()
         except (RedisError, OSError) as err:
             self._down(err)
         except Exception:
@@ -778,43 +663,9 @@ class RedisBroker(Broker):
                 self.streams.close(conn.id, "lagged")
 
     async def _heartbeat(self) -> None:
-        """Keep this node alive in Redis (its connections count while it is), and read the cluster's counts."""
-        assert self.streams is not None
-        now = time.time()
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.set(keys.node(self.node_id), len(self.streams), ex=NODE_TTL)
-        pipe.zadd(keys.NODES, {self.node_id: now})
-        pipe.zremrangebyscore(keys.NODES, "-inf", now - NODE_TTL)
-        pipe.expire(keys.NODES, NODE_TTL * 4)
-        pipe.zrange(keys.NODES, 0, -1)
-        pipe.get(keys.EPOCH)
-        pipe.expire(keys.rows(self.node_id), NODE_TTL)
-        replies = await pipe.execute()
-        nodes = replies[4]
-        if replies[5] is None:  # Redis lost its data without dropping our connections (FLUSHALL, failover)
+        """Keep this node alive in Redis and read the cluster's counts (:meth:`Presence.heartbeat`)."""
+        if not await self._presence.heartbeat():  # Redis lost its data, our connections kept (FLUSHALL, failover)
             self._down(RuntimeError("the epoch is gone from Redis"))
-            return
-        counts = await self._redis.mget([keys.node(_text(n)) for n in nodes]) if nodes else []
-        self.cluster_nodes = sum(1 for c in counts if c is not None)
-        self.cluster_connections = sum(int(c) for c in counts if c is not None)
-
-    async def _write_rows(self) -> None:
-        """Rewrite this node's connection rows, with their current queue stats (atomically: no empty moment)."""
-        assert self.streams is not None
-        key = keys.rows(self.node_id)
-        rows = {str(conn.id): _json.encode(self.streams.info(conn)) for conn in self.streams.connections()}
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(key)
-        if rows:
-            pipe.hset(key, mapping=rows)  # type: ignore[arg-type]
-            pipe.expire(key, NODE_TTL)
-        await pipe.execute()
-
-    async def _refresh_presence(self) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for client_id in set(self._members.values()):
-            pipe.expire(keys.presence(client_id), PRESENCE_TTL)
-        await pipe.execute()
 
     async def _redeliver(self, now: float) -> None:
         s = self.settings
@@ -833,22 +684,8 @@ class RedisBroker(Broker):
     # -- introspection ---------------------------------------------------------------------------------------
 
     async def connections(self) -> list[ConnectionInfo]:
-        """Every live node's connections: this node's as they are now, the others' from their rows in Redis (their
-        ``lastActiveAt`` and queue stats as of that node's last refresh, at most CONNECTIONS_REFRESH s old)."""
-        assert self.streams is not None
-        nodes = [_text(n) for n in await self._call(self._redis.zrange(keys.NODES, 0, -1))]
-        others = [n for n in nodes if n != self.node_id]
-        rows = self.streams.rows()
-        if others:
-            alive = await self._call(self._redis.mget([keys.node(n) for n in others]))
-            pipe = self._redis.pipeline(transaction=False)
-            live = [n for n, beat in zip(others, alive, strict=True) if beat is not None]
-            for node in live:
-                pipe.hvals(keys.rows(node))
-            for values in await self._call(pipe.execute()):
-                rows += [_row.decode(value) for value in values]
-        rows.sort(key=lambda r: (r.connected_at, r.connection_id))
-        return rows
+        """Every live node's connections (:meth:`Presence.connections`)."""
+        return await self._presence.connections()
 
     def counters(self) -> dict[str, int]:
         return {
@@ -858,8 +695,8 @@ class RedisBroker(Broker):
             "acks_acked": self.acked,
             "acks_redelivered": self.redelivered,
             "acks_expired": self.acks_expired,
-            "cluster_connections": self.cluster_connections,
-            "cluster_nodes": self.cluster_nodes,
+            "cluster_connections": self._presence.cluster_connections,
+            "cluster_nodes": self._presence.cluster_nodes,
             "broker_up": int(self._up),
             "broker_reconnects": self.reconnects,
             "broker_resets": self.resets,

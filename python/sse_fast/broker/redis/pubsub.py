@@ -1,0 +1,152 @@
+"""Pub/sub for the Redis broker: ephemeral messages and controls between nodes.
+
+Ephemeral messages go over pub/sub (``sse:eph``): no log, no mailbox, no cursor. The publishing node routes its
+own message to its streams at once; every other node routes it when its listener receives it. ``sse:control``
+carries ``replaced`` closes to the node that holds the connection (sent by
+:meth:`~sse_fast.broker.redis.presence.Presence.enforce_limit`), and task controls and their answers between nodes
+(:mod:`sse_fast.scheduler.redis_registry`, the task registry this broker chooses). Each node listens on both
+channels with one pub/sub connection of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from sse_fast._core import Frame
+from sse_fast.broker.redis import keys as keys
+from sse_fast.models import Envelope
+from sse_fast.streams import Streams
+
+__all__ = ["Host", "PubSub", "Route"]
+
+log = logging.getLogger("sse_fast.redis")
+
+_T = TypeVar("_T")
+_json = msgspec.json.Encoder()
+
+#: An ephemeral message as it travels on ``sse:eph``: ``[node, data, event, priority, target, topic, exclude]``.
+Route = list[Any]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Host(Protocol):
+    """What pub/sub needs of the broker that owns it (:class:`~sse_fast.broker.redis.RedisBroker`)."""
+
+    @property
+    def node_id(self) -> str:
+        """This node's id: the controls that name it are its own; its own ephemeral messages it routed already."""
+
+    @property
+    def streams(self) -> Streams | None:
+        """This worker's streams, once attached."""
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The client for commands (publishes go through it, never through the listener's connection)."""
+
+    async def call(self, awaitable: Awaitable[_T]) -> _T:
+        """One Redis call that fails fast (503 when Redis is unreachable)."""
+
+
+class PubSub:
+    """This node's side of ``sse:eph`` and ``sse:control``: the listener, ephemeral routing, control handlers."""
+
+    def __init__(self, host: Host, client: aioredis.Redis, *, down: Callable[[BaseException], None]) -> None:
+        """Listen with ``client`` (a connection without a read timeout); ``down(err)`` reports Redis unreachable."""
+        self._host = host
+        self._client = client
+        self._down = down
+        self._closing = False
+        self._control_ops: dict[str, Callable[[dict[str, Any]], None]] = {"close": self._close_replaced}
+
+    def stop(self) -> None:
+        """Let the listener end (the broker is closing; it cancels the listener's task as well)."""
+        self._closing = True
+
+    # -- the listener ------------------------------------------------------------------------------------------
+
+    async def listen(self) -> None:
+        """Receive both channels until the broker closes, resubscribing (with backoff) when Redis goes away."""
+        backoff = 0.05
+        while not self._closing:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.EPHEMERAL, keys.CONTROL)
+                backoff = 0.05
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._on_message(message)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as err:
+                self._down(err)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                log.exception("the Redis listener failed; continuing")
+            finally:
+                with contextlib.suppress(BaseException):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        channel = _text(message["channel"])
+        body = msgspec.json.decode(message["data"])
+        if channel == keys.EPHEMERAL:
+            if body[0] != self._host.node_id:
+                self.route_ephemeral(body)
+        elif channel == keys.CONTROL and body.get("node") == self._host.node_id:
+            self._control(body)
+
+    # -- ephemeral messages ------------------------------------------------------------------------------------
+
+    async def publish_ephemeral(self, envelope: Envelope, data: bytes, exclude: str | None) -> Route:
+        """Publish an ephemeral message to every other node; its route, for this node to route it at once."""
+        route: Route = [self._host.node_id, data.decode(), envelope.type, envelope.priority, envelope.target]
+        route += [envelope.topic, exclude]
+        await self._host.call(self._host.redis.publish(keys.EPHEMERAL, _json.encode(route)))
+        return route
+
+    def route_ephemeral(self, route: Route) -> int:
+        """Hand an ephemeral message to this worker's streams; the connections it was written to."""
+        streams = self._host.streams
+        assert streams is not None
+        _, data, event, priority, target, topic, exclude = route
+        raw = data if isinstance(data, bytes) else str(data).encode()
+        frame = Frame(raw, event=event, priority=priority)
+        return streams.deliver(frame, target=target, topic=topic, exclude=exclude).delivered
+
+    # -- controls ----------------------------------------------------------------------------------------------
+
+    def _control(self, body: dict[str, Any]) -> None:
+        handler = self._control_ops.get(str(body.get("op")))
+        if handler is not None:
+            handler(body)
+
+    def _close_replaced(self, body: dict[str, Any]) -> None:
+        streams = self._host.streams
+        assert streams is not None
+        conn_id = int(body["conn"])
+        if streams.get(conn_id) is not None:
+            streams.closed_replaced += 1
+            streams.close(conn_id, str(body.get("reason", "replaced")))
+
+    def on_control(self, op: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``handler(body)`` (on the loop; it must not block) for ``sse:control`` messages of ``op`` that name
+        this node (``body["node"]``)."""
+        self._control_ops[op] = handler
+
+    async def send_control(self, body: dict[str, Any]) -> None:
+        """Publish a control message; the node named ``body["node"]`` acts on it."""
+        await self._host.call(self._host.redis.publish(keys.CONTROL, _json.encode(body)))
