@@ -9,8 +9,9 @@ Redis broker the frames still travel through Redis (the node's reader loop route
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from redis.exceptions import ResponseError
 from sse_fast import Decoder, Event
 from sse_fast._core import stream_id_seq
 from sse_fast.broker.redis.keys import LOG
+from sse_fast.models import Envelope, new_message_id
 from sse_fast.server.app import App
 from sse_fast.settings import Settings
 
@@ -28,10 +30,16 @@ __all__ = [
     "StreamSink",
     "cancel_pending",
     "close_app",
+    "close_stream",
+    "envelope",
     "head_seq",
     "make_app",
     "on_redis",
+    "open_stream",
+    "payloads",
+    "running_app",
     "settle",
+    "tick",
     "wait_until",
 ]
 
@@ -56,6 +64,7 @@ class StreamSink:
     data: bytearray = field(default_factory=bytearray)
     frames: list[Received] = field(default_factory=list)
     closed: bool = False
+    conn_id: int | None = None  # set by :func:`open_stream`
     _decoder: Decoder = field(default_factory=Decoder)
 
     def write(self, data: bytes) -> bool:
@@ -182,3 +191,50 @@ async def settle(app: App) -> None:
         broker = app.broker
         await wait_until(lambda: _redis_quiet(broker), "the Redis broker to route its log and finish its tasks")
     await _turns(app)
+
+
+@contextlib.asynccontextmanager
+async def running_app(redis_url: str | None, **settings: Any) -> AsyncIterator[App]:
+    """An App on the memory broker (``None``) or on the Redis at ``redis_url``, closed on exit."""
+    app = await make_app(redis_url, **settings)
+    try:
+        yield app
+    finally:
+        await close_app(app)
+        await cancel_pending()
+
+
+def envelope(payload: Any, **fields: Any) -> Envelope:
+    """A ``json`` envelope as the server hands it to a broker: id, timestamp and source (``server``) set."""
+    fields.setdefault("id", new_message_id())
+    fields.setdefault("source", "server")
+    return Envelope(type="json", payload=payload, timestamp=int(time.time() * 1000), **fields)
+
+
+async def open_stream(app: App, client: str, cursor: str | None = None, topics: tuple[str, ...] = ()) -> StreamSink:
+    """What ``GET /sse`` does once its headers are out; returns once everything it caused reached the sink."""
+    sink = StreamSink()
+    sink.conn_id = await app.handshake.open(client, topics, cursor, sink)
+    await settle(app)
+    return sink
+
+
+async def close_stream(app: App, sink: StreamSink) -> None:
+    """What the server does when a stream's socket closes (on the loop: Redis withdraws its presence from there)."""
+    assert sink.conn_id is not None
+    app.streams.remove(sink.conn_id)
+    await settle(app)
+
+
+async def tick(app: App, now: float) -> None:
+    """``broker.tick(now)`` (the ticker's job) with the test's clock, then wait for it: Redis ticks on a task."""
+    app.broker.tick(now)
+    task = getattr(app.broker, "_tick_task", None)
+    if task is not None:
+        await task
+    await settle(app)
+
+
+def payloads(sink: StreamSink) -> list[Any]:
+    """The payloads of every frame after ``connect``, in order (heartbeats left out)."""
+    return [f.envelope["payload"] for f in sink.messages()]

@@ -15,20 +15,27 @@ the test chooses, never by sleeping.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from _brokers import Received, StreamSink, cancel_pending, close_app, make_app, settle
+from _brokers import (
+    Received,
+    StreamSink,
+    close_stream,
+    envelope,
+    open_stream,
+    payloads,
+    running_app,
+    settle,
+    tick,
+)
 from _redis import RedisServer, running_redis
 from sse_fast.errors import HttpError
-from sse_fast.models import Envelope, new_message_id
 from sse_fast.server.app import App
 
 BROKERS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
@@ -68,61 +75,6 @@ def _no_problems_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-# (test_conformance_model.py has its own versions of the first few, bound to its small BROKER_SETTINGS.)
-
-
-@contextlib.asynccontextmanager
-async def running_app(redis_url: str | None, **settings: Any) -> AsyncIterator[App]:
-    """An App on the memory broker (``None``) or on the (flushed) Redis at ``redis_url``, closed on exit."""
-    app = await make_app(redis_url, **settings)
-    try:
-        yield app
-    finally:
-        await close_app(app)
-        await cancel_pending()
-
-
-@dataclass
-class Sink(StreamSink):
-    """A :class:`StreamSink` that knows its connection id (to close it)."""
-
-    conn_id: int | None = None
-
-
-def envelope(payload: Any, **fields: Any) -> Envelope:
-    """A ``json`` envelope as the server hands it to a broker: id, timestamp and source (``server``) set."""
-    fields.setdefault("id", new_message_id())
-    fields.setdefault("source", "server")
-    return Envelope(type="json", payload=payload, timestamp=int(time.time() * 1000), **fields)
-
-
-async def open_stream(app: App, client: str, cursor: str | None = None, topics: tuple[str, ...] = ()) -> Sink:
-    """What ``GET /sse`` does once its headers are out; returns once everything it caused reached the sink."""
-    sink = Sink()
-    sink.conn_id = await app.handshake.open(client, topics, cursor, sink)
-    await settle(app)
-    return sink
-
-
-async def close_stream(app: App, sink: Sink) -> None:
-    """What the server does when a stream's socket closes (on the loop: Redis withdraws its presence from there)."""
-    assert sink.conn_id is not None
-    app.streams.remove(sink.conn_id)
-    await settle(app)
-
-
-async def tick(app: App, now: float) -> None:
-    """``broker.tick(now)`` (the ticker's job) with the test's clock, then wait for it: Redis ticks on a task."""
-    app.broker.tick(now)
-    task = getattr(app.broker, "_tick_task", None)
-    if task is not None:
-        await task
-    await settle(app)
-
-
-def payloads(sink: StreamSink) -> list[Any]:
-    """The payloads of every frame after ``connect``, in order (heartbeats left out)."""
-    return [f.envelope["payload"] for f in sink.messages()]
 
 
 def opened(sink: StreamSink) -> tuple[bool, int, str | None]:

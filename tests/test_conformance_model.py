@@ -37,7 +37,20 @@ from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
-from _brokers import Received, StreamSink, cancel_pending, close_app, head_seq, make_app, settle
+import _brokers as brokers
+from _brokers import (
+    Received,
+    StreamSink,
+    cancel_pending,
+    close_app,
+    envelope,
+    head_seq,
+    make_app,
+    open_stream,
+    payloads,
+    settle,
+    tick,
+)
 from _redis import RedisServer, running_redis
 from reference.rules import EXPIRED, UNKNOWN, UNKNOWN_CURSOR, Answer, BrokerModel, Message, Opening, Seen
 from sse_fast.errors import HttpError, ValidationFailure
@@ -477,7 +490,7 @@ class BrokerConformance(RuleBasedStateMachine):
         )
         self.check_streams()
         for name, (conn_id, _) in stream.sinks.items():
-            self.run(close_stream(self.apps[name], conn_id))
+            self.run(remove_stream(self.apps[name], conn_id))
         self.model.close(key)
         self.after_step()
 
@@ -586,49 +599,20 @@ def _xfail_on_redis(reason: str) -> list[Any]:
 BROKERS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 
 
-@contextlib.asynccontextmanager
-async def running_app(broker: str, server: RedisServer, **overrides: Any) -> AsyncIterator[App]:
-    url = None
-    if broker == "redis":
-        _flushall(server)
-        url = server.url
-    app = await make_app(url, **{**BROKER_SETTINGS, **overrides})
-    try:
-        yield app
-    finally:
-        await close_app(app)
-        await cancel_pending()
-
-
-def envelope(payload: Any, **fields: Any) -> Envelope:
-    fields.setdefault("id", new_message_id())
-    fields.setdefault("source", "server")
-    return Envelope(type="json", payload=payload, timestamp=int(time.time() * 1000), **fields)
-
-
-async def open_stream(app: App, client: str, cursor: str | None = None, topics: tuple[str, ...] = ()) -> StreamSink:
-    sink = StreamSink()
-    await app.handshake.open(client, topics, cursor, sink)
-    await settle(app)
-    return sink
-
-
-def payloads(sink: StreamSink) -> list[Any]:
-    return [f.envelope["payload"] for f in sink.messages()]
-
-
-async def close_stream(app: App, conn_id: int) -> None:
+async def remove_stream(app: App, conn_id: int) -> None:
     """What the server does when a stream's socket closes (on the loop: Redis withdraws its presence from there)."""
     app.streams.remove(conn_id)
 
 
-async def tick(app: App, now: float) -> None:
-    """``broker.tick(now)`` (the ticker's job), then wait for what it started: Redis ticks on a task."""
-    app.broker.tick(now)
-    task = getattr(app.broker, "_tick_task", None)
-    if task is not None:
-        await task
-    await settle(app)
+@contextlib.asynccontextmanager
+async def running_app(broker: str, server: RedisServer, **overrides: Any) -> AsyncIterator[App]:
+    """An App on ``broker`` with this module's small bounds (Redis flushed first)."""
+    if broker == "redis":
+        _flushall(server)
+    async with brokers.running_app(
+        server.url if broker == "redis" else None, **{**BROKER_SETTINGS, **overrides}
+    ) as app:
+        yield app
 
 
 @pytest.mark.parametrize("broker", BROKERS)
