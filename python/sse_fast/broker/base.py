@@ -37,6 +37,12 @@ class Broker(abc.ABC):
         self.settings = settings
         self.streams: Streams | None = None
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
+        # What every broker counts the same way (the rest of counters() is its stores').
+        self.published = 0
+        self.duplicates = 0
+        self.acked = 0
+        self.redelivered = 0
+        self.acks_expired = 0
 
     def attach(self, streams: Streams) -> None:
         """Bind the broker to this worker's streams (before the first request)."""
@@ -111,6 +117,16 @@ class Broker(abc.ABC):
     async def close(self) -> None:
         """Release what the broker holds (connections to Redis, ...), after its close hooks."""
         await self.run_close_hooks()
+
+    def delivery_counters(self) -> dict[str, int]:
+        """The counters every broker keeps alike: publishes, duplicates, and the life of requireAck messages."""
+        return {
+            "published": self.published,
+            "duplicates": self.duplicates,
+            "acks_acked": self.acked,
+            "acks_redelivered": self.redelivered,
+            "acks_expired": self.acks_expired,
+        }
 
     @abc.abstractmethod
     def counters(self) -> dict[str, int]:

@@ -170,11 +170,6 @@ class MemoryBroker(Broker):
         # (deadline, message id): entries whose message was acked or dropped are skipped when they come up.
         self._deadlines: list[tuple[float, str]] = []
         self._ack_bytes = 0
-        self.published = 0
-        self.duplicates = 0
-        self.redelivered = 0
-        self.acks_expired = 0
-        self.acked = 0
 
     # -- publishing ------------------------------------------------------------------------------------------
 
@@ -322,8 +317,7 @@ class MemoryBroker(Broker):
     def counters(self) -> dict[str, int]:
         log = self.log.counters()
         return {
-            "published": self.published,
-            "duplicates": self.duplicates,
+            **self.delivery_counters(),
             "replay_frames": log["frames"],
             "replay_bytes": log["bytes"],
             "replay_evicted": log["evicted"] + log["expired"],
@@ -334,7 +328,4 @@ class MemoryBroker(Broker):
             "dedupe_entries": len(self.dedupe),
             "acks_tracked": len(self._acks),
             "acks_bytes": self._ack_bytes,
-            "acks_acked": self.acked,
-            "acks_redelivered": self.redelivered,
-            "acks_expired": self.acks_expired,
         }

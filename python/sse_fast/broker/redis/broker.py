@@ -159,11 +159,6 @@ class RedisBroker(Broker):
         self._marks: list[str] = []
         self._last_refresh = 0.0
         self._last_rows = 0.0
-        self.published = 0
-        self.duplicates = 0
-        self.redelivered = 0
-        self.acks_expired = 0
-        self.acked = 0
         self.mailbox_dropped = 0
         self.resets = 0
         self.reconnects = 0
@@ -689,12 +684,8 @@ class RedisBroker(Broker):
 
     def counters(self) -> dict[str, int]:
         return {
-            "published": self.published,
-            "duplicates": self.duplicates,
+            **self.delivery_counters(),
             "mailbox_dropped": self.mailbox_dropped,
-            "acks_acked": self.acked,
-            "acks_redelivered": self.redelivered,
-            "acks_expired": self.acks_expired,
             "cluster_connections": self._presence.cluster_connections,
             "cluster_nodes": self._presence.cluster_nodes,
             "broker_up": int(self._up),
