@@ -100,7 +100,7 @@ class _Dispatcher(_ClientBase):
         # Reader -> dispatcher, bounded by queue_size: the reader waits for room while someone consumes, and drops
         # the oldest (counted) while nobody does, so that messages that arrive before the first handler or
         # iterator is registered (the ``connect`` event, a mailbox) are held for it rather than lost.
-        self._inbound: deque[Envelope] = deque()
+        self._inbound: deque[Envelope] = deque()  # bounded by queue_size (see above)
         self._inbound_ready = asyncio.Event()
         self._inbound_room = asyncio.Event()
 

@@ -420,7 +420,7 @@ class Scheduler:
         self._parked: dict[tuple[str, str], deque[_Task]] = {}
         self._resuming: deque[_Task] = deque()  # live tasks only: bounded by the queue size plus the pool
         self._runners: set[asyncio.Task[None]] = set()
-        self._outbox: deque[Envelope] = deque()
+        self._outbox: deque[Envelope] = deque()  # handler publishes wait past _OUTBOX_HIGH (_room); events: per task
         self._pump: asyncio.Task[None] | None = None
         self._drained: asyncio.Event | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -792,7 +792,7 @@ class Scheduler:
             if key is None:
                 return t
             t.state = "parked"
-            self._parked.setdefault(key, deque()).append(t)
+            self._parked.setdefault(key, deque()).append(t)  # live tasks only: bounded by the queue size
 
     def _acquire(self, t: _Task) -> None:
         self._running += 1
