@@ -372,6 +372,12 @@ def decode(body: bytes, type: type[T]) -> T:
         raise _failure(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise _malformed(body, exc) from None
+    except RecursionError:  # nested deeper than msgspec's limit: hostile, never a 500
+        raise _too_deep() from None
+
+
+def _too_deep() -> ValidationFailure:
+    return ValidationFailure(400, "malformed_json", "malformed JSON: nested too deeply")
 
 
 def _raise_if_malformed(body: bytes) -> None:
@@ -379,6 +385,8 @@ def _raise_if_malformed(body: bytes) -> None:
         msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise _malformed(body, exc) from None
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def _malformed(body: bytes, exc: msgspec.DecodeError) -> ValidationFailure:

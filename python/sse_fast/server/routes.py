@@ -243,6 +243,14 @@ class Api:
     def _caller(self, req: Request, body_source: str | None = None) -> Identity:
         return self.auth.api_identity(req.headers, req.query, body_source)
 
+    def _early_caller(self, req: Request) -> Identity | None:
+        """The caller, before the body is read, under ``auth = jwt``: a request without a valid credential is
+        refused (401) before its body is decoded. With ``auth = none`` the envelope's ``source`` may name the
+        caller, so this is None and the body comes first."""
+        if self.auth.mode == "jwt":
+            return self._caller(req)
+        return None
+
     def _stamp(self, envelope: Envelope, caller: Identity) -> Envelope:
         """Set what only the server may set: id (when absent), timestamp and source."""
         return msgspec.structs.replace(
@@ -291,10 +299,11 @@ class Api:
 
     async def publish(self, req: Request) -> Response:
         """``POST /api/messages``."""
+        early = self._early_caller(req)
         envelope = await self._envelope(req)
         if envelope.type == "ack":
-            return await self._ack_envelope(req, envelope)
-        caller = self._caller(req, envelope.source)
+            return await self._ack_envelope(req, envelope, early)
+        caller = early or self._caller(req, envelope.source)
         if envelope.type == "command" and envelope.target is None:
             return await self.commands.submit(caller, self._stamp(envelope, caller))
         return await self._publish(caller, envelope)
@@ -313,21 +322,23 @@ class Api:
     async def direct(self, req: Request) -> Response:
         """``POST /api/direct/{clientId}``."""
         target = _client_id(req.path_params["clientId"])
+        early = self._early_caller(req)
         envelope = decode_envelope(await req.json_body(self.settings.max_body), direct=True)
         if envelope.topic is not None:
             raise HttpError(422, "target_and_topic", "a direct message cannot also have a topic")
-        caller = self._caller(req, envelope.source)
+        caller = early or self._caller(req, envelope.source)
         return await self._publish(caller, msgspec.structs.replace(envelope, target=target))
 
     async def broadcast(self, req: Request) -> Response:
         """``POST /api/broadcast``."""
+        early = self._early_caller(req)
         body = decode(await req.json_body(self.settings.max_body), BroadcastRequest)
         envelope = body.message
         if envelope.target is not None or envelope.topic is not None:
             raise HttpError(422, "not_a_broadcast", "a broadcast message has no target and no topic")
         if body.exclude_client_id is not None:
             _client_id(body.exclude_client_id, "excludeClientId")
-        caller = self._caller(req, envelope.source)
+        caller = early or self._caller(req, envelope.source)
         accepted = await self._accept(caller, envelope, exclude=body.exclude_client_id)
         if accepted.duplicate:
             return _duplicate(accepted)
@@ -335,10 +346,11 @@ class Api:
 
     async def command(self, req: Request) -> Response:
         """``POST /api/commands``: to the scheduler, or relayed to ``target`` like a message."""
+        early = self._early_caller(req)
         envelope = await self._envelope(req)
         if envelope.type != "command":
             raise HttpError(422, "not_a_command", "POST /api/commands takes an envelope of type command")
-        caller = self._caller(req, envelope.source)
+        caller = early or self._caller(req, envelope.source)
         if envelope.target is not None:
             return await self._publish(caller, envelope)
         return await self.commands.submit(caller, self._stamp(envelope, caller))
@@ -347,17 +359,18 @@ class Api:
 
     async def ack(self, req: Request) -> Response:
         """``POST /api/ack``."""
+        early = self._early_caller(req)
         body = decode(await req.json_body(self.settings.max_body), AckRequest)
-        caller = self._caller(req)
+        caller = early or self._caller(req)
         acked = await self.broker.ack(caller.client_id, list(body.message_ids), admin=caller.admin)
         return json_response(200, AckAnswer(acked=acked))
 
-    async def _ack_envelope(self, req: Request, envelope: Envelope) -> Response:
+    async def _ack_envelope(self, req: Request, envelope: Envelope, early: Identity | None) -> Response:
         payload = envelope.payload if isinstance(envelope.payload, dict) else {}
         message_id = payload.get("messageId")
         if not isinstance(message_id, str):
             raise HttpError(422, "invalid_ack", "an ack envelope needs payload.messageId (a string)")
-        caller = self._caller(req, envelope.source)
+        caller = early or self._caller(req, envelope.source)
         acked = await self.broker.ack(caller.client_id, [message_id], admin=caller.admin)
         return json_response(200, AckAnswer(acked=acked))
 

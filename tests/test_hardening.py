@@ -1,0 +1,71 @@
+"""End to end, issue 13: hostile bodies, identities and origins against a real server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from _servers import Server, running_server
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "h" * 40
+DEEP_LIST = b"[" * 2000 + b"]" * 2000
+DEEP_OBJECT = b'{"a":' * 2000 + b"1" + b"}" * 2000
+DEEP_PAYLOAD = b'{"type":"text","target":"bob","payload":' + DEEP_LIST + b"}"
+JSON = {"content-type": "application/json"}
+
+
+def bearer(sub: str, **claims: Any) -> dict[str, str]:
+    claims.setdefault("exp", int(time.time()) + 600)
+    return {"Authorization": f"Bearer {jwt.encode({'sub': sub, **claims}, SECRET, algorithm='HS256')}"}
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("open")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def jwt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(
+        tmp_path_factory.mktemp("jwt"), env={"SSE_FAST_AUTH": "jwt", "SSE_FAST_JWT_SECRET": SECRET}
+    ) as srv:
+        yield srv
+
+
+def error_of(response: httpx.Response) -> tuple[int, str]:
+    body = response.json()
+    assert {"error", "code"} <= set(body) <= {"error", "code", "detail"}, body
+    assert response.headers["content-type"].startswith("application/json")
+    return response.status_code, body["code"]
+
+
+# -- 1. deeply nested JSON ---------------------------------------------------------------------------------------
+
+_DEEP_PATHS = ("/api/messages", "/api/direct/bob", "/api/ack", "/api/commands", "/api/broadcast")
+
+
+@pytest.mark.parametrize("body", [DEEP_LIST, DEEP_OBJECT, DEEP_PAYLOAD], ids=["list", "object", "payload"])
+@pytest.mark.parametrize("path", _DEEP_PATHS)
+def test_deeply_nested_json_is_malformed_not_a_crash(open_server: Server, path: str, body: bytes) -> None:
+    answer = httpx.post(f"{open_server.url}{path}", content=body, headers=JSON)
+    assert error_of(answer) == (400, "malformed_json")
+    assert "Traceback" not in open_server.log()
+
+
+@pytest.mark.parametrize("path", _DEEP_PATHS)
+def test_under_jwt_the_caller_is_authenticated_before_the_body_is_decoded(jwt_server: Server, path: str) -> None:
+    answer = httpx.post(f"{jwt_server.url}{path}", content=DEEP_LIST, headers=JSON)
+    assert error_of(answer) == (401, "missing_token")
+    garbage = httpx.post(f"{jwt_server.url}{path}", content=b"{not json", headers=JSON)
+    assert error_of(garbage) == (401, "missing_token")
+    authed = httpx.post(f"{jwt_server.url}{path}", content=DEEP_LIST, headers={**JSON, **bearer("alice")})
+    assert error_of(authed) == (400, "malformed_json")
+    assert "Traceback" not in jwt_server.log()
