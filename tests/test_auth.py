@@ -77,15 +77,11 @@ def test_none_stream_trusts_the_client_id_query() -> None:
     )
 
 
-def test_none_stream_without_client_id_gets_a_fresh_anonymous_one() -> None:
-    authenticator = auth.Authenticator(Settings())
-    first = authenticator.stream_identity({}, {})
-    second = authenticator.stream_identity({}, {"clientId": ""})
-    assert first.kind == second.kind == "anonymous"
-    assert first.admin is True
-    assert first.client_id.startswith("anon-")
-    assert len(first.client_id) == len("anon-") + 16
-    assert first.client_id != second.client_id
+@pytest.mark.parametrize("query", [{}, {"clientId": ""}])
+def test_none_stream_without_client_id_is_refused(query: dict[str, str]) -> None:
+    with pytest.raises(auth.AuthFailure) as err:
+        auth.Authenticator(Settings()).stream_identity({}, query)
+    assert (err.value.status, err.value.code) == (400, "invalid_client_id")
 
 
 def test_none_ignores_tokens() -> None:

@@ -10,7 +10,7 @@ import httpx
 import jwt
 import pytest
 
-from _servers import Server, running_server
+from _servers import Server, open_stream, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -69,3 +69,18 @@ def test_under_jwt_the_caller_is_authenticated_before_the_body_is_decoded(jwt_se
     authed = httpx.post(f"{jwt_server.url}{path}", content=DEEP_LIST, headers={**JSON, **bearer("alice")})
     assert error_of(authed) == (400, "malformed_json")
     assert "Traceback" not in jwt_server.log()
+
+
+# -- 2. a stream needs a clientId under auth = none ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", ["", "?clientId=", "?topics=a.b", "?clientId=&topics=a.b"])
+def test_a_stream_without_client_id_is_refused_under_auth_none(open_server: Server, query: str) -> None:
+    answer = httpx.get(f"{open_server.url}/sse{query}", timeout=5)
+    assert error_of(answer) == (400, "invalid_client_id")
+
+
+async def test_under_jwt_the_stream_needs_no_client_id_query(jwt_server: Server) -> None:
+    async with open_stream(jwt_server.url, client_id="", headers=bearer("alice")) as alice:
+        await alice.wait_for(lambda s: bool(s.system("connect")))
+        assert alice.system("connect")[0]["payload"]["detail"]["clientId"] == "alice"

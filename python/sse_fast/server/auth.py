@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -104,13 +103,13 @@ class Authenticator:
     def stream_identity(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Identity:
         """The identity of a ``GET /sse`` request.
 
-        ``auth = none``: the ``clientId`` query, or a fresh ``anon-...`` id when there is none (so that anonymous
-        tabs do not replace each other). ``auth = jwt``: the token's ``sub``.
+        ``auth = none``: the ``clientId`` query, required (a missing or empty one is 400 ``invalid_client_id``:
+        a stream always belongs to a named client). ``auth = jwt``: the token's ``sub`` (the query may be left out).
         """
         claimed = _client_id_param(query.get("clientId"), "clientId")
         if self.mode == "none":
             if claimed is None:
-                return _trusted(f"anon-{secrets.token_hex(8)}", "anonymous")
+                raise AuthFailure(400, "invalid_client_id", "clientId is required on the stream with auth = none")
             return _trusted(claimed, "client")
         return self._token_identity(headers, query, (claimed,))
 

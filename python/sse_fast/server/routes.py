@@ -82,7 +82,7 @@ _PUBLISH_ERRORS: Final = {409: _E, 413: _E, 503: _E}
 # the task's node unreachable, 504 its node did not answer.
 _TASK_ERRORS: Final = {404: _E, 409: _E, 429: _E, 503: _E, 504: _E}
 _STREAM_QUERY: Final = (
-    ("clientId", "Your clientId with SSE_FAST_AUTH=none (anon-<hex> when absent); with jwt, the token subject."),
+    ("clientId", "Your clientId, required with SSE_FAST_AUTH=none; with jwt, the token subject (may be left out)."),
     ("topics", "Comma-separated topic patterns (`*` one segment, a final `>` one or more); at most 64."),
     ("lastEventId", "The last cursor seen, to resume (for browsers: the same as the Last-Event-ID header)."),
     ("token", "The JWT, for browsers (EventSource cannot send Authorization); never logged."),
