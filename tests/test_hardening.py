@@ -11,6 +11,7 @@ import jwt
 import pytest
 
 from _servers import Server, open_stream, running_server
+from sse_fast.broker.rules import RESERVED_SOURCES
 
 pytestmark = pytest.mark.e2e
 
@@ -84,3 +85,34 @@ async def test_under_jwt_the_stream_needs_no_client_id_query(jwt_server: Server)
     async with open_stream(jwt_server.url, client_id="", headers=bearer("alice")) as alice:
         await alice.wait_for(lambda s: bool(s.system("connect")))
         assert alice.system("connect")[0]["payload"]["detail"]["clientId"] == "alice"
+
+
+# -- 3. the server's own identities are nobody's ------------------------------------------------------------------
+
+RESERVED = sorted(RESERVED_SOURCES)
+
+
+@pytest.mark.parametrize("sub", RESERVED)
+def test_a_token_with_a_reserved_subject_is_refused(jwt_server: Server, sub: str) -> None:
+    url = jwt_server.url
+    stream = httpx.get(f"{url}/sse", headers=bearer(sub, admin=True), timeout=5)
+    assert error_of(stream) == (401, "reserved_identity")
+    body = {"type": "text", "payload": "x", "topic": "a.b"}
+    api = httpx.post(f"{url}/api/messages", json=body, headers=bearer(sub, admin=True))
+    assert error_of(api) == (401, "reserved_identity")
+    tasks = httpx.get(f"{url}/api/tasks", headers=bearer(sub, admin=True))
+    assert error_of(tasks) == (401, "reserved_identity")
+
+
+@pytest.mark.parametrize("name", RESERVED)
+def test_a_reserved_client_id_is_refused_under_auth_none(open_server: Server, name: str) -> None:
+    url = open_server.url
+    assert error_of(httpx.get(f"{url}/sse?clientId={name}", timeout=5)) == (400, "invalid_client_id")
+    body = {"type": "text", "payload": "x", "topic": "a.b"}
+    by_header = httpx.post(f"{url}/api/messages", json=body, headers={"X-Client-Id": name})
+    assert error_of(by_header) == (400, "invalid_client_id")
+    by_query = httpx.post(f"{url}/api/messages?clientId={name}", json=body)
+    assert error_of(by_query) == (400, "invalid_client_id")
+    by_source = httpx.post(f"{url}/api/messages", json={**body, "source": name})
+    assert error_of(by_source) == (400, "invalid_client_id")
+    assert httpx.post(f"{url}/api/messages", json=body).status_code == 202  # nobody named: `anonymous`, as before

@@ -23,6 +23,7 @@ import jwt
 import msgspec
 
 from sse_fast._core import topic_matches, validate_topic
+from sse_fast.broker.rules import RESERVED_SOURCES
 from sse_fast.errors import AuthFailure, TopicError
 from sse_fast.models import CLIENT_ID_PATTERN
 from sse_fast.settings import Settings, public_key_algorithm
@@ -50,6 +51,7 @@ SERVER: Final = "server"
 _CLIENT_ID = re.compile(CLIENT_ID_PATTERN[1:-1])
 _EVERYTHING = (">",)
 _REDACTED_PARAMS = frozenset({"token", "access_token"})
+_RESERVED_NAMES = ", ".join(sorted(RESERVED_SOURCES))
 
 
 class Identity(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +112,7 @@ class Authenticator:
         if self.mode == "none":
             if claimed is None:
                 raise AuthFailure(400, "invalid_client_id", "clientId is required on the stream with auth = none")
+            _not_reserved(claimed, "clientId")
             return _trusted(claimed, "client")
         return self._token_identity(headers, query, (claimed,))
 
@@ -127,6 +130,9 @@ class Authenticator:
         query_id = _client_id_param(query.get("clientId"), "clientId")
         if self.mode == "none":
             source = _client_id_param(body_source, "source")
+            _not_reserved(header_id, "X-Client-Id")
+            _not_reserved(query_id, "clientId")
+            _not_reserved(source, "source")
             claimed = header_id or query_id or source
             return _trusted(claimed, "client") if claimed else _trusted(ANONYMOUS, "anonymous")
         return self._token_identity(headers, query, (header_id, query_id))
@@ -214,6 +220,8 @@ class Authenticator:
             raise AuthFailure(401, "invalid_token", "the token is not valid") from None
         if not isinstance(claims["sub"], str) or not _CLIENT_ID.fullmatch(claims["sub"]):
             raise AuthFailure(401, "invalid_token", "the token's `sub` is not a valid clientId")
+        if claims["sub"] in RESERVED_SOURCES:
+            raise AuthFailure(401, "reserved_identity", f"the token's `sub` is a reserved name ({_RESERVED_NAMES})")
         return claims
 
     def _verification_key(self, token: str) -> tuple[Any, list[str]]:
@@ -247,6 +255,12 @@ def _client_id_param(value: str | None, name: str) -> str | None:
     if not _CLIENT_ID.fullmatch(value):
         raise AuthFailure(400, "invalid_client_id", f"{name} must match {CLIENT_ID_PATTERN[1:-1]}")
     return value
+
+
+def _not_reserved(client_id: str | None, name: str) -> None:
+    """Raise 400 ``invalid_client_id`` when ``client_id`` names one of the server's own identities."""
+    if client_id in RESERVED_SOURCES:
+        raise AuthFailure(400, "invalid_client_id", f"{name} may not be a reserved name ({_RESERVED_NAMES})")
 
 
 def _bool_claim(claims: Mapping[str, Any], name: str) -> bool:
