@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -116,3 +117,31 @@ def test_a_reserved_client_id_is_refused_under_auth_none(open_server: Server, na
     by_source = httpx.post(f"{url}/api/messages", json={**body, "source": name})
     assert error_of(by_source) == (400, "invalid_client_id")
     assert httpx.post(f"{url}/api/messages", json=body).status_code == 202  # nobody named: `anonymous`, as before
+
+
+# -- 4. CORS: `*` is a literal `*`, never credentials ---------------------------------------------------------------
+
+
+def test_cors_wildcard_never_reflects_an_origin_with_credentials(tmp_path: Path) -> None:
+    with running_server(tmp_path, env={"SSE_FAST_CORS_ORIGINS": "*"}) as srv:
+        origin = {"Origin": "https://evil.example"}
+        for answer in (
+            httpx.get(f"{srv.url}/healthz", headers=origin),
+            httpx.options(f"{srv.url}/api/messages", headers={**origin, "Access-Control-Request-Method": "POST"}),
+            httpx.post(f"{srv.url}/api/messages", content=b"{", headers={**origin, **JSON}),
+        ):
+            assert answer.headers["access-control-allow-origin"] == "*"
+            assert "access-control-allow-credentials" not in answer.headers
+        refused = httpx.post(f"{srv.url}/api/messages", content=b"{", headers={**origin, **JSON})
+        assert error_of(refused) == (400, "malformed_json")
+
+
+def test_cors_named_origins_are_reflected_with_credentials(tmp_path: Path) -> None:
+    with running_server(tmp_path, env={"SSE_FAST_CORS_ORIGINS": "https://app.example"}) as srv:
+        good = httpx.get(f"{srv.url}/healthz", headers={"Origin": "https://app.example"})
+        assert good.headers["access-control-allow-origin"] == "https://app.example"
+        assert good.headers["access-control-allow-credentials"] == "true"
+        assert good.headers["vary"] == "Origin"
+        bad = httpx.get(f"{srv.url}/healthz", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in bad.headers
+        assert "access-control-allow-credentials" not in bad.headers

@@ -218,9 +218,15 @@ class Api:
         raise HttpError(404, "not_found", f"no route for {req.path}")
 
     def _cors(self, req: Request) -> list[tuple[str, str]]:
+        """CORS headers: a listed origin is reflected with credentials (and ``Vary: Origin``); ``*`` is answered as
+        a literal ``*`` without credentials, so that any site may read but none with the user's cookies."""
         origin = req.headers.get("origin")
         allowed = self.settings.cors_origins
-        if not origin or not allowed or ("*" not in allowed and origin not in allowed):
+        if not origin or not allowed:
+            return []
+        if "*" in allowed:
+            return [("access-control-allow-origin", "*")]
+        if origin not in allowed:
             return []
         return [
             ("access-control-allow-origin", origin),
