@@ -145,3 +145,18 @@ def test_cors_named_origins_are_reflected_with_credentials(tmp_path: Path) -> No
         bad = httpx.get(f"{srv.url}/healthz", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in bad.headers
         assert "access-control-allow-credentials" not in bad.headers
+
+
+# -- 5. a command has no topic ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/commands", "/api/messages"])
+def test_a_command_with_a_topic_is_refused_not_run(open_server: Server, path: str) -> None:
+    url = open_server.url
+    # `sync` would answer 200 with the caller's tasks: the topic used to be dropped and the command run.
+    command = {"type": "command", "topic": "jobs.run", "payload": {"commandId": "c-1", "action": "sync"}}
+    answer = httpx.post(f"{url}{path}", json=command, headers={"X-Client-Id": "carol"})
+    assert error_of(answer) == (422, "topic_not_allowed")
+    assert answer.json()["detail"] == {"path": "$.topic"}
+    untopical = httpx.post(f"{url}{path}", json={**command, "topic": None}, headers={"X-Client-Id": "carol"})
+    assert untopical.status_code == 200, untopical.text

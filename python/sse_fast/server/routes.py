@@ -120,6 +120,17 @@ def _error_answer(err: HttpError) -> Response:
     return json_response(err.status, err.body(), headers=err.headers)
 
 
+def _no_topic(command: Envelope) -> None:
+    """A command goes to the scheduler or to one ``target``, never to a topic: 422 ``topic_not_allowed``."""
+    if command.topic is not None:
+        raise HttpError(
+            422,
+            "topic_not_allowed",
+            "a command goes to the scheduler (no target) or to one client (target), never to a topic",
+            {"path": "$.topic"},
+        )
+
+
 def _client_id(value: str, what: str = "clientId") -> str:
     if not _CLIENT_ID.fullmatch(value):
         raise HttpError(400, "invalid_client_id", f"{what} must match [A-Za-z0-9_.:@-]{{1,128}}")
@@ -309,6 +320,8 @@ class Api:
         envelope = await self._envelope(req)
         if envelope.type == "ack":
             return await self._ack_envelope(req, envelope, early)
+        if envelope.type == "command" and envelope.target is None:
+            _no_topic(envelope)
         caller = early or self._caller(req, envelope.source)
         if envelope.type == "command" and envelope.target is None:
             return await self.commands.submit(caller, self._stamp(envelope, caller))
@@ -356,6 +369,7 @@ class Api:
         envelope = await self._envelope(req)
         if envelope.type != "command":
             raise HttpError(422, "not_a_command", "POST /api/commands takes an envelope of type command")
+        _no_topic(envelope)
         caller = early or self._caller(req, envelope.source)
         if envelope.target is not None:
             return await self._publish(caller, envelope)
