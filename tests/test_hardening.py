@@ -160,3 +160,25 @@ def test_a_command_with_a_topic_is_refused_not_run(open_server: Server, path: st
     assert answer.json()["detail"] == {"path": "$.topic"}
     untopical = httpx.post(f"{url}{path}", json={**command, "topic": None}, headers={"X-Client-Id": "carol"})
     assert untopical.status_code == 200, untopical.text
+
+
+# -- 6. every delivered envelope carries its priority -------------------------------------------------------------
+
+
+async def test_every_delivered_envelope_carries_priority_even_normal(open_server: Server) -> None:
+    url = open_server.url
+    async with open_stream(url, client_id="dora", topics="news.*") as dora:
+        await dora.wait_for(lambda s: bool(s.system("connect")))
+        sent = [
+            ("/api/direct/dora", {"type": "text", "payload": "normal"}),
+            ("/api/messages", {"type": "text", "topic": "news.a", "payload": "default"}),
+            ("/api/messages", {"type": "text", "target": "dora", "priority": 1, "payload": "explicit"}),
+            ("/api/messages", {"type": "text", "target": "dora", "priority": 3, "payload": "critical"}),
+            ("/api/broadcast", {"message": {"type": "text", "payload": "everyone"}}),
+        ]
+        for path, body in sent:
+            assert httpx.post(f"{url}{path}", json=body).status_code == 202
+        got = await dora.count("text", len(sent))
+        assert [e["priority"] for e in got] == [1, 1, 1, 3, 1]
+        assert all("requireAck" not in e and "ephemeral" not in e for e in got), "other defaults stay out"
+        assert all("priority" in e for e in dora.envelopes())

@@ -71,6 +71,7 @@ __all__ = [
     "convert",
     "decode",
     "decode_envelope",
+    "encode_delivered",
     "encoder",
     "new_message_id",
     "openapi_schema",
@@ -137,7 +138,8 @@ class Envelope(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fiel
     """One message, in either direction (PROTOCOL.md section 1).
 
     On the wire, fields at their default are left out: no ``priority`` means 1 (NORMAL), no ``requireAck`` or
-    ``ephemeral`` means false, and a missing optional field means null. ``id``, ``timestamp`` and ``source`` are
+    ``ephemeral`` means false, and a missing optional field means null; but a delivered envelope always carries
+    ``priority`` (:func:`encode_delivered`). ``id``, ``timestamp`` and ``source`` are
     set by the server on accept. No ``target`` and no ``topic`` is a broadcast; both is an error, and so is
     ``requireAck`` on an ``ephemeral`` message (422 ``invalid_message``).
     """
@@ -348,6 +350,21 @@ class ReadyAnswer(msgspec.Struct, kw_only=True):
 
 encoder: Final = msgspec.json.Encoder()
 """The shared JSON encoder: ``encoder.encode(answer)``."""
+
+_TYPE_KEY = b'"type":"'
+
+
+def encode_delivered(envelope: Envelope) -> bytes:
+    """``envelope`` as delivered on a stream: one line of JSON with the defaults left out, except ``priority``,
+    which is always there (a browser reading ``msg.priority`` never sees undefined)."""
+    data = encoder.encode(envelope)
+    if envelope.priority != 1:
+        return data
+    # `priority` goes right after `type`, where the field order puts it. Neither `id` nor `type` can hold a `"`,
+    # so the first `"type":"` is the key, and the next `"` ends its value.
+    start = data.index(_TYPE_KEY) + len(_TYPE_KEY)
+    end = data.index(b'"', start) + 1
+    return data[:end] + b',"priority":1' + data[end:]
 
 
 # ---------------------------------------------------------------------------------------------------------------

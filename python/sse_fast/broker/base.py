@@ -15,17 +15,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import msgspec
-
 from sse_fast.broker.rules import Accepted, Opening
-from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure
+from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure, encode_delivered
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
 __all__ = ["Broker"]
 
 log = logging.getLogger("sse_fast.broker")
-_json = msgspec.json.Encoder()
 
 
 class Broker(abc.ABC):
@@ -83,7 +80,7 @@ class Broker(abc.ABC):
 
     def encode(self, envelope: Envelope) -> bytes:
         """The envelope as one line of JSON; 413 when its frame could never fit a connection's queue."""
-        data = _json.encode(envelope)
+        data = encode_delivered(envelope)
         if len(data) + len(envelope.type) + 16 > self.settings.queue_bytes:
             # Every recipient would overflow and be cut as a slow consumer: refuse it instead.
             raise ValidationFailure(

@@ -50,7 +50,7 @@ from sse_fast.broker.redis.presence import CONNECTIONS_REFRESH, NODE_TTL, PRESEN
 from sse_fast.broker.redis.pubsub import PubSub
 from sse_fast.broker.rules import Accepted, Opening, ack_notice
 from sse_fast.errors import BrokerUnavailable
-from sse_fast.models import ConnectionInfo, Envelope
+from sse_fast.models import ConnectionInfo, Envelope, encode_delivered
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
@@ -602,7 +602,7 @@ class RedisBroker(Broker):
     async def _notify_source(self, envelope: Envelope, acked_by: str) -> None:
         notice = ack_notice(envelope, acked_by)
         if notice is not None:
-            await self._append(notice, _json.encode(notice), exclude=None, dedupe=False, track=False)
+            await self._append(notice, encode_delivered(notice), exclude=None, dedupe=False, track=False)
 
     async def message_status(self, message_id: str) -> tuple[str, str, list[str]] | None:
         values = await self._call(self._redis.hmget(keys.ack(message_id), ["env", "status", "by"]))
