@@ -46,6 +46,7 @@ from sse_fast.broker import rules as rules
 from sse_fast.broker.base import Broker
 from sse_fast.broker.redis import keys as keys
 from sse_fast.broker.redis import scripts as scripts
+from sse_fast.broker.redis.host import text as _text
 from sse_fast.broker.redis.presence import CONNECTIONS_REFRESH, NODE_TTL, PRESENCE_TTL, Presence
 from sse_fast.broker.redis.pubsub import PubSub
 from sse_fast.broker.rules import Accepted, Opening, ack_notice
@@ -85,10 +86,6 @@ def cursor_seq(entry_id: bytes | str) -> int:
 
 #: The Redis stream id of a seq (the inverse of :func:`cursor_seq`).
 stream_id = seq_stream_id
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _dedupe_key(envelope: Envelope) -> str:

@@ -17,21 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
-from typing import Any, Protocol, TypeVar
 
 import msgspec
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sse_fast.broker.redis import keys as keys
+from sse_fast.broker.redis.host import Host
+from sse_fast.broker.redis.host import text as _text
 from sse_fast.models import ConnectionInfo
-from sse_fast.settings import Settings
-from sse_fast.streams import Streams
 
-__all__ = ["CONNECTIONS_REFRESH", "NODE_TTL", "PRESENCE_TTL", "Host", "Presence"]
+__all__ = ["CONNECTIONS_REFRESH", "NODE_TTL", "PRESENCE_TTL", "Presence"]
 
-_T = TypeVar("_T")
 _json = msgspec.json.Encoder()
 _row = msgspec.json.Decoder(ConnectionInfo)
 
@@ -41,33 +37,6 @@ NODE_TTL = 15
 PRESENCE_TTL = 24 * 3600
 #: Seconds between the rewrites of a node's connection rows (``lastActiveAt`` and queue stats are as of then).
 CONNECTIONS_REFRESH = 5
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class Host(Protocol):
-    """What presence needs of the broker that owns it (:class:`~sse_fast.broker.redis.RedisBroker`)."""
-
-    @property
-    def node_id(self) -> str:
-        """This node's id: the first part of its members, the name of its heartbeat and rows."""
-
-    @property
-    def settings(self) -> Settings:
-        """The worker's settings (the per-client limit)."""
-
-    @property
-    def streams(self) -> Streams | None:
-        """This worker's streams, once attached."""
-
-    @property
-    def redis(self) -> aioredis.Redis:
-        """The client for commands."""
-
-    async def call(self, awaitable: Awaitable[_T]) -> _T:
-        """One Redis call that fails fast (503 when Redis is unreachable)."""
 
 
 class Presence:

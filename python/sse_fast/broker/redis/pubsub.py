@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -22,41 +22,18 @@ from redis.exceptions import RedisError
 
 from sse_fast._core import Frame
 from sse_fast.broker.redis import keys as keys
+from sse_fast.broker.redis.host import Host
+from sse_fast.broker.redis.host import text as _text
 from sse_fast.models import Envelope
-from sse_fast.streams import Streams
 
-__all__ = ["Host", "PubSub", "Route"]
+__all__ = ["PubSub", "Route"]
 
 log = logging.getLogger("sse_fast.redis")
 
-_T = TypeVar("_T")
 _json = msgspec.json.Encoder()
 
 #: An ephemeral message as it travels on ``sse:eph``: ``[node, data, event, priority, target, topic, exclude]``.
 Route = list[Any]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class Host(Protocol):
-    """What pub/sub needs of the broker that owns it (:class:`~sse_fast.broker.redis.RedisBroker`)."""
-
-    @property
-    def node_id(self) -> str:
-        """This node's id: the controls that name it are its own; its own ephemeral messages it routed already."""
-
-    @property
-    def streams(self) -> Streams | None:
-        """This worker's streams, once attached."""
-
-    @property
-    def redis(self) -> aioredis.Redis:
-        """The client for commands (publishes go through it, never through the listener's connection)."""
-
-    async def call(self, awaitable: Awaitable[_T]) -> _T:
-        """One Redis call that fails fast (503 when Redis is unreachable)."""
 
 
 class PubSub:
