@@ -217,6 +217,11 @@ class PublisherUser(FastHttpUser):
     weight = 2
     wait_time = between(0.05, 0.3)
 
+    def on_start(self) -> None:
+        # Each publisher names itself (auth=none): the server limits publishing per client (SSE_FAST_PUBLISH_RATE),
+        # and all of them as one `anonymous` would be one client publishing at the whole test's rate.
+        self.headers = {"x-client-id": f"pub-{secrets.token_hex(4)}"}
+
     def _envelope(self, **route: Any) -> dict[str, Any]:
         kind = random.choice(TYPES)
         body = {"note": "x" * random.randint(10, 200), "sentAt": time.time() * 1000}
@@ -231,7 +236,7 @@ class PublisherUser(FastHttpUser):
 
     def _send(self, path: str, body: dict[str, Any], envelope: dict[str, Any], recipients: frozenset[str]) -> None:
         sent = time.time()
-        with self.client.post(path, json=body, name=path, catch_response=True) as resp:
+        with self.client.post(path, json=body, headers=self.headers, name=path, catch_response=True) as resp:
             if resp.status_code != 202:
                 resp.failure(f"{resp.status_code}: {resp.text[:200]}")
                 return

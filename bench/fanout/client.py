@@ -223,17 +223,19 @@ async def open_streams(
 class Publisher(asyncio.Protocol):
     """A keep-alive HTTP/1.1 connection for POSTs, one request in flight."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, api_key: str | None = None) -> None:
         self.host, self.port = host, port
         self.host_header = b"%s:%d" % (host.encode(), port)
+        # sse-fast limits each client's publish rate, but not a back end with an API key (the peers ignore it).
+        self.extra = b"x-api-key: %s\r\n" % api_key.encode() if api_key else b""
         self.buf = b""
         self.fut: asyncio.Future[tuple[int, bytes]] | None = None
         self.transport: Any = None
 
     @classmethod
-    async def connect(cls, host: str, port: int) -> Publisher:
+    async def connect(cls, host: str, port: int, *, api_key: str | None = None) -> Publisher:
         loop = asyncio.get_running_loop()
-        _, pub = await loop.create_connection(lambda: cls(host, port), host, port)
+        _, pub = await loop.create_connection(lambda: cls(host, port, api_key=api_key), host, port)
         return pub
 
     def connection_made(self, transport: Any) -> None:
@@ -249,8 +251,8 @@ class Publisher(asyncio.Protocol):
         """Send one POST; the future gets ``(status, body)``."""
         self.fut = asyncio.get_running_loop().create_future()
         self.transport.write(
-            b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-            % (path.encode(), self.host_header, len(body), body)
+            b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
+            % (path.encode(), self.host_header, len(body), self.extra, body)
         )
         return self.fut
 

@@ -135,6 +135,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ack_retries: Annotated[Count, _doc("Redeliveries of an unacked message before it expires.", ge=0)] = 5
     max_pending_acks: Annotated[Count, _doc("requireAck messages tracked at once.", gt=0)] = 100_000
 
+    # Per-client publish limits (section 3): a token bucket per caller and worker; API keys and JWT admins are exempt
+    publish_rate: Annotated[
+        float, _doc("Messages per second one client may publish, sustained (0: no limit); past it 429.", ge=0)
+    ] = 100.0
+    publish_burst: Annotated[Count, _doc("Messages one client may publish at once above its rate.", gt=0)] = 200
+    publish_bytes_rate: Annotated[
+        int, _doc("Bytes per second one client may publish, sustained (0: no limit); past it 429.", unit="bytes", ge=0)
+    ] = 256 * 1024
+    publish_burst_bytes: Annotated[
+        int, _doc("Bytes one client may publish at once above its rate.", unit="bytes", gt=0)
+    ] = 2 * _MIB
+    publish_limit_clients: Annotated[
+        Count, _doc("Clients whose publish rate a worker tracks at once (the least recently active forgotten).", gt=0)
+    ] = 100_000
+
     # Scheduler (section 4)
     scheduler_concurrency: Annotated[Count, _doc("Tasks running at once per worker.", gt=0)] = 5
     scheduler_client_concurrency: Annotated[Count, _doc("Tasks running at once per client.", gt=0)] = 2
@@ -436,9 +451,10 @@ def _check_broker(s: Any) -> list[tuple[str, str]]:
 
 
 def _check_sizes(s: Any) -> list[tuple[str, str]]:
-    """A message the body limit accepts must fit in one connection's queue and in the replay log."""
+    """A message the body limit accepts must fit in one connection's queue, in the replay log and in a client's
+    publish burst."""
     problems: list[tuple[str, str]] = []
-    for name in ("queue_bytes", "replay_bytes"):
+    for name in ("queue_bytes", "replay_bytes", "publish_burst_bytes"):
         value, body = getattr(s, name), s.max_body
         if isinstance(value, int) and isinstance(body, int) and value < body:
             problems.append((name, f"must be at least SSE_FAST_MAX_BODY ({body}) so that the largest message fits"))

@@ -46,6 +46,7 @@ from sse_fast.server.auth import Authenticator, Identity
 from sse_fast.server.commands import CommandService
 from sse_fast.server.handshake import Handshake, cursor_of
 from sse_fast.server.http import HttpError, Request, Response, Route, StreamResponse, api_route, json_response
+from sse_fast.server.limits import PublishLimits
 from sse_fast.server.metrics import Metrics
 from sse_fast.settings import Settings
 from sse_fast.streams import Sink, Streams
@@ -76,8 +77,8 @@ def _duplicate(accepted: Accepted) -> Response:
 
 _E = ErrorBody
 # A publish: 409 an id another source's requireAck message holds, 413 a message too large for a connection queue,
-# 503 the broker (Redis) unreachable.
-_PUBLISH_ERRORS: Final = {409: _E, 413: _E, 503: _E}
+# 429 the caller's publish rate spent (server/limits.py), 503 the broker (Redis) unreachable.
+_PUBLISH_ERRORS: Final = {409: _E, 413: _E, 429: _E, 503: _E}
 # A command to the scheduler: 404 unknown task, 409 finished or not paused, 429 queue full, 503 shutting down or
 # the task's node unreachable, 504 its node did not answer.
 _TASK_ERRORS: Final = {404: _E, 409: _E, 429: _E, 503: _E, 504: _E}
@@ -158,6 +159,8 @@ class Api:
         self.commands = commands
         self.metrics = metrics
         self.handshake = handshake
+        self.limits = PublishLimits(settings)
+        metrics.add_source(self.limits.counters)
         self.routes = self._routes()
         self._openapi: bytes | None = None
 
@@ -324,7 +327,7 @@ class Api:
             _no_topic(envelope)
         caller = early or self._caller(req, envelope.source)
         if envelope.type == "command" and envelope.target is None:
-            return await self.commands.submit(caller, self._stamp(envelope, caller))
+            return await self._submit(caller, envelope)
         return await self._publish(caller, envelope)
 
     async def _publish(self, caller: Identity, envelope: Envelope, *, exclude: str | None = None) -> Response:
@@ -336,7 +339,15 @@ class Api:
 
     async def _accept(self, caller: Identity, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
         self.auth.check_publish(caller, target=envelope.target, topic=envelope.topic)
-        return await self.broker.publish(self._stamp(envelope, caller), exclude=exclude)
+        stamped = self._stamp(envelope, caller)
+        self.limits.charge(caller, stamped)
+        return await self.broker.publish(stamped, exclude=exclude)
+
+    async def _submit(self, caller: Identity, envelope: Envelope) -> Response:
+        """A command to the scheduler, paid for like a publish: its task events go into the same log."""
+        stamped = self._stamp(envelope, caller)
+        self.limits.charge(caller, stamped)
+        return await self.commands.submit(caller, stamped)
 
     async def direct(self, req: Request) -> Response:
         """``POST /api/direct/{clientId}``."""
@@ -373,7 +384,7 @@ class Api:
         caller = early or self._caller(req, envelope.source)
         if envelope.target is not None:
             return await self._publish(caller, envelope)
-        return await self.commands.submit(caller, self._stamp(envelope, caller))
+        return await self._submit(caller, envelope)
 
     # -- acks ------------------------------------------------------------------------------------------------
 
