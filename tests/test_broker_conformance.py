@@ -95,8 +95,9 @@ async def status(app: App, message_id: str) -> tuple[str, str, list[str]] | None
 
 
 async def publish(app: App, payload: Any, *, exclude: str | None = None, **fields: Any) -> Any:
-    """Publish and wait until every stream has what the publish caused."""
-    accepted = await app.broker.publish(envelope(payload, **fields), exclude=exclude)
+    """Publish and wait until every stream has what the publish caused. An ``id`` given here is the client's own (as
+    when the route finds one in the body): only such ids are deduped."""
+    accepted = await app.broker.publish(envelope(payload, **fields), exclude=exclude, chosen_id="id" in fields)
     await settle(app)
     return accepted
 
@@ -104,7 +105,7 @@ async def publish(app: App, payload: Any, *, exclude: str | None = None, **field
 async def refused(app: App, payload: Any, **fields: Any) -> tuple[int, str]:
     """The ``(status, code)`` a publish is refused with (it must be refused)."""
     with pytest.raises(HttpError) as err:
-        await app.broker.publish(envelope(payload, **fields))
+        await app.broker.publish(envelope(payload, **fields), chosen_id="id" in fields)
     await settle(app)
     return err.value.status, err.value.code
 
@@ -333,9 +334,10 @@ async def test_a_message_to_an_offline_client_is_queued_and_delivered_when_it_co
         t = await open_stream(app, "t")
         assert opened(t) == (False, 2, None)
         assert payloads(t) == [1, 2]
-        head = t.frames[0].cursor  # the connect frame's cursor is the log head: it already covers the mailbox
-        assert head
-        assert all(f.cursor == head and not f.has_id for f in t.messages())
+        # The connect frame's cursor is the log head; the mailbox is re-issued after it, each with its own cursor.
+        head = seq(t.frames[0])
+        assert [f.has_id for f in t.messages()] == [True, True]
+        assert head < seq(t.messages()[0]) < seq(t.messages()[1])
         live = await publish(app, 3, target="t")
         assert not live.queued
         assert payloads(t) == [1, 2, 3]
@@ -389,8 +391,8 @@ async def test_a_resume_delivers_everything_after_the_cursor_once_in_order_then_
 
 
 async def test_a_cursor_from_the_mailbox_era_resumes_without_repeating_the_mailbox(broker: str | None) -> None:
-    """A client that got its mailbox on a fresh connect holds the ``connect`` frame's cursor (the mailbox frames
-    carry no ``id:``): resuming from it repeats none of them and misses nothing published since."""
+    """A client that got its mailbox on a fresh connect holds the cursor of its last mailbox frame (each carries
+    one, issue 13): resuming from it repeats none of them and misses nothing published since."""
     async with running_app(broker) as app:
         await publish(app, "m1", target="t")
         await publish(app, "m2", target="t")
@@ -406,11 +408,11 @@ async def test_a_cursor_from_the_mailbox_era_resumes_without_repeating_the_mailb
         assert all(f.has_id for f in again.messages())
 
 
-async def test_mailbox_entries_at_or_below_the_resume_cursor_are_delivered_once_without_id(
+async def test_mailbox_entries_at_or_below_the_resume_cursor_are_delivered_once_after_the_replay(
     broker: str | None,
 ) -> None:
-    """docs/protocol.md section 11: on a resume, the mailbox entries the replay does not cover (at or below the
-    cursor) are written once, without ``id:``; the replay after the cursor follows."""
+    """docs/protocol.md section 2: on a resume, the mailbox entries the replay does not cover (at or below the
+    cursor) are re-issued once, after the replay, with cursors of their own."""
     async with running_app(broker) as app:
         bob = await open_stream(app, "bob")
         await publish(app, "mail", target="t")
@@ -419,8 +421,8 @@ async def test_mailbox_entries_at_or_below_the_resume_cursor_are_delivered_once_
         await publish(app, "b2")
         t = await open_stream(app, "t", cursor)
         assert opened(t) == (True, 2, None)
-        assert payloads(t) == ["mail", "b2"]
-        assert [f.has_id for f in t.messages()] == [False, True]
+        assert payloads(t) == ["b2", "mail"]
+        assert [f.has_id for f in t.messages()] == [True, True]
 
 
 async def test_an_expired_resume_still_delivers_the_mailbox(broker: str | None) -> None:

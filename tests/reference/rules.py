@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from reference.hub import Route
+from reference.hub import Route, matches
 
 __all__ = ["EXPIRED", "NO_NOTICE", "UNKNOWN", "UNKNOWN_CURSOR", "Answer", "BrokerModel", "Message", "Notice", "Seen"]
 
@@ -146,18 +146,24 @@ class BrokerModel:
 
     - Routing: a targeted frame goes to every connection of its target; else a topic frame to every connection
       with a matching pattern; else (a broadcast) to every connection but the excluded client's.
-    - Idempotency: ``(source, id)`` is accepted once (the window and the size are never reached here); a
-      ``requireAck`` id held by another source is refused 409 ``message_id_in_use`` before anything is remembered.
+    - Idempotency: ``(source, id)`` is accepted once when the client chose the id (the window and the size are never
+      reached here); an id the server assigned is never remembered. A ``requireAck`` id held by another source's open
+      message is refused 409 ``message_id_in_use`` before anything is remembered; once that message is acked or
+      expired, the id is free for any source (whose message then replaces it).
     - The log: every resumable frame (a message, a redelivery, an ``ack`` event) takes the next position; the log
       keeps the newest ``replay_size``; ``expire_all`` (a tick far past the TTL) empties it. A cursor is covered when
       no position after it has left the log.
     - Mailboxes: a resumable targeted frame (not a redelivery) whose target has no connection waits in its mailbox,
       the newest ``mailbox_size`` kept; taken whole by the client's next stream.
-    - Opening a stream: no cursor, or one that is unknown or not covered: ``resumed`` false (with the reason), the
-      mailbox, nothing from the log, the cursor at the head. A covered cursor: ``resumed`` true, the mailbox entries
-      at or below the cursor (the replay has the others), then every retained frame after it that the stream may
-      see; the cursor stays the client's. ``missed`` counts both.
-    - Acks: the target acks a targeted message (anyone a topic or broadcast one, an admin any); the first ack ends
+    - Opening a stream: no cursor, or one that is unknown or not covered: ``resumed`` false (with the reason),
+      nothing from the log, the cursor at the head, and the mailbox re-issued. A covered cursor: ``resumed`` true,
+      every retained frame after it that the stream may see (the cursor stays the client's), and the mailbox entries
+      at or below the cursor re-issued (the replay has the others). Re-issued: appended to the log again, after the
+      head, in mailbox order, and routed live to every connection of the client (the opening one among them), each
+      with its own position, so that a resume from inside the mailbox is an ordinary resume. ``missed`` counts the
+      replay and the re-issued entries.
+    - Acks: who could receive a message may ack it: the target a targeted message, a client whose topic grant
+      matches a topic message, anyone but the excluded client a broadcast; an admin any. The first ack ends
       it (``acked``); each new acker sends its source an ``ack`` event (unless the source is not a client). A tick
       past the ack timeout redelivers every open message along its first route (no mailbox), at most
       ``ack_retries`` times, then marks it ``expired``; a delivery to a connection makes it ``delivered``.
@@ -221,18 +227,20 @@ class BrokerModel:
 
     # -- publishing ------------------------------------------------------------------------------------------
 
-    def publish(self, message: Message) -> Answer:
+    def publish(self, message: Message, *, chosen_id: bool = True) -> Answer:
         held = self.acks.get(message.id)
-        if message.require_ack and held is not None and held.message.source != message.source:
+        if message.require_ack and held is not None and held.open and held.message.source != message.source:
             return Answer(error=(409, "message_id_in_use"))
-        if (message.source, message.id) in self.dedupe:
-            return Answer(duplicate=True)
-        self.dedupe.add((message.source, message.id))
+        if chosen_id:
+            if (message.source, message.id) in self.dedupe:
+                return Answer(duplicate=True)
+            self.dedupe.add((message.source, message.id))
         if message.ephemeral:
             return Answer(delivered=self._route(message, None))
         delivered = self._resumable(message)
         queued = message.target is not None and delivered == 0
         if message.require_ack:
+            self.acks.pop(message.id, None)  # tracked again: it takes its place in deadline order anew
             self.acks[message.id] = Tracked(message, "delivered" if delivered else "pending")
         return Answer(delivered=delivered, queued=queued)
 
@@ -248,14 +256,17 @@ class BrokerModel:
         elif isinstance(cursor, int) and not self.covered(cursor):
             reason = UNKNOWN_CURSOR if cursor > self.head else EXPIRED
         if cursor is None or reason is not None:
-            conn.frames = [Seen(e.item.key, has_id=False, pos=e.pos) for e in mail]
-            return Opening(False, len(mail), reason, self.head)
-        assert isinstance(cursor, int)
-        older = [Seen(e.item.key, has_id=False, pos=e.pos) for e in mail if e.pos <= cursor]
-        replay = [Seen(e.item.key, has_id=True, pos=e.pos) for e in self.after(cursor, client, topics)]
-        conn.frames = older + replay
-        conn.cursor = replay[-1].pos if replay and replay[-1].pos is not None else cursor
-        return Opening(True, len(older) + len(replay), None, cursor)
+            opening = Opening(False, len(mail), reason, self.head)
+        else:
+            assert isinstance(cursor, int)
+            replay = [Seen(e.item.key, has_id=True, pos=e.pos) for e in self.after(cursor, client, topics)]
+            conn.frames = replay
+            conn.cursor = replay[-1].pos if replay and replay[-1].pos is not None else cursor
+            mail = [e for e in mail if e.pos <= cursor]
+            opening = Opening(True, len(replay) + len(mail), None, cursor)
+        for entry in mail:  # re-issued: after the head, live to every connection of the client
+            self._resumable(entry.item, to_mailbox=False)
+        return opening
 
     def close(self, key: int) -> None:
         del self.conns[key]
@@ -265,14 +276,21 @@ class BrokerModel:
 
     # -- acks ------------------------------------------------------------------------------------------------
 
-    def ack(self, client: str, message_ids: list[str], *, admin: bool) -> int:
+    def ack(self, client: str, message_ids: list[str], *, admin: bool, grant: str | None = None) -> int:
+        """``grant``: the one topic pattern the client may subscribe to (None: every topic)."""
         known = 0
         for message_id in message_ids:
             tracked = self.acks.get(message_id)
             if tracked is None:
                 continue
-            target = tracked.message.target
-            if not (admin or target is None or target == client):
+            message = tracked.message
+            if message.target is not None:
+                receives = message.target == client
+            elif message.topic is not None:
+                receives = grant is None or matches(grant, message.topic)
+            else:
+                receives = message.exclude != client
+            if not (admin or receives):
                 continue
             known += 1
             if client in tracked.acked_by:

@@ -14,6 +14,7 @@ import heapq
 import secrets
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,7 +23,7 @@ import msgspec
 from sse_fast._core import Frame, ReplayLog
 from sse_fast.broker import rules
 from sse_fast.broker.base import Broker
-from sse_fast.broker.rules import Accepted, AckStatus, Opening, ack_notice
+from sse_fast.broker.rules import Accepted, AckStatus, Mail, Opening, ack_notice
 from sse_fast.models import Envelope
 from sse_fast.settings import Settings
 
@@ -54,12 +55,13 @@ class _Tracked:
 
 
 class _Mailboxes:
-    """Offline messages per client, oldest dropped first past any bound: messages and bytes per client (the bytes
-    are written in one go when the client connects, so they are held to a connection queue's bound), clients, and
-    bytes in all."""
+    """Offline messages per client. A client's oldest entry is dropped first past its message count or byte bound
+    (:func:`~sse_fast.broker.rules.mailbox_overflow`); whole mailboxes, least recently filled first, past the number
+    of clients or the bytes of all of them (:func:`~sse_fast.broker.rules.mailboxes_overflow`). The Redis broker's
+    publish script applies the same two rules."""
 
     def __init__(self, *, size: int, ttl: float, clients: int, client_bytes: int, total_bytes: int) -> None:
-        self._boxes: OrderedDict[str, deque[tuple[float, Frame]]] = OrderedDict()
+        self._boxes: OrderedDict[str, deque[tuple[float, Mail]]] = OrderedDict()
         self._bytes: dict[str, int] = {}
         self._size, self._ttl, self._clients = size, ttl, clients
         self._client_bytes, self._total_bytes = client_bytes, total_bytes
@@ -67,28 +69,29 @@ class _Mailboxes:
         self.entries = 0
         self.nbytes = 0
 
-    def put(self, client_id: str, frame: Frame, now: float) -> None:
+    def put(self, client_id: str, mail: Mail, now: float) -> None:
         box = self._boxes.get(client_id)
         if box is None:
-            if len(self._boxes) >= self._clients:
-                self._drop_client(next(iter(self._boxes)))
-            box = self._boxes[client_id] = deque()  # bounded by put(): messages and bytes per client
+            box = self._boxes[client_id] = deque()  # bounded below: messages and bytes per client
             self._bytes[client_id] = 0
-        box.append((now + self._ttl, frame))
-        self._bytes[client_id] += len(frame)
+        self._boxes.move_to_end(client_id)  # least recently filled first, as Redis orders its mailbox index
+        box.append((now + self._ttl, mail))
+        self._bytes[client_id] += len(mail.data)
         self.entries += 1
-        self.nbytes += len(frame)
-        while len(box) > self._size or self._bytes[client_id] > self._client_bytes:
+        self.nbytes += len(mail.data)
+        while rules.mailbox_overflow(len(box), self._bytes[client_id], size=self._size, max_bytes=self._client_bytes):
             self._pop_oldest(client_id, box)
             self.dropped += 1
-        while self.nbytes > self._total_bytes:
+        while rules.mailboxes_overflow(
+            len(self._boxes), self.nbytes, max_clients=self._clients, max_bytes=self._total_bytes
+        ):
             self._drop_client(next(iter(self._boxes)))
 
-    def _pop_oldest(self, client_id: str, box: deque[tuple[float, Frame]]) -> None:
-        _, frame = box.popleft()
-        self._bytes[client_id] -= len(frame)
+    def _pop_oldest(self, client_id: str, box: deque[tuple[float, Mail]]) -> None:
+        _, mail = box.popleft()
+        self._bytes[client_id] -= len(mail.data)
         self.entries -= 1
-        self.nbytes -= len(frame)
+        self.nbytes -= len(mail.data)
 
     def _drop_client(self, client_id: str) -> None:
         box = self._boxes.pop(client_id)
@@ -96,13 +99,13 @@ class _Mailboxes:
         self.entries -= len(box)
         self.nbytes -= self._bytes.pop(client_id)
 
-    def take(self, client_id: str, now: float) -> list[Frame]:
+    def take(self, client_id: str, now: float) -> list[Mail]:
         box = self._boxes.pop(client_id, None)
         if box is None:
             return []
         self.entries -= len(box)
         self.nbytes -= self._bytes.pop(client_id)
-        return [frame for expires, frame in box if expires > now]
+        return [mail for expires, mail in box if expires > now]
 
     def expire(self, now: float) -> None:
         for client_id in [c for c, box in self._boxes.items() if box and box[0][0] <= now]:
@@ -173,15 +176,15 @@ class MemoryBroker(Broker):
 
     # -- publishing ------------------------------------------------------------------------------------------
 
-    async def publish(self, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
+    async def publish(self, envelope: Envelope, *, exclude: str | None = None, chosen_id: bool = False) -> Accepted:
         now = time.time()
         data = self.encode(envelope)  # a refusal (413) must come before anything is remembered
         message_id, source = envelope.id or "", envelope.source or ""
         if envelope.require_ack:
-            tracked = self._acks.get(message_id)
-            if rules.id_in_use(tracked.envelope.source if tracked is not None else None, source):
+            held = self._acks.get(message_id)
+            if held is not None and rules.id_in_use(held.envelope.source, held.status, source):
                 raise rules.refuse_id_in_use()
-        if self.dedupe.seen(source, message_id, now):
+        if rules.dedupes(chosen_id=chosen_id) and self.dedupe.seen(source, message_id, now):
             self.duplicates += 1
             return rules.duplicate(envelope)
         accepted = self._deliver(envelope, exclude=exclude, to_mailbox=True, data=data)
@@ -214,7 +217,8 @@ class MemoryBroker(Broker):
         self.published += 1
         queued = False
         if to_mailbox and envelope.target and delivery.delivered == 0 and not envelope.ephemeral:
-            self.mailboxes.put(envelope.target, frame, time.time())
+            mail = Mail(frame.seq or 0, envelope.type, priority, data)
+            self.mailboxes.put(envelope.target, mail, time.time())
             queued = True
         return Accepted(envelope.id or "", delivery.delivered, queued)
 
@@ -230,16 +234,30 @@ class MemoryBroker(Broker):
         if cursor is not None:
             found = self.log.since(cursor, client_id=client_id, topics=topics, now_ms=_now_ms())
             replay, gap = found.frames, found.gap
-        return rules.opening(
+        opened = rules.opening(
             epoch=self.epoch, cursor=cursor, since=since, head=head, gap=gap, replay=replay, mailbox=mailbox
         )
+        self._reissue(client_id, opened.mailbox)
+        return opened
+
+    def _reissue(self, client_id: str, mailbox: list[Mail]) -> None:
+        """Append the opening's mailbox entries to the log again, after the head, and route them live to the
+        client's connections (the opening one among them): each gets its own cursor (see :mod:`~sse_fast.broker.rules`,
+        resume). Never mailboxed again: the client is connected."""
+        assert self.streams is not None
+        for mail in mailbox:
+            frame = self.log.append(
+                mail.data, event=mail.event, priority=mail.priority, target=client_id, now_ms=_now_ms()
+            )
+            self.streams.deliver(frame, target=client_id)
 
     # -- acks ------------------------------------------------------------------------------------------------
 
     def _track(self, envelope: Envelope, accepted: Accepted, exclude: str | None, now: float, size: int) -> None:
         status: Literal["pending", "delivered"] = "delivered" if accepted.delivered else "pending"
         deadline = now + self.settings.ack_timeout
-        replaced = self._acks.pop(accepted.message_id, None)  # tracked again (same source, past the dedupe window)
+        # Tracked again: by its source past the dedupe window, or by another source once the holder's message ended.
+        replaced = self._acks.pop(accepted.message_id, None)
         if replaced is not None:
             self._ack_bytes -= replaced.size
         self._acks[accepted.message_id] = _Tracked(envelope, status, deadline, exclude=exclude, size=size)
@@ -259,11 +277,16 @@ class MemoryBroker(Broker):
         self._ack_bytes -= tracked.size
         tracked.size = 0
 
-    async def ack(self, client_id: str, message_ids: list[str], *, admin: bool) -> int:
+    async def ack(
+        self, client_id: str, message_ids: list[str], *, admin: bool, receives: Callable[[str], bool] | None = None
+    ) -> int:
+        acker = rules.Acker(client_id, admin, receives)
         known = 0
         for message_id in message_ids:
             tracked = self._acks.get(message_id)
-            if tracked is None or not rules.may_ack(tracked.envelope.target, client_id, admin=admin):
+            if tracked is None:
+                continue
+            if not rules.may_ack(tracked.envelope.target, tracked.envelope.topic, tracked.exclude, acker):
                 continue
             known += 1
             new, status = rules.ack_step(tracked.status, tracked.acked_by, client_id)

@@ -5,10 +5,10 @@ The order is what makes a resume exact (PROTOCOL.md section 2):
 1. the connection joins the hub first, so that every frame published from now on reaches it, and its live frames
    are held back (``blocked``) until the opening is written;
 2. the broker finds what the cursor needs (:meth:`~sse_fast.broker.Broker.open_stream`; what it decides, it
-   decides with :func:`sse_fast.broker.rules.opening`): resumed or not and why, the replay, the mailbox, the
-   watermark;
-3. the opening goes out in one write: ``retry:``, the ``connect`` frame with the cursor the stream starts from, and
-   the mailbox entries the replay does not cover;
+   decides with :func:`sse_fast.broker.rules.opening`): resumed or not and why, the replay, the watermark; the
+   mailbox entries the replay does not cover are re-issued into the log after the head, so they arrive as live
+   frames with cursors of their own (a client that drops in the middle of its mailbox resumes like any other);
+3. the opening goes out in one write: ``retry:`` and the ``connect`` frame with the cursor the stream starts from;
 4. the queue's watermark is set, so that live frames the replay already holds are refused as duplicates;
 5. the replay goes out through the writer (:meth:`~sse_fast.streams.Streams.replay`: in chunks, with the sink's
    backpressure, ``id:`` lines from the core), then the live frames that waited.
@@ -75,7 +75,7 @@ class Handshake:
         return conn.id
 
     def opening_bytes(self, conn_id: int, client_id: str, opening: Opening) -> bytes:
-        """``retry:``, the ``connect`` frame (its ``id:`` the cursor the stream starts from), then the mailbox."""
+        """``retry:`` and the ``connect`` frame (its ``id:`` the cursor the stream starts from)."""
         detail = ConnectDetail(
             client_id=client_id,
             connection_id=self.streams.public_id(conn_id),
@@ -85,6 +85,4 @@ class Handshake:
             reason=cast(GapReason | None, opening.gap),
         )
         connect = system_envelope("connect", detail, message_id=new_message_id())
-        parts = [encode_retry(self.settings.retry), encode_json_frame(connect, event="system", id=opening.cursor)]
-        parts.extend(frame.body for frame in opening.extra)  # the mailbox: bounded by SSE_FAST_QUEUE_BYTES
-        return b"".join(parts)
+        return encode_retry(self.settings.retry) + encode_json_frame(connect, event="system", id=opening.cursor)

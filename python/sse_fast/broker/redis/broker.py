@@ -19,8 +19,9 @@ limit across nodes, the node heartbeat, the connection rows) and :class:`~sse_fa
 (ephemeral messages and controls between nodes, over pub/sub).
 
 Every structure is bounded: the log by count, bytes and age (one trim script, which records the newest id it
-removed in ``sse:log:trimmed``: a resume whose cursor is below that mark is ``expired``), mailboxes by ``LTRIM`` and
-``EXPIRE``, presence, dedupe, ack keys and connection rows by ``EXPIRE``, the ack deadline set by a cap on its size.
+removed in ``sse:log:trimmed``: a resume whose cursor is below that mark is ``expired``), mailboxes by the memory
+broker's bounds (messages and bytes per client, clients, bytes in all: ``scripts._MAILBOX``) and ``EXPIRE``,
+presence, dedupe, ack keys and connection rows by ``EXPIRE``, the ack deadline set by a cap on its size.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from sse_fast.broker.redis import scripts as scripts
 from sse_fast.broker.redis.host import text as _text
 from sse_fast.broker.redis.presence import CONNECTIONS_REFRESH, NODE_TTL, PRESENCE_TTL, Presence
 from sse_fast.broker.redis.pubsub import PubSub
-from sse_fast.broker.rules import Accepted, Opening, ack_notice
+from sse_fast.broker.rules import Accepted, Mail, Opening, ack_notice
 from sse_fast.errors import BrokerUnavailable
 from sse_fast.models import ConnectionInfo, Envelope, encode_delivered
 from sse_fast.settings import Settings
@@ -141,6 +142,7 @@ class RedisBroker(Broker):
                 ("due", scripts.DUE),
                 ("mark", scripts.MARK_DELIVERED),
                 ("trim", scripts.TRIM_LOG),
+                ("reissue", scripts.REISSUE),
             )
         }
         self._up = True
@@ -255,13 +257,14 @@ class RedisBroker(Broker):
 
     # -- publishing ------------------------------------------------------------------------------------------
 
-    async def publish(self, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
+    async def publish(self, envelope: Envelope, *, exclude: str | None = None, chosen_id: bool = False) -> Accepted:
         self._ensure_started()
         self._refuse_if_down()
         data = self.encode(envelope)
+        dedupe = rules.dedupes(chosen_id=chosen_id)
         if envelope.ephemeral:
-            return await self._publish_ephemeral(envelope, data, exclude)
-        entry_id, queued = await self._append(envelope, data, exclude=exclude, dedupe=True, track=True)
+            return await self._publish_ephemeral(envelope, data, exclude, dedupe=dedupe)
+        entry_id, queued = await self._append(envelope, data, exclude=exclude, dedupe=dedupe, track=True)
         if not entry_id:
             self.duplicates += 1
             return rules.duplicate(envelope)
@@ -292,6 +295,9 @@ class RedisBroker(Broker):
             keys.ACK_DUE,
             keys.TRIMMED,
             keys.LOG_BYTES,
+            keys.MAILBOX_INDEX,
+            keys.MAILBOX_SIZES,
+            keys.MAILBOX_BYTES,
         ]
         args: list[Any] = [
             s.replay_size,
@@ -309,6 +315,10 @@ class RedisBroker(Broker):
             envelope.priority,
             exclude or "",
             s.replay_bytes,
+            keys.MAILBOX_PREFIX,
+            s.queue_bytes,  # what an opening re-issues into one connection's queue (rules.mailbox_overflow)
+            s.mailbox_clients,
+            s.replay_bytes,  # the bytes of all mailboxes, as the memory broker bounds them
             *fields,
         ]
         entry_id, queued, dropped = await self._call(self._scripts["publish"](keys=names, args=args))
@@ -331,8 +341,10 @@ class RedisBroker(Broker):
             self._waiters.pop(entry_id, None)
             self._routed.pop(entry_id, None)
 
-    async def _publish_ephemeral(self, envelope: Envelope, data: bytes, exclude: str | None) -> Accepted:
-        if self.settings.dedupe_window >= 1:
+    async def _publish_ephemeral(
+        self, envelope: Envelope, data: bytes, exclude: str | None, *, dedupe: bool
+    ) -> Accepted:
+        if dedupe and self.settings.dedupe_window >= 1:
             key = _dedupe_key(envelope)
             if not await self._call(self._redis.set(key, b"1", nx=True, ex=int(self.settings.dedupe_window))):
                 self.duplicates += 1
@@ -461,8 +473,16 @@ class RedisBroker(Broker):
             self.streams.hub.set_watermark(conn_id, floor)
             self._presence.add(conn_id, client_id)
         member = self._presence.member(conn_id if conn_id is not None else 0)
-        names = [keys.presence(client_id), keys.mailbox(client_id), keys.EPOCH, keys.FLOOR]
-        args: list[Any] = [member, int(time.time() * 1000), keys.NODE_PREFIX, PRESENCE_TTL]
+        names = [
+            keys.presence(client_id),
+            keys.mailbox(client_id),
+            keys.EPOCH,
+            keys.FLOOR,
+            keys.MAILBOX_INDEX,
+            keys.MAILBOX_SIZES,
+            keys.MAILBOX_BYTES,
+        ]
+        args: list[Any] = [member, int(time.time() * 1000), keys.NODE_PREFIX, PRESENCE_TTL, client_id]
         conn = self.streams.get(conn_id) if self.streams is not None and conn_id is not None else None
         row = (str(conn.id), _json.encode(self.streams.info(conn))) if conn is not None and self.streams else None
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -476,9 +496,28 @@ class RedisBroker(Broker):
         frames: list[Frame] = []
         if cursor is not None and gap is None and since is not None and since < head:
             frames, gap = await self._replay(since, head, client_id, topics)
-        return rules.opening(
+        opened = rules.opening(
             epoch=self.epoch, cursor=cursor, since=since, head=head, gap=gap, replay=frames, mailbox=self._mailbox(mail)
         )
+        if conn_id is not None and self.streams is not None and opened.mailbox:
+            # Before the re-issued entries can reach the reader: a cursor ahead of ``head`` that did not resume must
+            # not leave its floor in place, or they would be refused as duplicates.
+            self.streams.hub.set_watermark(conn_id, opened.watermark)
+        await self._reissue(client_id, opened.mailbox)
+        return opened
+
+    async def _reissue(self, client_id: str, mailbox: list[Mail]) -> None:
+        """Append the opening's mailbox entries to the log again, after the head (one script): this node's reader
+        routes them live to the client's connections, the opening one among them, each with its own cursor (see
+        :mod:`~sse_fast.broker.rules`, resume). The connect script took the mailbox: if Redis fails in between, the
+        opening fails (the stream closes) and those entries are lost, as a message published then would be."""
+        if not mailbox:
+            return
+        s = self.settings
+        args: list[Any] = [s.replay_size, s.replay_bytes, client_id]
+        for mail in mailbox:
+            args += [mail.data, mail.event, mail.priority]
+        await self._call(self._scripts["reissue"](keys=[keys.LOG, keys.TRIMMED, keys.LOG_BYTES], args=args))
 
     async def _register_connects(self) -> None:
         """Register the waiting stream openings in Redis, many per pipeline (one round trip for a burst of them).
@@ -566,35 +605,51 @@ class RedisBroker(Broker):
         ]
         return frames, None
 
-    def _mailbox(self, mail: list[bytes]) -> list[Frame]:
+    def _mailbox(self, mail: list[bytes]) -> list[Mail]:
         """The mailbox entries (newest first in Redis) still within the mailbox TTL, oldest first."""
         limit = (time.time() - self.settings.mailbox_ttl) * 1000
-        frames = []
+        entries = []
         for raw in reversed(mail):
             entry_id, priority, event, data = raw.split(b"\n", 3)
             seq = cursor_seq(entry_id)
             if seq >> _SEQ_BITS >= limit:
-                frames.append(Frame(data, event=event.decode(), priority=int(priority), seq=seq))
-        return frames
+                entries.append(Mail(seq, event.decode(), int(priority), data))
+        return entries
 
     # -- acks ------------------------------------------------------------------------------------------------
 
-    async def ack(self, client_id: str, message_ids: list[str], *, admin: bool) -> int:
+    async def ack(
+        self, client_id: str, message_ids: list[str], *, admin: bool, receives: Callable[[str], bool] | None = None
+    ) -> int:
+        """One script call for the whole batch (:data:`scripts.ACK`, the rules ``may_ack`` and ``ack_step``); a
+        second one only for the topic messages whose topic the acker's grants (``receives``) turn out to cover."""
         self._refuse_if_down()
+        acker = rules.Acker(client_id, admin, receives)
+        head = [client_id, "1" if admin else "0", "1" if receives is None else "0", rules.MAX_ACKERS]
+        replies = await self._ack_batch(message_ids, head, [""] * len(message_ids))
+        asked = {i: _text(value) for i, (state, value) in enumerate(replies) if state == -1}
+        granted = {i: topic for i, topic in asked.items() if acker.receives_topic(topic)}
+        if granted:
+            again = await self._ack_batch([message_ids[i] for i in granted], head, list(granted.values()))
+            for i, reply in zip(granted, again, strict=True):
+                replies[i] = reply
         known = 0
-        for message_id in message_ids:
-            args = [client_id, "1" if admin else "0", rules.MAX_ACKERS]
-            found, new, env = await self._call(self._scripts["ack"](keys=[keys.ack(message_id)], args=args))
-            if not found:
+        for state, value in replies:
+            if state <= 0:
                 continue
-            if not new:
-                known += 1
-                continue
-            envelope = msgspec.json.decode(env, type=Envelope)
             known += 1
-            self.acked += 1
-            await self._notify_source(envelope, client_id)
+            if state == 1:
+                continue
+            self.acked += state == 3
+            await self._notify_source(msgspec.json.decode(value, type=Envelope), client_id)
         return known
+
+    async def _ack_batch(self, message_ids: list[str], head: list[Any], topics: list[str]) -> list[tuple[int, Any]]:
+        if not message_ids:
+            return []
+        names = [keys.ack(message_id) for message_id in message_ids]
+        replies = await self._call(self._scripts["ack"](keys=names, args=[*head, *topics]))
+        return [(int(state), value) for state, value in replies]
 
     async def _notify_source(self, envelope: Envelope, acked_by: str) -> None:
         notice = ack_notice(envelope, acked_by)

@@ -21,6 +21,10 @@ __all__ = [
     "FLOOR",
     "LOG",
     "LOG_BYTES",
+    "MAILBOX_BYTES",
+    "MAILBOX_INDEX",
+    "MAILBOX_PREFIX",
+    "MAILBOX_SIZES",
     "NODES",
     "NODE_PREFIX",
     "TASKS_ALL",
@@ -55,6 +59,14 @@ ACK_DUE: Final = "sse:acks:due"
 ACK_PREFIX: Final = "sse:ack:"
 #: The prefix of a node's heartbeat key (the scripts that read presence build the key from it).
 NODE_PREFIX: Final = "sse:node:"
+#: The prefix of a client's mailbox (the publish script builds other clients' mailbox keys from it, to drop them).
+MAILBOX_PREFIX: Final = "sse:mbox:"
+#: The clients that hold a mailbox, a sorted set by when each was last filled (the least recently filled is dropped
+#: first past ``SSE_FAST_MAILBOX_CLIENTS`` or the total bytes), with the bytes each holds in a hash, and the bytes of
+#: all of them (``SSE_FAST_REPLAY_BYTES`` bounds it, as the memory broker's mailboxes).
+MAILBOX_INDEX: Final = "sse:mbidx"
+MAILBOX_SIZES: Final = "sse:mbsize"
+MAILBOX_BYTES: Final = "sse:mbbytes"
 #: Every task's id, a sorted set by ``createdAt``.
 TASKS_ALL: Final = "sse:tasks:all"
 
@@ -71,8 +83,8 @@ def dedupe(source: str, message_id: str) -> str:
 
 
 def mailbox(client_id: str) -> str:
-    """A client's offline mailbox, a list (newest first)."""
-    return "sse:mbox:" + client_id
+    """A client's offline mailbox, a list (newest first) of ``<entry id>\\n<priority>\\n<event>\\n<data>``."""
+    return MAILBOX_PREFIX + client_id
 
 
 def presence(client_id: str) -> str:

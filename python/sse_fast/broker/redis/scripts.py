@@ -2,13 +2,14 @@
 
 Where a script decides something that sse-fast decides elsewhere too, its Lua function has the name of the rule in
 :mod:`sse_fast.broker.rules` (``id_in_use``, ``may_ack``, ``ack_step``, ``redelivery_step``); the conformance model
-test keeps the two equal. ``trim_log`` is the one way the log shrinks. Keys and prefixes come from
+test keeps the two equal (``mailbox_overflow`` and ``mailboxes_overflow`` are the mailbox bounds, in ``_MAILBOX``).
+``trim_log`` is the one way the log shrinks. Keys and prefixes come from
 :mod:`sse_fast.broker.redis.keys`, through ``KEYS`` and ``ARGV``.
 """
 
 from __future__ import annotations
 
-__all__ = ["ACK", "CONNECT", "DUE", "INIT", "MARK_DELIVERED", "PUBLISH", "TRIM_LOG"]
+__all__ = ["ACK", "CONNECT", "DUE", "INIT", "MARK_DELIVERED", "PUBLISH", "REISSUE", "TRIM_LOG"]
 
 # Creates the epoch and the floor once; returns them. The floor is one below the first seq Redis can still issue.
 INIT = """
@@ -67,37 +68,103 @@ local function trim_log(log, mark, size_key, maxlen, maxbytes, min_ms, keep)
 end
 """
 
-# KEYS: log, dedupe, presence, mailbox, ack hash, ack due, trimmed mark, log bytes.
+# Mailboxes and their bounds, the rules ``mailbox_overflow`` and ``mailboxes_overflow`` (sse_fast.broker.rules), as
+# the memory broker applies them. A mailbox is a list, newest first, of ``<id>\n<priority>\n<event>\n<data>``; its
+# bytes (the data's, as the memory broker counts) are kept in the sizes hash, the bytes of all in the total, and the
+# index orders clients by when each mailbox was last filled. A list key expires by its TTL on its own: a client
+# whose index entry is older than the TTL is forgotten (its bytes leave the total) the next time a mailbox is filled.
+_MAILBOX = """
+local function mailbox_overflow(count, nbytes, size, max_bytes)
+  return count > size or nbytes > max_bytes
+end
+local function mailboxes_overflow(clients, nbytes, max_clients, max_bytes)
+  return clients > max_clients or nbytes > max_bytes
+end
+local function mail_bytes(entry)
+  local at = 0
+  for _ = 1, 3 do at = string.find(entry, '\\n', at + 1, true) end
+  return string.len(entry) - at
+end
+local function mailbox_forget(index, sizes, total, client)
+  local held = tonumber(redis.call('HGET', sizes, client) or '0')
+  redis.call('HDEL', sizes, client)
+  redis.call('ZREM', index, client)
+  if held ~= 0 then redis.call('DECRBY', total, held) end
+end
+local function mailbox_put(box, index, sizes, total, prefix, entry, size, ttl, client_bytes, max_clients, max_bytes)
+  local client = string.sub(box, string.len(prefix) + 1)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for _, c in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now - ttl * 1000, 'LIMIT', 0, 64)) do
+    if redis.call('EXISTS', prefix .. c) == 0 then mailbox_forget(index, sizes, total, c) end
+  end
+  local n = redis.call('LPUSH', box, entry)
+  if n == 1 then mailbox_forget(index, sizes, total, client) end  -- a new list: a size still recorded is stale
+  local nbytes = mail_bytes(entry)
+  local held = redis.call('HINCRBY', sizes, client, nbytes)
+  redis.call('INCRBY', total, nbytes)
+  redis.call('ZADD', index, now, client)
+  redis.call('EXPIRE', box, ttl)
+  local dropped, freed = 0, 0
+  while n > 0 and mailbox_overflow(n, held, size, client_bytes) do
+    local b = mail_bytes(redis.call('RPOP', box))
+    n, held, freed, dropped = n - 1, held - b, freed + b, dropped + 1
+  end
+  if freed > 0 then
+    redis.call('HINCRBY', sizes, client, -freed)
+    redis.call('DECRBY', total, freed)
+  end
+  if n == 0 then mailbox_forget(index, sizes, total, client) end
+  local function all_bytes() return tonumber(redis.call('GET', total) or '0') end
+  while mailboxes_overflow(redis.call('ZCARD', index), all_bytes(), max_clients, max_bytes) do
+    local oldest = redis.call('ZRANGE', index, 0, 0)[1]
+    if not oldest then break end
+    dropped = dropped + redis.call('LLEN', prefix .. oldest)
+    redis.call('DEL', prefix .. oldest)
+    mailbox_forget(index, sizes, total, oldest)
+  end
+  return dropped
+end
+"""
+
+# KEYS: log, dedupe, presence, mailbox, ack hash, ack due, trimmed mark, log bytes, mailbox index, mailbox sizes,
+#       mailbox total bytes.
 # ARGV: maxlen, dedupe window (0: none), mailbox ('1' when targeted), node prefix, mailbox size, mailbox ttl,
 #       ack ('1'), ack deadline ms, ack key ttl, max pending acks, data, event, priority, exclude, max log bytes,
-#       then XADD fields.
+#       mailbox prefix, mailbox bytes per client, mailbox clients, mailbox bytes in all, then XADD fields.
 PUBLISH = (
     _LIVE
     + _TRIM
+    + _MAILBOX
     + """
-local function id_in_use(held, source)
-  return held ~= false and held ~= nil and cjson.decode(held)['source'] ~= source
+local function id_in_use(held, held_status, source)
+  if held == false or held == nil then return false end
+  if held_status ~= 'pending' and held_status ~= 'delivered' then return false end
+  return cjson.decode(held)['source'] ~= source
 end
-if ARGV[7] == '1' and id_in_use(redis.call('HGET', KEYS[5], 'env'), cjson.decode(ARGV[11])['source']) then
-  return {'in_use', 0, 0}  -- the rule id_in_use: refused, nothing written
+if ARGV[7] == '1' then
+  local held = redis.call('HMGET', KEYS[5], 'env', 'status')
+  if id_in_use(held[1], held[2], cjson.decode(ARGV[11])['source']) then
+    return {'in_use', 0, 0}  -- the rule id_in_use: refused, nothing written
+  end
 end
 if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
   return {'', 0, 0}
 end
 local fields = {}
-for i = 16, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 20, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
 redis.call('INCRBY', KEYS[8], string.len(ARGV[11]))
 trim_log(KEYS[1], KEYS[7], KEYS[8], tonumber(ARGV[1]), tonumber(ARGV[15]), 0, 1)
 local queued, dropped = 0, 0
 if ARGV[3] == '1' and #live(KEYS[3], ARGV[4]) == 0 then
-  local size = tonumber(ARGV[5])
-  local n = redis.call('LPUSH', KEYS[4], id .. '\\n' .. ARGV[13] .. '\\n' .. ARGV[12] .. '\\n' .. ARGV[11])
-  if n > size then dropped = n - size; redis.call('LTRIM', KEYS[4], 0, size - 1) end
-  redis.call('EXPIRE', KEYS[4], ARGV[6])
+  local entry = id .. '\\n' .. ARGV[13] .. '\\n' .. ARGV[12] .. '\\n' .. ARGV[11]
+  dropped = mailbox_put(KEYS[4], KEYS[9], KEYS[10], KEYS[11], ARGV[16], entry, tonumber(ARGV[5]), tonumber(ARGV[6]),
+    tonumber(ARGV[17]), tonumber(ARGV[18]), tonumber(ARGV[19]))
   queued = 1
 end
 if ARGV[7] == '1' then
+  redis.call('DEL', KEYS[5])  -- tracked again (its source, or another once it was released): nobody acked it yet
   redis.call('HSET', KEYS[5], 'env', ARGV[11], 'status', 'pending', 'attempts', 1, 'exclude', ARGV[14], 'by', '')
   redis.call('EXPIRE', KEYS[5], ARGV[9])
   redis.call('ZADD', KEYS[6], ARGV[8], string.sub(KEYS[5], 9))
@@ -108,44 +175,79 @@ return {id, queued, dropped}
 """
 )
 
-# KEYS: presence, mailbox, epoch, floor. ARGV: member, now ms, node prefix, presence ttl.
+# KEYS: presence, mailbox, epoch, floor, mailbox index, mailbox sizes, mailbox total bytes.
+# ARGV: member, now ms, node prefix, presence ttl, client id. Takes the whole mailbox: the opening re-issues into the
+# log what the replay does not cover (rules.mailbox_seam, then REISSUE), and drops the rest.
 CONNECT = (
     _LIVE
+    + _MAILBOX
     + """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 local members = live(KEYS[1], ARGV[3])
 local mail = redis.call('LRANGE', KEYS[2], 0, -1)
 redis.call('DEL', KEYS[2])
+mailbox_forget(KEYS[5], KEYS[6], KEYS[7], ARGV[5])
 return {redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[4]) or '0', members, mail}
 """
 )
 
-# KEYS: ack hash. ARGV: client id, admin ('1'), max ackers. The rules ``may_ack`` and ``ack_step`` (sse_fast.rules),
-# repeated here so that the check and the change are one atomic step. Returns {known, new, env}.
+# KEYS: the ack hashes of a batch of ids. ARGV: client id, admin ('1'), every topic ('1': the acker's grants cover
+# every topic), max ackers, then per key the topic the server found the acker's grants cover ('' none). The rules
+# ``may_ack`` and ``ack_step`` (sse_fast.broker.rules), repeated here so that the check and the change are one atomic
+# step, for the whole batch in one call. The acker's grants are the server's to judge: a topic message it may not
+# ack yet is answered {-1, topic} and left alone, and the broker asks again with that topic when the grants cover
+# it (the script compares the topic again, so a message replaced meanwhile is not acked on another's grant).
+# Ackers are listed in 'by' (for the status) and marked in 'a:<client>' (one lookup for a repeat), both bounded to
+# max ackers as the memory broker does; 'n' counts them all. Returns per key {state, env or topic}: 0 unknown or not
+# allowed, 1 a repeat, 2 a new ack, 3 a new ack that finished the message.
 ACK = """
-local function may_ack(target, client_id, admin)
-  return admin == '1' or type(target) ~= 'string' or target == client_id
+local function may_ack(target, topic, exclude, client_id, admin, granted)
+  if admin then return true end
+  if type(target) == 'string' then return target == client_id end
+  if type(topic) == 'string' then return granted end
+  return exclude ~= client_id
 end
-local function ack_step(status, by, client_id)
-  for c in string.gmatch(by, '[^,]+') do
-    if c == client_id then return false, status end
-  end
+local function ack_step(status, key, client_id)
+  if redis.call('HEXISTS', key, 'a:' .. client_id) == 1 then return false, status end
   if status == 'pending' or status == 'delivered' then return true, 'acked' end
   return true, status
 end
-local env = redis.call('HGET', KEYS[1], 'env')
-if not env then return {0, 0, ''} end
-if not may_ack(cjson.decode(env)['target'], ARGV[1], ARGV[2]) then return {0, 0, ''} end
-local by = redis.call('HGET', KEYS[1], 'by') or ''
-local new, status = ack_step(redis.call('HGET', KEYS[1], 'status'), by, ARGV[1])
-if not new then return {1, 0, ''} end
-local count = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
-if count < tonumber(ARGV[3]) then
-  if by == '' then by = ARGV[1] else by = by .. ',' .. ARGV[1] end
+local client_id, admin, every_topic = ARGV[1], ARGV[2] == '1', ARGV[3] == '1'
+local max_ackers = tonumber(ARGV[4])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local held = redis.call('HMGET', key, 'env', 'status', 'exclude')
+  local env, status = held[1], held[2]
+  if not env then
+    out[i] = {0, ''}
+  else
+    local m = cjson.decode(env)
+    local granted = every_topic or (type(m['topic']) == 'string' and m['topic'] == ARGV[4 + i])
+    if not may_ack(m['target'], m['topic'], held[3] or '', client_id, admin, granted) then
+      if not admin and type(m['target']) ~= 'string' and type(m['topic']) == 'string' and ARGV[4 + i] == '' then
+        out[i] = {-1, m['topic']}  -- the server judges the acker's grants for this topic
+      else
+        out[i] = {0, ''}
+      end
+    else
+      local new, after = ack_step(status, key, client_id)
+      if not new then
+        out[i] = {1, ''}
+      else
+        local count = tonumber(redis.call('HGET', key, 'n') or '0')
+        if count < max_ackers then
+          local by = redis.call('HGET', key, 'by') or ''
+          if by == '' then by = client_id else by = by .. ',' .. client_id end
+          redis.call('HSET', key, 'by', by, 'a:' .. client_id, '1')
+        end
+        redis.call('HSET', key, 'status', after, 'n', count + 1)
+        if after ~= status then out[i] = {3, env} else out[i] = {2, env} end
+      end
+    end
+  end
 end
-redis.call('HSET', KEYS[1], 'by', by, 'status', status, 'n', count + 1)
-return {1, 1, env}
+return out
 """
 
 # KEYS: ack due. ARGV: now ms, timeout ms, retries, limit, hash prefix. Claims due entries (one node gets each).
@@ -182,6 +284,24 @@ TRIM_LOG = (
     + """
 trim_log(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), 0)
 return redis.call('GET', KEYS[2])
+"""
+)
+
+# KEYS: log, trimmed mark, log bytes. ARGV: max frames, max bytes, client id, then per entry: data, event, priority.
+# An opening's mailbox entries appended to the log again, targeted at their client, after the head (see
+# sse_fast.broker.rules, resume): the readers route them live, each with its own cursor. The trim keeps them all,
+# so that every node's reader can still read them. Returns their ids.
+REISSUE = (
+    _TRIM
+    + """
+local ids, added = {}, 0
+for i = 4, #ARGV, 3 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i], 'e', ARGV[i + 1], 'p', ARGV[i + 2], 't', ARGV[3])
+  added = added + string.len(ARGV[i])
+end
+redis.call('INCRBY', KEYS[3], added)
+trim_log(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]), 0, #ids)
+return ids
 """
 )
 
