@@ -12,7 +12,7 @@ RUST_SRC := $(shell find rust -name '*.rs' -o -name 'Cargo.toml') Cargo.toml pyp
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build run test test-rust test-python test-model lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke clean
+.PHONY: help venv build run test test-rust test-python test-js test-model lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -36,11 +36,19 @@ build: $(STAMP) ## Build the release extension into .venv
 run: build ## Run the server on $(HOST):$(PORT) with the embedded in-memory broker
 	$(VENV)/bin/sse-fast serve --host $(HOST) --port $(PORT)
 
-test: lint test-rust loadtest-smoke test-python ## Run lint, the Rust tests, the load-test smoke and the Python tests (fails if either collects nothing)
+test: lint test-rust loadtest-smoke test-python test-js ## Run lint, the Rust tests, the load-test smoke, the Python tests and the browser tests (fails if any collects nothing)
 
 test-rust: ## cargo test for the workspace's core crate
 	cargo test -p sse-fast-core 2>&1 | tee $(VENV)/cargo-test.log
 	@grep -qE 'test result: ok\. [1-9][0-9]* passed' $(VENV)/cargo-test.log || { echo "cargo test ran no test"; exit 1; }
+
+# The browser SDK's dev dependencies (typescript, playwright-core, esbuild, centrifuge), from js/package-lock.json.
+js/node_modules/.package-lock.json: js/package.json js/package-lock.json
+	npm --prefix js ci --no-audit --no-fund
+
+test-js: build js/node_modules/.package-lock.json ## The browser SDK in headless Chromium against real servers, and its size against centrifuge
+	npm --prefix js test 2>&1 | tee $(VENV)/js-test.log
+	@grep -qE '^(# |ℹ )pass [1-9]' $(VENV)/js-test.log || { echo "npm test ran no test"; exit 1; }
 
 test-python: build ## pytest (exit 5, no test collected, is a failure)
 	$(PY) -m pytest
@@ -49,7 +57,7 @@ MODEL_EXAMPLES ?= 2000
 test-model: build ## The broker conformance model test, longer: MODEL_EXAMPLES random sequences per broker (default 2,000)
 	SSE_FAST_MODEL_EXAMPLES=$(MODEL_EXAMPLES) $(PY) -m pytest tests/test_conformance_model.py --timeout 3600
 
-lint: build ## ruff, mypy strict, import contracts (lint-imports), stubtest, cargo fmt --check, clippy -D warnings
+lint: build js/node_modules/.package-lock.json ## ruff, mypy strict, import contracts (lint-imports), stubtest, cargo fmt --check, clippy -D warnings, tsc on the browser SDK
 	$(VENV)/bin/ruff check python tests bench loadtest
 	$(VENV)/bin/ruff format --check python tests bench loadtest
 	$(VENV)/bin/mypy
@@ -57,6 +65,7 @@ lint: build ## ruff, mypy strict, import contracts (lint-imports), stubtest, car
 	$(PY) -m mypy.stubtest sse_fast._core
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -q -- -D warnings
+	npm --prefix js run check
 
 fmt: venv ## Format Rust and Python
 	cargo fmt --all

@@ -51,7 +51,7 @@ def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
 
 def test_every_operation_has_a_success_and_an_error_schema(document: dict[str, Any]) -> None:
     ops = dict(operations(document))
-    assert len(ops) == 17, sorted(ops)
+    assert len(ops) == 19, sorted(ops)  # 17, POST /api/tickets and GET /sdk/{file}
     for name, op in ops.items():
         responses = op["responses"]
         success = [s for s in responses if s.startswith("2")]
@@ -121,3 +121,7 @@ def test_the_answers_match_the_document(server: Server, document: dict[str, Any]
     assert (again.status_code, set(again.json())) == (200, keys("DuplicateAnswer"))
     refused = httpx.get(f"{server.url}/api/messages/nope")
     assert (refused.status_code, set(refused.json())) == (404, {"error", "code"})
+    ticket = httpx.post(f"{server.url}/api/tickets", headers={"X-Client-Id": "doc"})
+    assert (ticket.status_code, set(ticket.json())) == (200, keys("TicketAnswer"))
+    sdk = document["paths"]["/sdk/{file}"]["get"]
+    assert (sdk["security"], list(sdk["responses"]["200"]["content"])) == ([], ["text/javascript"])

@@ -103,6 +103,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cors_origins: Annotated[
         tuple[str, ...], _doc("Comma-separated allowed origins (`https://host[:port]`), or `*`.")
     ] = ()
+    ticket_ttl: Annotated[
+        Seconds,
+        msgspec.Meta(
+            gt=0, le=30, description="How long a stream ticket (`POST /api/tickets`) is valid.", extra={"unit": "s"}
+        ),
+    ] = 30.0
+    tickets_max: Annotated[
+        Count, _doc("Stream tickets waiting to be used (per worker; with Redis, cluster-wide); past it 429.", gt=0)
+    ] = 10_000
 
     # The stream (section 2)
     keepalive: Annotated[Seconds, _doc("Interval of the `: keepalive` comment.", unit="s", gt=0)] = 15.0

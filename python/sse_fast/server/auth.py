@@ -50,7 +50,7 @@ SERVER: Final = "server"
 
 _CLIENT_ID = re.compile(CLIENT_ID_PATTERN[1:-1])
 _EVERYTHING = (">",)
-_REDACTED_PARAMS = frozenset({"token", "access_token"})
+_REDACTED_PARAMS = frozenset({"token", "access_token", "ticket"})
 _RESERVED_NAMES = ", ".join(sorted(RESERVED_SOURCES))
 
 

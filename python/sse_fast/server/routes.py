@@ -48,6 +48,8 @@ from sse_fast.server.handshake import Handshake, cursor_of
 from sse_fast.server.http import HttpError, Request, Response, Route, StreamResponse, api_route, json_response
 from sse_fast.server.limits import PublishLimits
 from sse_fast.server.metrics import Metrics
+from sse_fast.server.static import StaticFiles
+from sse_fast.server.tickets import TicketService
 from sse_fast.settings import Settings
 from sse_fast.streams import Sink, Streams
 
@@ -87,6 +89,7 @@ _STREAM_QUERY: Final = (
     ("topics", "Comma-separated topic patterns (`*` one segment, a final `>` one or more); at most 64."),
     ("lastEventId", "The last cursor seen, to resume (for browsers: the same as the Last-Event-ID header)."),
     ("token", "The JWT, for browsers (EventSource cannot send Authorization); never logged."),
+    ("ticket", "A one-time ticket from POST /api/tickets: the identity and grants of the token it came from."),
 )
 _STREAM_HEADERS: Final = (
     ("Last-Event-ID", "The last cursor seen: the stream replays what came after it, then goes live."),
@@ -159,6 +162,9 @@ class Api:
         self.commands = commands
         self.metrics = metrics
         self.handshake = handshake
+        self.tickets = TicketService(settings, broker, auth)
+        self.static = StaticFiles()
+        metrics.add_source(self.tickets.store.counters)
         self.limits = PublishLimits(settings)
         metrics.add_source(self.limits.counters)
         self.routes = self._routes()
@@ -189,6 +195,8 @@ class Api:
                       "Live connections (of the cluster, with Redis; admin)", None,
                       {200: list[ConnectionInfo], 503: _E}),
             *self.commands.routes(),
+            *self.tickets.routes(),
+            *self.static.routes(),
             Route("GET", "/healthz", self.healthz, "Liveness", None, {200: HealthAnswer}, security=_OPEN),
             Route("GET", "/readyz", self.readyz, "Readiness (broker reachable, accepting streams)", None,
                   {200: ReadyAnswer, 503: ReadyAnswer}, security=_OPEN),
@@ -284,7 +292,11 @@ class Api:
 
     async def stream(self, req: Request) -> StreamResponse:
         """``GET /sse``: authenticate, check topics and capacity, then open the stream."""
-        caller = self.auth.stream_identity(req.headers, req.query)
+        ticket = req.query.get("ticket")
+        if ticket:  # a one-time ticket (server/tickets.py) stands for the token it was exchanged for
+            caller = await self.tickets.stream_identity(ticket, req.query.get("clientId"))
+        else:
+            caller = self.auth.stream_identity(req.headers, req.query)
         topics = self._topics(req.query.get("topics", ""), caller)
         cursor = cursor_of(req.headers.get("last-event-id"), req.query.get("lastEventId"))
         if not self.streams.accepting:
