@@ -237,8 +237,8 @@ async def test_a_repeated_command_id_is_the_same_task(make: Any, recorder: Recor
 
 
 async def test_the_queue_is_bounded(make: Any) -> None:
-    scheduler, gate = gate_scheduler(make, concurrency=1, queue_size=2)
-    for _ in range(3):  # one runs, two wait
+    scheduler, gate = gate_scheduler(make, concurrency=1, queue_size=2, client_queue_share=1.0)
+    for _ in range(3):  # one runs, two wait (alice may take the whole queue here)
         scheduler.submit("alice", "gate")
     await asyncio.sleep(0)  # ok-sleep: one loop turn, to let other tasks run
     with pytest.raises(SchedulerError) as err:

@@ -41,6 +41,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         SSE_FAST_SCHEDULER_CONCURRENCY="1",
         SSE_FAST_SCHEDULER_CLIENT_CONCURRENCY="10",
         SSE_FAST_SCHEDULER_QUEUE_SIZE="5",
+        SSE_FAST_SCHEDULER_CLIENT_QUEUE_SHARE="1",  # one client fills the whole queue here (tests/test_fairness.py)
     )
     yield running
     running.kill()

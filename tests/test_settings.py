@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
     "scheduler_queue_size": 1000,
     "scheduler_retention": 3600.0,
     "scheduler_retention_count": 10_000,
+    "scheduler_client_queue_share": 0.25,
+    "scheduler_client_paused": 8,
+    "scheduler_pause_timeout": 600.0,
     "broker": "memory",
 }
 
@@ -156,6 +159,9 @@ PARSED = [
     ("SSE_FAST_SCHEDULER_QUEUE_SIZE", "15", "scheduler_queue_size", 15),
     ("SSE_FAST_SCHEDULER_RETENTION", "16", "scheduler_retention", 16.0),
     ("SSE_FAST_SCHEDULER_RETENTION_COUNT", "17", "scheduler_retention_count", 17),
+    ("SSE_FAST_SCHEDULER_CLIENT_QUEUE_SHARE", "1", "scheduler_client_queue_share", 1.0),
+    ("SSE_FAST_SCHEDULER_CLIENT_PAUSED", "18", "scheduler_client_paused", 18),
+    ("SSE_FAST_SCHEDULER_PAUSE_TIMEOUT", "19", "scheduler_pause_timeout", 19.0),
     ("SSE_FAST_BROKER", "redis://localhost:6379/0", "broker", "redis://localhost:6379/0"),
     ("SSE_FAST_BROKER", "rediss://h", "broker", "rediss://h"),
     ("SSE_FAST_BROKER", "unix:///tmp/redis.sock", "broker", "unix:///tmp/redis.sock"),

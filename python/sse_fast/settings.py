@@ -51,6 +51,7 @@ _MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least 256 bits; PyJWT
 _MIN_API_KEY = 16
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 def _doc(description: str, *, unit: str = "", gt: float | None = None, ge: float | None = None) -> msgspec.Meta:
@@ -97,6 +98,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_audience: Annotated[str | None, _doc("Required `aud` claim, if set.")] = None
     jwt_issuer: Annotated[str | None, _doc("Required `iss` claim, if set.")] = None
     jwt_leeway: Annotated[Seconds, _doc("Clock skew allowed when checking `exp` and `nbf`.", unit="s", ge=0)] = 5.0
+    jwt_require_exp: Annotated[
+        bool, _doc("Refuse tokens without `exp` (401 `missing_exp`), so that every stream ends when its token does.")
+    ] = False
     api_keys: Annotated[
         tuple[str, ...], _doc("Comma-separated keys for `X-API-Key` (admin publishers), 16+ characters each.")
     ] = ()
@@ -126,6 +130,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_connections_per_client: Annotated[
         Count, _doc("Streams per clientId; past it the oldest is closed (`replaced`).", gt=0)
     ] = 8
+    max_topic_segments: Annotated[
+        Count, _doc("Segments in one topic pattern of a stream; more is 400 `topic_too_deep`.", gt=0)
+    ] = 16
+    max_topics_bytes: Annotated[
+        int, _doc("Length of a stream's topic patterns together; more is 400 `topics_too_long`.", unit="bytes", gt=0)
+    ] = 1024
     queue_frames: Annotated[Count, _doc("Outbound queue bound per connection, in frames.", gt=0)] = 1024
     queue_bytes: Annotated[int, _doc("Outbound queue bound per connection.", unit="bytes", gt=0)] = _MIB
 
@@ -165,6 +175,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scheduler_queue_size: Annotated[Count, _doc("Tasks waiting to run; past it a submit is refused.", gt=0)] = 1000
     scheduler_retention: Annotated[Seconds, _doc("How long a finished task record is kept.", unit="s", gt=0)] = 3600.0
     scheduler_retention_count: Annotated[Count, _doc("Finished task records kept.", gt=0)] = 10_000
+    scheduler_client_queue_share: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=1,
+            description="Share of SSE_FAST_SCHEDULER_QUEUE_SIZE one client's waiting tasks may take (at least 1 "
+            "task); past it 429 `client_queue_full`.",
+        ),
+    ] = 0.25
+    scheduler_client_paused: Annotated[
+        Count, _doc("Paused tasks per client; a pause past it is 429 `too_many_paused`.", gt=0)
+    ] = 8
+    scheduler_pause_timeout: Annotated[
+        Seconds, _doc("How long a task may stay paused; then it is cancelled (`pause_timeout`).", unit="s", gt=0)
+    ] = 600.0
 
     # Broker
     broker: Annotated[str, _doc("`memory` (one worker) or a `redis://`, `rediss://` or `unix://` URL.")] = "memory"
@@ -262,6 +287,8 @@ def _expected(name: str) -> str:
         return "expected one of: " + ", ".join(f.choices)
     if f.base is tuple:
         return "expected a comma-separated list"
+    if f.base is bool:
+        return "expected true or false"
     if f.base is str:
         return "expected a non-empty string"
     unit = _unit(f.meta)
@@ -289,6 +316,10 @@ def _parse(name: str, raw: str) -> Any:
     text = raw.strip()
     if f.base is tuple:
         return tuple(item.strip() for item in text.split(",") if item.strip())
+    if f.base is bool:
+        if text.lower() not in _BOOLS:
+            raise ValueError(_expected(name))
+        return _BOOLS[text.lower()]
     if f.base is str:
         return _coerce(name, text)
     try:
@@ -305,6 +336,10 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError("expected a list of strings")
         return tuple(value)
+    if f.base is bool:
+        if not isinstance(value, bool):
+            raise ValueError(_expected(name))
+        return value
     if f.choices:
         if value not in f.choices:
             raise ValueError(_expected(name))
@@ -420,7 +455,7 @@ def _check_auth(s: Any) -> list[tuple[str, str]]:
         state = "none is set" if not given else " and ".join(_env_name(k) for k in given) + " are all set"
         problems.append(("auth", f"needs exactly one of {names} ({state})"))
     if s.auth == "none":
-        for k in [k for k in (*keys, "jwt_audience", "jwt_issuer") if getattr(s, k)]:
+        for k in [k for k in (*keys, "jwt_audience", "jwt_issuer", "jwt_require_exp") if getattr(s, k)]:
             problems.append((k, "has no effect with SSE_FAST_AUTH='none' (set SSE_FAST_AUTH=jwt, or unset it)"))
     if s.jwt_secret and len(s.jwt_secret.encode()) < _MIN_SECRET_BYTES:
         problems.append(("jwt_secret", f"expected at least {_MIN_SECRET_BYTES} bytes (HS256 needs a 256-bit key)"))
@@ -560,6 +595,8 @@ def _doc_of(spec: _Field) -> str:
 def _default_text(default: Any) -> str:
     if default is None or default == ():
         return "-"
+    if isinstance(default, bool):
+        return str(default).lower()
     if isinstance(default, int) and not isinstance(default, bool) and default >= _MIB and default % _MIB == 0:
         return f"{default // _MIB} MiB"
     if isinstance(default, float) and default.is_integer():

@@ -29,7 +29,12 @@ How a task lives::
   within a priority, aged so that LOW work is never starved. A task popped while its client or handler is at its
   limit is *parked* under that limit (in pop order) and pushed back, at its aged priority, when the limit frees up.
   Tasks waiting for a slot (queued, parked, in retry backoff, paused) are bounded by ``SSE_FAST_SCHEDULER_QUEUE_SIZE``;
-  past it, a submit is refused (429).
+  past it, a submit is refused (429 ``queue_full``).
+- **Fair shares.** One client may not take the queue from the others: its waiting tasks are bounded by a share of the
+  queue (``SSE_FAST_SCHEDULER_CLIENT_QUEUE_SHARE``, 429 ``client_queue_full``), its paused tasks by
+  ``SSE_FAST_SCHEDULER_CLIENT_PAUSED`` (a pause past it is 429 ``too_many_paused``), and a task paused for longer than
+  ``SSE_FAST_SCHEDULER_PAUSE_TIMEOUT`` is cancelled (``task_cancelled``, reason ``pause_timeout``; its record's
+  ``error`` says so). Admins and API keys get no exemption: the queue is one per worker, whoever fills it.
 - **Cancellation is real.** Cancel, timeout and shutdown cancel the handler's coroutine: ``CancelledError`` is raised
   at its current ``await``, its ``finally`` blocks run, and the task ends once they have (``cancel_grace`` at most;
   a handler that swallows the cancellation and keeps going is abandoned, logged, and its slot freed).
@@ -248,6 +253,8 @@ class _Task:
     timer: asyncio.TimerHandle | None = None  # timeout or retry backoff
     done: asyncio.Future[None] | None = None
     prog: _Progress = field(default_factory=_Progress)
+    counted_paused: bool = False  # in its client's count of paused tasks (paused, or a pause requested)
+    pause_timer: asyncio.TimerHandle | None = None  # cancels it once paused for pause_timeout
 
     def record(self) -> TaskRecord:
         return TaskRecord(
@@ -377,6 +384,8 @@ class Scheduler:
     ``min(retry_max, retry_base * 2**(n-1))`` seconds times a random factor in [0.5, 1]. ``cancel_grace``: how long
     a cancelled handler may take to clean up. ``max_result_bytes``: the largest JSON result kept (a larger one
     fails the task); ``max_params_bytes``: the largest JSON params accepted (records keep them).
+    ``client_queue_share``, ``client_paused`` and ``pause_timeout``: a client's share of the queue, its paused tasks
+    and how long one may stay paused (``SSE_FAST_SCHEDULER_CLIENT_QUEUE_SHARE`` and the next two).
     """
 
     def __init__(
@@ -394,8 +403,12 @@ class Scheduler:
         cancel_grace: float = 5.0,
         max_result_bytes: int = 64 * 1024,
         max_params_bytes: int = 64 * 1024,
+        client_queue_share: float | None = None,
+        client_paused: int | None = None,
+        pause_timeout: float | None = None,
     ) -> None:
         self._given = (concurrency, client_concurrency, queue_size, retention, retention_count)
+        self._given_fair = (client_queue_share, client_paused, pause_timeout)
         self.aging_ms = aging_ms
         self.progress_interval = 1.0 / progress_rate
         self.retry_base = retry_base
@@ -417,6 +430,8 @@ class Scheduler:
         self._running = 0
         self._per_client: Counter[str] = Counter()
         self._per_handler: Counter[str] = Counter()
+        self._client_waiting: Counter[str] = Counter()  # _waiting, per client: live tasks only
+        self._client_paused: Counter[str] = Counter()  # tasks paused or asked to pause, per client: live tasks only
         self._parked: dict[tuple[str, str], deque[_Task]] = {}
         self._resuming: deque[_Task] = deque()  # live tasks only: bounded by the queue size plus the pool
         self._runners: set[asyncio.Task[None]] = set()
@@ -441,6 +456,11 @@ class Scheduler:
         self.queue_size: int = queue_size or settings.scheduler_queue_size
         self.retention: float = retention or settings.scheduler_retention
         self.retention_count: int = retention_count or settings.scheduler_retention_count
+        share, paused, pause_timeout = self._given_fair
+        share = share or settings.scheduler_client_queue_share
+        self.client_queue: int = max(1, int(share * self.queue_size))
+        self.client_paused: int = paused or settings.scheduler_client_paused
+        self.pause_timeout: float = pause_timeout or settings.scheduler_pause_timeout
         self._queue: PriorityQueue[_Task] = PriorityQueue(max_items=self.queue_size)
 
     def bind(self, publisher: Publisher, settings: Settings | None = None) -> None:
@@ -537,7 +557,8 @@ class Scheduler:
         """Queue a task; returns its record as submitted and whether it is new (False: the same ``command_id``
         from the same client was submitted before, and this is that task).
 
-        Raises :class:`SchedulerError`: ``unknown_task``, ``invalid_params``, ``queue_full``, ``shutting_down``.
+        Raises :class:`SchedulerError`: ``unknown_task``, ``invalid_params``, ``queue_full``, ``client_queue_full``,
+        ``shutting_down``.
         """
         if self._closing:
             raise SchedulerError(503, "shutting_down", "the server is shutting down", retry_after=5)
@@ -557,6 +578,12 @@ class Scheduler:
         kwargs = spec.bind(params)
         if self._waiting >= self.queue_size:
             raise SchedulerError(429, "queue_full", f"{self._waiting} tasks are waiting already", retry_after=1)
+        if self._client_waiting[client_id] >= self.client_queue:
+            self.counts["refused_client_queue"] += 1
+            message = (
+                f"this client has {self._client_waiting[client_id]} tasks waiting already (its share of the queue)"
+            )
+            raise SchedulerError(429, "client_queue_full", message, {"limit": self.client_queue}, retry_after=1)
         timeout = spec.timeout
         if timeout_ms is not None:
             timeout = timeout_ms / 1000 if timeout is None else min(timeout, timeout_ms / 1000)
@@ -575,7 +602,7 @@ class Scheduler:
         self._started = True
         self._tasks[t.id] = t
         self._by_command[(client_id, command_id)] = t.id
-        self._waiting += 1
+        self._wait(t, 1)
         self.counts["submitted"] += 1
         self._event(t, "task_submitted", task=spec.name, priority=t.priority)
         record = t.record()
@@ -610,12 +637,17 @@ class Scheduler:
 
     def pause(self, task_id: str) -> tuple[TaskRecord, bool]:
         """Pause a task: a waiting one at once, a running one at its next checkpoint. Returns the record and whether
-        the pause has taken effect already. ``task_finished`` when it has ended."""
+        the pause has taken effect already. ``task_finished`` when it has ended; ``too_many_paused`` when the client
+        has its limit of paused tasks."""
         t = self._get(task_id)
         if t.state == "done":
             raise SchedulerError(409, "task_finished", f"task {task_id} has {t.status} already", {"status": t.status})
         if t.state in ("paused", "held"):
             return t.record(), True
+        if not t.counted_paused and self._client_paused[t.client_id] >= self.client_paused:
+            self.counts["refused_paused"] += 1
+            message = f"this client has {self.client_paused} paused tasks already: resume or cancel one first"
+            raise SchedulerError(429, "too_many_paused", message, {"limit": self.client_paused}, retry_after=1)
         if t.state == "resuming":  # resumed, not yet back to work: stay paused
             self._resuming.remove(t)
             t.state, t.status = "paused", "paused"
@@ -623,6 +655,7 @@ class Scheduler:
             return t.record(), True
         if t.state == "running":
             t.pause_requested = True
+            self._track_pause(t)
             return t.record(), False
         self._unqueue(t)
         t.state, t.status = "held", "paused"
@@ -634,6 +667,7 @@ class Scheduler:
         t = self._get(task_id)
         if t.state == "running" and t.pause_requested:
             t.pause_requested = False
+            self._track_pause(t)
             return t.record()
         if t.state == "held":
             t.status = "pending"
@@ -682,6 +716,7 @@ class Scheduler:
         return {
             "running": self._running,
             "waiting": self._waiting,
+            "paused": sum(self._client_paused.values()),
             "records": len(self._tasks),
             "peak_running": self.peak_running,
             **{f"tasks_{k}": v for k, v in self.counts.items()},
@@ -794,9 +829,18 @@ class Scheduler:
             t.state = "parked"
             self._parked.setdefault(key, deque()).append(t)  # live tasks only: bounded by the queue size
 
+    def _wait(self, t: _Task, delta: int) -> None:
+        """Count ``t`` in (1) or out of (-1) the tasks waiting for a slot: overall, and for its client's share."""
+        self._waiting += delta
+        waiting = self._client_waiting[t.client_id] + delta
+        if waiting:
+            self._client_waiting[t.client_id] = waiting
+        else:
+            del self._client_waiting[t.client_id]
+
     def _acquire(self, t: _Task) -> None:
         self._running += 1
-        self._waiting -= 1
+        self._wait(t, -1)
         self._per_client[t.client_id] += 1
         self._per_handler[t.spec.name] += 1
         t.holds_slot = True
@@ -808,7 +852,8 @@ class Scheduler:
             return
         t.holds_slot = False
         self._running -= 1
-        self._waiting += waiting
+        if waiting:
+            self._wait(t, 1)
         self._per_client[t.client_id] -= 1
         if not self._per_client[t.client_id]:
             del self._per_client[t.client_id]
@@ -952,7 +997,7 @@ class Scheduler:
         if t.state == "done":
             return
         if not t.holds_slot:
-            self._waiting -= 1  # a task that waited (queued, parked, held, in backoff, paused) ends
+            self._wait(t, -1)  # a task that waited (queued, parked, held, in backoff, paused) ends
         t.status, t.state = status, "done"
         t.completed_at = _now_ms()
         if t.timer is not None:
@@ -1007,6 +1052,41 @@ class Scheduler:
         t.timer = None
         if t.state == "running":
             self._stop(t, "timed_out")
+
+    # -- pauses ----------------------------------------------------------------------------------------------
+
+    def _track_pause(self, t: _Task) -> None:
+        """Keep the client's count of paused tasks and the task's pause deadline in step with its state (called on
+        every change: there are many ways into and out of a pause, and one place to count them is safer)."""
+        counted = t.state in ("held", "paused") or (t.state == "running" and t.pause_requested)
+        if counted != t.counted_paused:
+            t.counted_paused = counted
+            paused = self._client_paused[t.client_id] + (1 if counted else -1)
+            if paused:
+                self._client_paused[t.client_id] = paused
+            else:
+                del self._client_paused[t.client_id]
+        if t.status == "paused" and t.state != "done" and t.stop_reason is None:
+            if t.pause_timer is None:
+                t.pause_timer = self.loop.call_later(self.pause_timeout, self._pause_expired, t)
+        elif t.pause_timer is not None:
+            t.pause_timer.cancel()
+            t.pause_timer = None
+
+    def _pause_expired(self, t: _Task) -> None:
+        """A task paused for ``pause_timeout``: cancel it (a paused task holds its client's share, and its handler's
+        memory or thread, for as long as it stays paused)."""
+        t.pause_timer = None
+        if t.status != "paused" or t.state == "done":
+            return
+        log.info("task %s (%s) was paused for %.0fs: cancelled", t.id, t.spec.name, self.pause_timeout)
+        t.error = f"pause_timeout: paused for longer than {self.pause_timeout:g} s"
+        self.counts["pause_timeout"] += 1
+        if t.state in _ACTIVE:
+            self._stop(t, "pause_timeout")  # its runner settles it: task_cancelled, reason pause_timeout
+        else:
+            self._unqueue(t)
+            self._finish(t, "cancelled", "task_cancelled", reason="pause_timeout")
 
     # -- what handlers call (on the scheduler's loop) ---------------------------------------------------------
 
@@ -1108,6 +1188,7 @@ class Scheduler:
         self._changed(t)
 
     def _changed(self, t: _Task) -> None:
+        self._track_pause(t)
         if self._watchers:
             record = t.record()
             for fn in self._watchers:

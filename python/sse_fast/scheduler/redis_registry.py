@@ -209,8 +209,9 @@ class RedisTaskRegistry(LocalTaskRegistry):
             self._replies.pop(token, None)
         error = answer.get("error")
         if error is not None:
-            status, code, message, detail = error
-            raise SchedulerError(int(status), str(code), str(message), detail)
+            status, code, message, detail, *rest = error  # rest: Retry-After (a 429 too_many_paused), if any
+            retry_after = int(rest[0]) if rest and isinstance(rest[0], int) else 0
+            raise SchedulerError(int(status), str(code), str(message), detail, retry_after=retry_after)
         return msgspec.convert(answer["record"], TaskRecord), bool(answer["done"])
 
     def _on_reply(self, body: dict[str, Any]) -> None:
@@ -239,6 +240,6 @@ class RedisTaskRegistry(LocalTaskRegistry):
             await self.flush()
             reply.update(record=msgspec.to_builtins(record), done=done)
         except SchedulerError as err:
-            reply["error"] = [err.status, err.code, err.message, err.detail]
+            reply["error"] = [err.status, err.code, err.message, err.detail, err.retry_after]
         with contextlib.suppress(RedisError, OSError, HttpError):
             await self.broker.send_control(reply)

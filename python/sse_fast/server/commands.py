@@ -50,7 +50,8 @@ class CommandService:
                       {200: TaskRecord, 404: _E, 503: _E}),
             api_route("POST", "/api/tasks/{taskId}/cancel", self.cancel_task, "Cancel a task", None, control),
             api_route("POST", "/api/tasks/{taskId}/pause", self.pause_task,
-                      "Pause a task (202: it pauses at its next checkpoint)", None, control | {202: CommandAnswer}),
+                      "Pause a task (202: it pauses at its next checkpoint; 429: the client has its limit paused)",
+                      None, control | {202: CommandAnswer, 429: _E}),
             api_route("POST", "/api/tasks/{taskId}/resume", self.resume_task, "Resume a paused task", None, control),
         ]  # fmt: skip
 
