@@ -15,6 +15,8 @@ pytestmark = pytest.mark.e2e
 
 PAYLOAD = "x" * 60_000
 MESSAGES = 500  # 30 MB in all: what an unbounded server would end up holding for the stalled reader
+# The bursts come from a trusted publisher (an API key): per-client publish limits would otherwise slow them.
+BURST_KEY = "burst-publisher-key-0123456789"
 
 
 def worker_rss_kib(server: Server) -> int:
@@ -44,13 +46,15 @@ async def burst(server: Server, first: int) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         for n in range(first, first + MESSAGES):
             body = {"message": {"type": "json", "payload": {"n": n, "pad": PAYLOAD}}}
-            assert (await http.post(f"{server.url}/api/broadcast", json=body)).status_code == 202
+            answer = await http.post(f"{server.url}/api/broadcast", json=body, headers={"x-api-key": BURST_KEY})
+            assert answer.status_code == 202, answer.text
 
 
 @pytest.mark.parametrize("interface", ["rsgi", "asgi"])
 async def test_a_stalled_reader_is_cut_and_the_others_get_everything(tmp_path: Path, interface: str) -> None:
     # A small replay log too: otherwise what it retains (by design) would hide what a stalled stream holds.
     env = {"SSE_FAST_QUEUE_BYTES": "262144", "SSE_FAST_MAX_BODY": "65536", "SSE_FAST_REPLAY_BYTES": "1048576"}
+    env["SSE_FAST_API_KEYS"] = BURST_KEY
     with running_server(tmp_path, env=env, interface=interface) as srv:
         stalled = stalled_reader(srv)
         try:
