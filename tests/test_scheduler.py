@@ -248,6 +248,44 @@ async def test_the_queue_is_bounded(make: Any) -> None:
     gate.release.set()
 
 
+async def test_a_client_is_held_to_its_share_of_the_queue(make: Any) -> None:
+    scheduler, gate = gate_scheduler(make, concurrency=1, queue_size=8)  # a quarter of 8: two waiting per client
+    scheduler.submit("alice", "gate")  # runs
+    for _ in range(2):
+        scheduler.submit("alice", "gate")
+    with pytest.raises(SchedulerError) as err:
+        scheduler.submit("alice", "gate")
+    assert (err.value.status, err.value.code, err.value.detail) == (429, "client_queue_full", {"limit": 2})
+    assert err.value.retry_after >= 1
+    scheduler.submit("bob", "gate")  # the others still have room
+    gate.release.set()
+
+
+async def test_paused_tasks_are_limited_and_cancelled_past_the_pause_timeout(make: Any, recorder: Recorder) -> None:
+    scheduler, gate = gate_scheduler(make, concurrency=1, client_paused=2, pause_timeout=0.2)
+    a, _ = scheduler.submit("alice", "gate")
+    b, _ = scheduler.submit("alice", "gate")
+    c, _ = scheduler.submit("alice", "gate")
+    await asyncio.sleep(0)  # ok-sleep: one loop turn, to let `a` start
+    assert scheduler.pause(b.task_id)[1] is True  # waiting: held at once
+    assert scheduler.pause(a.task_id)[1] is False  # running: at its next checkpoint, and counted already
+    with pytest.raises(SchedulerError) as err:
+        scheduler.pause(c.task_id)
+    assert (err.value.status, err.value.code) == (429, "too_many_paused")
+    for task in (a, b):  # both left paused: cancelled, with the reason in the event and the record
+        record = await asyncio.wait_for(scheduler.wait(task.task_id), 5)
+        assert (record.status, record.error) == ("cancelled", "pause_timeout: paused for longer than 0.2 s")
+        ended = [e.payload for e in recorder.envelopes(task.task_id, type="command")]
+        assert ended[-1] == {"event": "task_cancelled", "taskId": task.task_id, "status": "cancelled",
+                             "reason": "pause_timeout"}  # fmt: skip
+    assert a.task_id in gate.cleaned  # the paused handler was cancelled for real: its finally ran
+    gate.release.set()
+    assert (await asyncio.wait_for(scheduler.wait(c.task_id), 5)).status == "completed"
+    assert scheduler.counters()["paused"] == 0
+    assert scheduler.counters()["waiting"] == 0
+    assert scheduler.counts["pause_timeout"] == 2
+
+
 # -- cancel and timeout --------------------------------------------------------------------------------------
 
 
