@@ -62,6 +62,8 @@ __all__ = [
     "ProgressPayload",
     "PublishAnswer",
     "ReadyAnswer",
+    "RecentAnswer",
+    "RecentMessage",
     "Route",
     "SystemPayload",
     "TaskRecord",
@@ -326,6 +328,24 @@ class ConnectionInfo(msgspec.Struct, kw_only=True, rename="camel"):
     last_active_at: Millis
     queued_frames: Count
     dropped_frames: Count
+    queued_bytes: Count = 0
+    node: str = ""
+    """The node (worker) that holds the stream: the part of ``connectionId`` before its last ``.``."""
+
+
+class RecentMessage(msgspec.Struct, kw_only=True):
+    """One entry of ``GET /api/admin/recent``: a message of the replay log, whatever its route, and its cursor."""
+
+    cursor: str
+    message: Envelope
+
+
+class RecentAnswer(msgspec.Struct, kw_only=True):
+    """``GET /api/admin/recent``: the newest messages of the replay log, newest first (admin)."""
+
+    messages: list[RecentMessage]
+    limit: Count
+    """The limit applied: the one asked for, capped at ``SSE_FAST_ADMIN_RECENT_MAX``."""
 
 
 class TasksAnswer(msgspec.Struct, kw_only=True):

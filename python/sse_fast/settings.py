@@ -191,6 +191,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         Seconds, _doc("How long a task may stay paused; then it is cancelled (`pause_timeout`).", unit="s", gt=0)
     ] = 600.0
 
+    # The admin page (`/admin`)
+    admin_recent_max: Annotated[
+        Count, _doc("Messages `GET /api/admin/recent` answers at most (its `limit` is capped at this).", gt=0)
+    ] = 200
+
     # Broker
     broker: Annotated[str, _doc("`memory` (one worker) or a `redis://`, `rediss://` or `unix://` URL.")] = "memory"
 

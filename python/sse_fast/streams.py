@@ -182,7 +182,7 @@ class Streams:
 
     def info(self, conn: Connection) -> ConnectionInfo:
         """One connection as a row of ``GET /api/connections``."""
-        queued, _, dropped = self.hub.queue_stats(conn.id)
+        queued, queued_bytes, dropped = self.hub.queue_stats(conn.id)
         return ConnectionInfo(
             client_id=conn.client_id,
             connection_id=self.public_id(conn.id),
@@ -191,6 +191,8 @@ class Streams:
             last_active_at=int(conn.last_active * 1000),
             queued_frames=queued,
             dropped_frames=dropped,
+            queued_bytes=queued_bytes,
+            node=self.node_id,
         )
 
     def rows(self) -> list[ConnectionInfo]:

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from sse_fast.broker.rules import Accepted, Opening
-from sse_fast.models import ConnectionInfo, Envelope, ValidationFailure, encode_delivered
+from sse_fast.models import ConnectionInfo, Envelope, RecentMessage, ValidationFailure, encode_delivered
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
@@ -66,6 +66,11 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def message_status(self, message_id: str) -> tuple[str, str, list[str]] | None:
         """``(source, status, acked_by)`` of a ``requireAck`` message, or None when unknown."""
+
+    @abc.abstractmethod
+    async def recent(self, limit: int) -> list[RecentMessage]:
+        """The newest messages of the replay log, newest first, whatever their route (the admin's tail,
+        ``GET /api/admin/recent``): at most ``limit``, within :data:`~sse_fast.broker.tail.RECENT_BYTES`."""
 
     @abc.abstractmethod
     def tick(self, now: float) -> None:

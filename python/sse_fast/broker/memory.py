@@ -24,7 +24,8 @@ from sse_fast._core import Frame, ReplayLog
 from sse_fast.broker import rules
 from sse_fast.broker.base import Broker
 from sse_fast.broker.rules import Accepted, AckStatus, Mail, Opening, ack_notice
-from sse_fast.models import Envelope
+from sse_fast.broker.tail import frame_data, recent_messages
+from sse_fast.models import Envelope, RecentMessage
 from sse_fast.settings import Settings
 
 __all__ = ["MemoryBroker"]
@@ -173,6 +174,9 @@ class MemoryBroker(Broker):
         # (deadline, message id): entries whose message was acked or dropped are skipped when they come up.
         self._deadlines: list[tuple[float, str]] = []
         self._ack_bytes = 0
+        # The log's newest frames, for the admin's tail (GET /api/admin/recent): the log's own frames (shared, not
+        # copied), at most SSE_FAST_ADMIN_RECENT_MAX, and never one the log has let go (_trim_recent).
+        self._recent: deque[Frame] = deque(maxlen=settings.admin_recent_max)
 
     # -- publishing ------------------------------------------------------------------------------------------
 
@@ -213,6 +217,7 @@ class MemoryBroker(Broker):
                 exclude=exclude,
                 now_ms=_now_ms(),
             )
+            self._remember(frame)
         delivery = self.streams.deliver(frame, target=envelope.target, topic=envelope.topic, exclude=exclude)
         self.published += 1
         queued = False
@@ -249,6 +254,7 @@ class MemoryBroker(Broker):
             frame = self.log.append(
                 mail.data, event=mail.event, priority=mail.priority, target=client_id, now_ms=_now_ms()
             )
+            self._remember(frame)
             self.streams.deliver(frame, target=client_id)
 
     # -- acks ------------------------------------------------------------------------------------------------
@@ -313,6 +319,7 @@ class MemoryBroker(Broker):
 
     def tick(self, now: float) -> None:
         self.log.expire(int(now * 1000))
+        self._trim_recent()
         self.mailboxes.expire(now)
         self.dedupe.expire(now)
         self._redeliver(now)
@@ -337,6 +344,22 @@ class MemoryBroker(Broker):
 
     # -- introspection ---------------------------------------------------------------------------------------
 
+    def _remember(self, frame: Frame) -> None:
+        self._recent.append(frame)
+        self._trim_recent()
+
+    def _trim_recent(self) -> None:
+        """Forget the frames the log no longer holds (its seqs are consecutive: it holds ``head - len + 1`` on)."""
+        oldest = self.log.head - len(self.log) + 1
+        recent = self._recent
+        while recent and (recent[0].seq or 0) < oldest:
+            recent.popleft()
+
+    async def recent(self, limit: int) -> list[RecentMessage]:
+        self._trim_recent()
+        entries = ((self.log.cursor(f.seq or 0), frame_data(f.body)) for f in reversed(self._recent))
+        return recent_messages(entries, limit)
+
     def counters(self) -> dict[str, int]:
         log = self.log.counters()
         return {
@@ -351,4 +374,5 @@ class MemoryBroker(Broker):
             "dedupe_entries": len(self.dedupe),
             "acks_tracked": len(self._acks),
             "acks_bytes": self._ack_bytes,
+            "admin_recent_frames": len(self._recent),
         }

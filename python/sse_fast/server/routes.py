@@ -42,6 +42,7 @@ from sse_fast.models import (
     openapi_schema,
 )
 from sse_fast.models import Route as Operation
+from sse_fast.server.admin import AdminService
 from sse_fast.server.auth import Authenticator, Identity
 from sse_fast.server.commands import CommandService
 from sse_fast.server.handshake import Handshake, cursor_of
@@ -164,6 +165,7 @@ class Api:
         self.handshake = handshake
         self.tickets = TicketService(settings, broker, auth)
         self.static = StaticFiles()
+        self.admin = AdminService(settings, broker, auth)
         metrics.add_source(self.tickets.store.counters)
         self.limits = PublishLimits(settings)
         metrics.add_source(self.limits.counters)
@@ -197,6 +199,7 @@ class Api:
             *self.commands.routes(),
             *self.tickets.routes(),
             *self.static.routes(),
+            *self.admin.routes(),
             Route("GET", "/healthz", self.healthz, "Liveness", None, {200: HealthAnswer}, security=_OPEN),
             Route("GET", "/readyz", self.readyz, "Readiness (broker reachable, accepting streams)", None,
                   {200: ReadyAnswer, 503: ReadyAnswer}, security=_OPEN),

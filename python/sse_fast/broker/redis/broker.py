@@ -51,8 +51,9 @@ from sse_fast.broker.redis.host import text as _text
 from sse_fast.broker.redis.presence import CONNECTIONS_REFRESH, NODE_TTL, PRESENCE_TTL, Presence
 from sse_fast.broker.redis.pubsub import PubSub
 from sse_fast.broker.rules import Accepted, Mail, Opening, ack_notice
+from sse_fast.broker.tail import RECENT_BYTES, recent_messages
 from sse_fast.errors import BrokerUnavailable
-from sse_fast.models import ConnectionInfo, Envelope, encode_delivered
+from sse_fast.models import ConnectionInfo, Envelope, RecentMessage, encode_delivered
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
@@ -663,6 +664,23 @@ class RedisBroker(Broker):
             return None
         envelope = msgspec.json.decode(env, type=Envelope)
         return envelope.source or "", _text(status), [c for c in _text(by or b"").split(",") if c]
+
+    async def recent(self, limit: int) -> list[RecentMessage]:
+        """The log stream's newest entries (``XREVRANGE``), read in pages of at most 50 until ``limit`` entries or
+        :data:`~sse_fast.broker.tail.RECENT_BYTES` of data: a tail of large messages is not read whole."""
+        entries: list[tuple[str, bytes]] = []
+        size, last = 0, "+"
+        while len(entries) < limit and size <= RECENT_BYTES:
+            want = min(50, limit - len(entries))
+            reply: Any = await self._call(self._redis.xrevrange(keys.LOG, last, "-", count=want))
+            page: list[Any] = reply or []
+            for entry_id, fields in page:
+                entries.append((f"{self.epoch}-{cursor_seq(entry_id)}", fields[b"d"]))
+                size += len(fields[b"d"])
+            if len(page) < want:
+                break
+            last = f"({_text(page[-1][0])}"
+        return recent_messages(entries, limit)
 
     # -- periodic work ---------------------------------------------------------------------------------------
 
