@@ -70,10 +70,14 @@ def start_server(
     interface: str = "rsgi",
     extra_args: tuple[str, ...] = (),
     app: str = "sse_fast.app:app",
+    host: str = "127.0.0.1",
+    connect: str | None = None,
 ) -> Server:
     """Start ``sse-fast serve`` (or plain ``granian``) on a free port and wait until ``/healthz`` answers.
 
     ``app`` is the application granian runs (``command="granian"`` only); modules in ``tests/`` import as top-level.
+    The server listens on ``host`` and ``url`` points at ``connect`` (default: ``host``; ``::`` is dual-stack, so
+    ``connect="127.0.0.1"`` reaches it as an IPv4-mapped peer).
     """
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_FAST_")}
@@ -82,14 +86,14 @@ def start_server(
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
     if command == "serve":
         assert app == "sse_fast.app:app", "sse-fast serve runs sse_fast.app:app; use command='granian' for another"
-        args = [str(BIN / "sse-fast"), "serve", "--port", str(port), "--interface", interface]
+        args = [str(BIN / "sse-fast"), "serve", "--host", host, "--port", str(port), "--interface", interface]
     else:
         args = [
             str(BIN / "granian"),
             "--interface",
             interface,
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             str(port),
             "--loop",
@@ -106,7 +110,8 @@ def start_server(
             cwd=tmp_path,
             start_new_session=True,  # its own process group, so that a kill reaches the workers too
         )
-    server = Server(f"http://127.0.0.1:{port}", port, proc, log_path)
+    target = connect or host
+    server = Server(f"http://{f'[{target}]' if ':' in target else target}:{port}", port, proc, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:

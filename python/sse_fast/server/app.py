@@ -60,8 +60,10 @@ class App:
             metrics=self.metrics,
             handshake=self.handshake,
         )
-        # Set for real in startup(), once the loop is known; until then a watch that never schedules.
-        self.backlog = BacklogWatch(settings.queue_bytes, self._slow_consumer, lambda _: None)
+        # Started in startup(), once the loop is known; its dead-peer sweep runs on the streams' ticker.
+        self.backlog = BacklogWatch(settings.queue_bytes, self._cut, keepalive=settings.keepalive)
+        self.streams.add_tick_job(self.backlog.sweep)
+        self.metrics.bind_watch(self.backlog)
         self.metrics.add_source(lambda: {"rsgi_backlog_checks": self.backlog.checks})
         self.metrics.add_source(lambda: {f"scheduler_{k}": v for k, v in self.scheduler.counters().items()})
         self._started = False
@@ -77,13 +79,13 @@ class App:
             log.warning("SSE_FAST_AUTH=none: every caller is trusted as the client it names, and is admin")
         self.streams.start(loop)
         self.broker.start(loop)
-        self.backlog = BacklogWatch(self.settings.queue_bytes, self._slow_consumer, loop.call_soon)
+        self.backlog.start(loop.call_soon)
         self.scheduler.start(loop)
         self._hook_signals()
         log.info("sse-fast worker ready (broker %s, epoch %s)", type(self.broker).__name__, self.broker.epoch)
 
-    def _slow_consumer(self, conn_id: int) -> None:
-        self.streams.close(conn_id, "slow_consumer")
+    def _cut(self, conn_id: int, reason: str) -> None:
+        self.streams.close(conn_id, reason)
 
     def _hook_signals(self) -> None:
         """Run :meth:`begin_shutdown` on SIGTERM/SIGINT, before granian's own handler.

@@ -14,6 +14,7 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from sse_fast.server.backlog import Watched, address
 from sse_fast.server.http import Request, Response, parse_query
 
 if TYPE_CHECKING:
@@ -129,11 +130,15 @@ async def serve(app: App, scope: dict[str, Any], receive: Receive, send: Send) -
         while (await receive())["type"] != "http.disconnect":
             pass
 
+    # The dead-peer watch reads this stream's socket (ASGI's backpressure bounds a slow reader already).
+    watched = Watched(sink.conn_id, address(*scope.get("server") or ("", "")), address(*client))
+    app.backlog.watch(watched)
     watcher = asyncio.ensure_future(disconnected())
     try:
         await asyncio.wait([watcher, sink.done], return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
+        app.backlog.forget(watched)
         sink.close()
         answer.closed(sink.conn_id)
     with contextlib.suppress(Exception):  # the client may be gone already

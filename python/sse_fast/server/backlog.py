@@ -1,46 +1,76 @@
-"""Slow-consumer detection under RSGI, where granian buffers outgoing bytes without limit and says nothing.
+"""The connection-level watch: RSGI slow consumers, and dead peers under either interface.
 
-granian's RSGI ``send_bytes`` never blocks and never reports how much it holds: a client that stops reading makes
-granian buffer everything written to it. The kernel knows how far the client got, so sse-fast asks it, but only
-for *suspects*: a stream becomes one each time another half of ``SSE_FAST_QUEUE_BYTES`` has been written to it
-since it was last checked. For a suspect, the socket is found through ``/proc`` (its peer address in
-``/proc/net/tcp*``, then its descriptor in ``/proc/self/fd``) and
+**Slow consumers (RSGI).** granian's RSGI ``send_bytes`` never blocks and never reports how much it holds: a client
+that stops reading makes granian buffer everything written to it. The kernel knows how far the client got, so
+sse-fast asks it, but only for *suspects*: a stream becomes one each time another half of ``SSE_FAST_QUEUE_BYTES``
+has been written to it since it was last checked. For a suspect, the socket is found through ``/proc`` (its
+addresses in ``/proc/net/tcp`` or ``/proc/net/tcp6``, IPv4-mapped peers of a dual-stack listener included, then
+its descriptor in ``/proc/self/fd``) and
 
     held by granian  ~=  bytes written by sse-fast  -  tcpi_bytes_acked  -  bytes in the kernel send queue
 
 (``TCP_INFO`` and ``SIOCOUTQ``; an underestimate, since acked bytes include HTTP chunk framing). Past
 ``SSE_FAST_QUEUE_BYTES`` the stream is a slow consumer: its socket is shut down, so that granian drops what it
-holds, and the client resumes from the replay log when it comes back. Linux only; elsewhere the watch is off and
-the README says so. Idle and normal streams cost one addition per write.
+holds, and the client resumes from the replay log when it comes back. A stream whose socket cannot be found (not
+Linux, a unix-socket listener, a lookup that failed) counts everything written since it was last measured as held:
+it is cut at the byte limit rather than never, since an unbounded buffer is the one outcome not allowed.
+Idle and normal streams cost one addition per write.
+
+**Dead peers (both interfaces).** A client that vanishes without a FIN or RST (cable pulled, a phone asleep) leaves
+a socket the kernel retries for many minutes. The keepalive comment puts data on every stream at least every
+``SSE_FAST_KEEPALIVE`` seconds, and a live peer acknowledges it within a round trip; so every few seconds each
+stream's ``TCP_INFO`` is read, and one that has retransmitted (or probed) without receiving any ACK for longer
+than the keepalive plus :data:`DEAD_PEER_MARGIN` is a dead peer: its socket is reset, the connection removed (its
+later direct messages go to the mailbox) and counted. The bound from the last sign of life to the removal is
+keepalive + margin + sweep period, at most twice the keepalive plus 15 s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 import socket
 import struct
 import sys
 import termios
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
-__all__ = ["SUPPORTED", "BacklogWatch", "Watched"]
+__all__ = ["DEAD_PEER_MARGIN", "SUPPORTED", "BacklogWatch", "Watched", "address"]
 
 log = logging.getLogger("sse_fast.backlog")
 
 SUPPORTED = sys.platform.startswith("linux") and os.path.exists("/proc/self/net/tcp")
+
+#: Seconds past the keepalive that a peer may leave data unacknowledged before it is declared dead: room for a
+#: slow round trip and a few lost segments, far below the minutes the kernel itself would wait.
+DEAD_PEER_MARGIN = 10.0
+_SWEEP_PERIOD = 5.0  # at most; never longer than the keepalive
+
 _TCP_INFO_LEN = 232
 _BYTES_ACKED = struct.Struct("=Q")  # tcpi_bytes_acked, at offset 120 of struct tcp_info (Linux >= 4.1)
 _BYTES_ACKED_OFFSET = 120
+_LAST_ACK_RECV = struct.Struct("=I")  # tcpi_last_ack_recv (ms), at offset 56
+_LAST_ACK_RECV_OFFSET = 56
+_RETRANSMITS, _PROBES = 2, 3  # u8 tcpi_retransmits and tcpi_probes: unanswered retransmissions and probes
 _OUTQ = struct.Struct("=i")
+_LINGER_RESET = struct.pack("ii", 1, 0)  # close() sends a RST and frees the socket at once
+_TABLES = {"tcp": socket.AF_INET, "tcp6": socket.AF_INET6}
+
+Ip = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def address(host: str, port: object) -> str:
+    """An ASGI ``(host, port)`` in the form granian's RSGI scope uses (``'[::1]:80'``, ``'127.0.0.1:80'``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Watched:
     """What the watch keeps of one stream: its addresses, what was written, and its socket once found."""
 
-    __slots__ = ("conn_id", "fd", "inode", "local", "mark", "peer", "sent")
+    __slots__ = ("conn_id", "family", "fd", "inode", "left", "local", "mark", "peer", "sent")
 
     def __init__(self, conn_id: int, local: str, peer: str) -> None:
         self.conn_id = conn_id
@@ -48,28 +78,54 @@ class Watched:
         self.peer = peer
         self.sent = 0
         self.mark = 0
+        self.left = 0  # bytes known to have left granian (acked or in the kernel) at the last measurement
         self.fd = -1
+        self.family = socket.AF_INET
         self.inode = ""
 
 
 class BacklogWatch:
-    """Finds RSGI streams whose unread backlog in granian passed ``limit`` bytes, and cuts them."""
+    """Cuts RSGI streams whose unread backlog in granian passed ``limit`` bytes, and streams whose peer is gone.
 
-    def __init__(self, limit: int, on_slow: Callable[[int], None], schedule: Callable[[Callable[[], None]], object]):
+    ``on_cut(conn_id, reason)`` removes the connection (``slow_consumer`` or ``dead_peer``).
+    """
+
+    def __init__(self, limit: int, on_cut: Callable[[int, str], None], *, keepalive: float) -> None:
         self.limit = limit
         self.step = max(1, limit // 2)
-        self._on_slow = on_slow
-        self._schedule = schedule
+        self.dead_after_ms = int((keepalive + DEAD_PEER_MARGIN) * 1000)
+        self.sweep_period = min(_SWEEP_PERIOD, keepalive)
+        self._on_cut = on_cut
+        self._schedule: Callable[[Callable[[], None]], object] = lambda _: None  # until start()
         self._suspects: dict[int, Watched] = {}  # bounded by the open streams; emptied on every check
+        self._streams: dict[int, Watched] = {}  # every open stream, for the dead-peer sweep
         self._pending = False
+        self._next_sweep = 0.0
+        self._warned_address = False
         self.checks = 0
         self.cut = 0
+        self.dead = 0
+
+    def start(self, schedule: Callable[[Callable[[], None]], object]) -> None:
+        """Check suspects through ``schedule`` (the loop's ``call_soon``) from now on; warn if the watch is blind."""
+        self._schedule = schedule
+        if not SUPPORTED:
+            log.warning(
+                "the connection watch needs Linux (/proc/net/tcp): dead peers are not detected, and RSGI streams are"
+                " cut as slow consumers once SSE_FAST_QUEUE_BYTES has been written to them (ASGI has backpressure)"
+            )
+
+    def watch(self, watched: Watched) -> None:
+        """A stream opened: sweep it for a dead peer until :meth:`forget`."""
+        if not SUPPORTED:
+            return
+        if _endpoint(watched.peer) is None:
+            self._warn_address(watched)
+            return
+        self._streams[id(watched)] = watched
 
     def suspect(self, watched: Watched) -> None:
         """``watched.sent`` passed ``watched.mark + step``: check the stream soon (the writer counts ``sent``)."""
-        if not SUPPORTED:
-            watched.mark = watched.sent
-            return
         self._suspects[id(watched)] = watched
         if not self._pending:
             self._pending = True
@@ -78,22 +134,143 @@ class BacklogWatch:
     def forget(self, watched: Watched) -> None:
         """The stream closed."""
         self._suspects.pop(id(watched), None)
+        self._streams.pop(id(watched), None)
+
+    def _warn_address(self, watched: Watched) -> None:
+        if not self._warned_address:
+            self._warned_address = True
+            log.warning(
+                "stream from %r on %r is not TCP (a unix socket?): dead peers on this listener are not detected, and"
+                " RSGI streams are cut as slow consumers once SSE_FAST_QUEUE_BYTES has been written to them",
+                watched.peer,
+                watched.local,
+            )
 
     def _check(self) -> None:
         self._pending = False
         suspects, self._suspects = list(self._suspects.values()), {}
-        try:
-            _locate([w for w in suspects if not _still_valid(w)])
-        except OSError as err:  # /proc unreadable: nothing to learn this time
-            log.debug("backlog watch could not read /proc: %s", err)
+        _locate_missing(suspects)
         for watched in suspects:
             self.checks += 1
             held = _held_by_server(watched)
             watched.mark = watched.sent
-            if held is not None and held > self.limit:
+            if held > self.limit:
                 self.cut += 1
-                _shutdown(watched.fd)
-                self._on_slow(watched.conn_id)
+                self.forget(watched)
+                _shutdown(watched)
+                self._on_cut(watched.conn_id, "slow_consumer")
+
+    def sweep(self, now: float) -> None:
+        """A tick: every ``sweep_period`` seconds, cut the streams whose peer stopped acknowledging anything."""
+        if now < self._next_sweep or not self._streams:
+            return
+        self._next_sweep = now + self.sweep_period
+        streams = list(self._streams.values())
+        # Each socket is looked up once (it exists before its stream registers): a sweep pays no /proc scan for
+        # the streams it already knows, nor a check of their descriptors but for the ones it is about to cut.
+        _locate_missing([w for w in streams if w.fd < 0 and not w.inode], revalidate=False)
+        for watched in streams:
+            if self._is_dead(watched) and _still_valid(watched):
+                self.dead += 1
+                self.forget(watched)
+                _shutdown(watched, reset=True)
+                self._on_cut(watched.conn_id, "dead_peer")
+
+    def _is_dead(self, watched: Watched) -> bool:
+        info = _tcp_info(watched)
+        if info is None or len(info) < _LAST_ACK_RECV_OFFSET + _LAST_ACK_RECV.size:
+            return False
+        # A live peer that stopped reading still answers zero-window probes (one at a time, so probes <= 1).
+        unanswered = info[_RETRANSMITS] > 0 or info[_PROBES] > 1
+        return unanswered and _LAST_ACK_RECV.unpack_from(info, _LAST_ACK_RECV_OFFSET)[0] > self.dead_after_ms
+
+
+# -- finding a stream's socket --------------------------------------------------------------------------------------
+
+
+def _endpoint(text: str) -> tuple[Ip, int] | None:
+    """``'[::1]:80'`` or ``'10.0.0.1:80'`` as (address, port); None when it is not a TCP address."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return ipaddress.ip_address(host), int(port)
+    except ValueError:
+        return None
+
+
+def _proc_hex(ip: Ip, table: str) -> str | None:
+    """``ip`` as ``/proc/net/<table>`` writes it (32-bit words in host order), or None if it cannot be there."""
+    if table == "tcp":
+        v4 = ip if isinstance(ip, ipaddress.IPv4Address) else ip.ipv4_mapped
+        return None if v4 is None else f"{int.from_bytes(v4.packed, sys.byteorder):08X}"
+    packed = ip.packed if ip.version == 6 else b"\0" * 10 + b"\xff\xff" + ip.packed  # a dual-stack socket's view
+    return "".join(f"{int.from_bytes(packed[i : i + 4], sys.byteorder):08X}" for i in range(0, 16, 4))
+
+
+def _wanted(watched: Iterable[Watched]) -> dict[tuple[str, str, str], tuple[str | None, Watched]]:
+    """(table, local port, peer) as ``/proc`` writes them -> (local address, None for a wildcard; the stream).
+
+    The listener's address family picks the table: the sockets of an IPv6 listener are all in ``tcp6``, IPv4
+    peers of a dual-stack one included (as ``::ffff:a.b.c.d``, however the peer address was written).
+    """
+    wanted: dict[tuple[str, str, str], tuple[str | None, Watched]] = {}
+    for w in watched:
+        local, peer = _endpoint(w.local), _endpoint(w.peer)
+        if local is None or peer is None:
+            continue
+        table = "tcp" if local[0].version == 4 else "tcp6"
+        peer_hex = _proc_hex(peer[0], table)
+        local_hex = None if local[0].is_unspecified else _proc_hex(local[0], table)
+        if peer_hex is not None:
+            wanted[(table, f"{local[1]:04X}", f"{peer_hex}:{peer[1]:04X}")] = (local_hex, w)
+    return wanted
+
+
+def _locate_missing(watched: Iterable[Watched], *, revalidate: bool = True) -> None:
+    """Find the socket of each stream that has none (or whose descriptor no longer is its socket), from ``/proc``.
+
+    A stream whose socket is not found keeps ``fd = -1`` and an ``inode`` of ``"?"``.
+    """
+    missing = []
+    for w in watched:
+        if not revalidate or not _still_valid(w):
+            w.fd, w.inode = -1, "?"
+            missing.append(w)
+    if not SUPPORTED or not missing:
+        return
+    try:
+        _locate(missing)
+    except OSError as err:  # /proc unreadable: nothing to learn this time
+        log.debug("the connection watch could not read /proc: %s", err)
+
+
+def _locate(watched: Iterable[Watched]) -> None:
+    wanted = _wanted(watched)
+    inodes: dict[str, Watched] = {}
+    for table in {key[0] for key in wanted}:
+        with open(f"/proc/self/net/{table}") as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split(None, 10)
+                local = fields[1]
+                match = wanted.get((table, local[-4:], fields[2]))
+                if match is None or fields[9] == "0" or match[0] not in (None, local[:-5]):
+                    continue  # not ours, or a TIME_WAIT remnant of an earlier connection
+                match[1].inode, match[1].family = fields[9], _TABLES[table]
+                inodes[fields[9]] = match[1]
+    if inodes:
+        _find_descriptors(inodes)
+
+
+def _find_descriptors(inodes: dict[str, Watched]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{name}")
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                inodes[link[8:-1]].fd = int(name)
 
 
 def _still_valid(watched: Watched) -> bool:
@@ -105,60 +282,51 @@ def _still_valid(watched: Watched) -> bool:
         return False
 
 
-def _hex_address(address: str) -> tuple[str, str] | None:
-    """``'127.0.0.1:5000'`` as ``/proc/net/tcp`` writes it (``'0100007F:1388'``), IPv4 only; else None."""
-    host, _, port = address.rpartition(":")
+# -- reading and cutting it -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _borrowed(watched: Watched) -> Iterator[socket.socket]:
+    """granian's socket as a Python object that never closes it (no ``dup``, detached afterwards)."""
+    sock = socket.socket(watched.family, socket.SOCK_STREAM, 0, watched.fd)
     try:
-        packed = socket.inet_aton(host)
-    except OSError:
-        return None
-    return f"{int.from_bytes(packed, 'little'):08X}:{int(port):04X}", host
+        yield sock
+    finally:
+        sock.detach()
 
 
-def _locate(watched: Iterable[Watched]) -> None:
-    """Fill in the socket inode and descriptor of each stream, from ``/proc``."""
-    wanted: dict[tuple[str, str], Watched] = {}
-    for w in watched:
-        local, peer = _hex_address(w.local), _hex_address(w.peer)
-        if local is not None and peer is not None:
-            wanted[(local[0], peer[0])] = w
-    if not wanted:
-        return
-    inodes: dict[str, Watched] = {}
-    with open("/proc/self/net/tcp") as table:
-        next(table)
-        for line in table:
-            fields = line.split(None, 10)
-            match = wanted.get((fields[1], fields[2]))
-            if match is not None:
-                match.inode = fields[9]
-                inodes[fields[9]] = match
-    if not inodes:
-        return
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"/proc/self/fd/{name}")
-            if link.startswith("socket:[") and link[8:-1] in inodes:
-                inodes[link[8:-1]].fd = int(name)
-
-
-def _held_by_server(watched: Watched) -> int | None:
-    """Bytes written to granian for this stream that have not reached the kernel yet; None when unknown."""
+def _tcp_info(watched: Watched) -> bytes | None:
     if watched.fd < 0:
         return None
     try:
-        with socket.fromfd(watched.fd, socket.AF_INET, socket.SOCK_STREAM) as sock:
-            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
-            outq = _OUTQ.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * _OUTQ.size))[0]
+        with _borrowed(watched) as sock:
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
     except OSError:
         return None
-    if len(info) < _BYTES_ACKED_OFFSET + _BYTES_ACKED.size:
-        return None
-    (acked,) = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_OFFSET)
-    return int(watched.sent - acked - outq)
 
 
-def _shutdown(fd: int) -> None:
-    """Shut the socket down (both ways) without closing granian's descriptor: granian sees the error and drops it."""
-    with contextlib.suppress(OSError), socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as sock:
+def _held_by_server(watched: Watched) -> int:
+    """Bytes written to granian for this stream that have not reached the kernel yet (as far as is known)."""
+    info = _tcp_info(watched)
+    if info is not None and len(info) >= _BYTES_ACKED_OFFSET + _BYTES_ACKED.size:
+        try:
+            outq = _OUTQ.unpack(fcntl.ioctl(watched.fd, termios.TIOCOUTQ, b"\0" * _OUTQ.size))[0]
+        except OSError:
+            pass
+        else:
+            watched.left = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_OFFSET)[0] + outq
+    return watched.sent - watched.left
+
+
+def _shutdown(watched: Watched, *, reset: bool = False) -> None:
+    """Shut the socket down (both ways) without closing granian's descriptor: granian sees the error and drops it.
+
+    With ``reset``, granian's close then sends a RST and frees the socket at once, instead of the kernel retrying
+    the unacknowledged data to a peer that is gone.
+    """
+    if watched.fd < 0 or not _still_valid(watched):
+        return
+    with contextlib.suppress(OSError), _borrowed(watched) as sock:
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         sock.shutdown(socket.SHUT_RDWR)

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from sse_fast.broker import Broker
+    from sse_fast.server.backlog import BacklogWatch
     from sse_fast.streams import Streams
 
 __all__ = ["Metrics"]
@@ -42,12 +43,17 @@ class Metrics(Collector):
         self.responses: Counter[int] = Counter()
         self._streams: Streams | None = None
         self._broker: Broker | None = None
+        self._watch: BacklogWatch | None = None
         self._extra: list[Callable[[], dict[str, int]]] = []
         self.registry.register(self)
 
     def bind(self, streams: Streams, broker: Broker) -> None:
         """Read from these at scrape time."""
         self._streams, self._broker = streams, broker
+
+    def bind_watch(self, watch: BacklogWatch) -> None:
+        """Read the connection watch's counters (dead peers) at scrape time."""
+        self._watch = watch
 
     def add_source(self, source: Callable[[], dict[str, int]]) -> None:
         """Another set of gauges (the scheduler's), exported as ``sse_fast_<name>``."""
@@ -74,6 +80,13 @@ class Metrics(Collector):
                 "Streams closed past the per-client limit",
                 "counter",
                 streams.closed_replaced,
+            )
+        if self._watch is not None:
+            yield _family(
+                "sse_fast_dead_peers",
+                "Streams closed because their peer stopped acknowledging (gone without FIN or RST)",
+                "counter",
+                self._watch.dead,
             )
         yield _family("sse_fast_replayed", "Frames delivered on connect before going live", "counter", self.replayed)
         responses = CounterMetricFamily("sse_fast_http_responses", "HTTP answers by status", labels=["status"])

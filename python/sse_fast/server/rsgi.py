@@ -85,16 +85,17 @@ def _request(scope: Any, protocol: Any) -> Request:
     return Request(scope.method, scope.path, parse_query(scope.query_string), headers, scope.client, chunks)
 
 
-def _closed(closed: Callable[[int], None], conn_id: int, _: object) -> None:
-    closed(conn_id)
+def _closed(closed: Callable[[int], None], sink: RsgiSink, _: object) -> None:
+    sink.close()  # the watch forgets it
+    closed(sink.conn_id)
 
 
-def _on_disconnect(protocol: Any, closed: Callable[[int], None], conn_id: int) -> None:
+def _on_disconnect(protocol: Any, closed: Callable[[int], None], sink: RsgiSink) -> None:
     waiter = protocol.client_disconnect()
     if hasattr(waiter, "add_done_callback"):
-        waiter.add_done_callback(partial(_closed, closed, conn_id))  # a partial is far smaller than a closure
+        waiter.add_done_callback(partial(_closed, closed, sink))  # a partial is far smaller than a closure
     else:  # the client left already
-        closed(conn_id)
+        _closed(closed, sink, None)
 
 
 async def serve(app: App, scope: Any, protocol: Any) -> None:
@@ -109,4 +110,6 @@ async def serve(app: App, scope: Any, protocol: Any) -> None:
     # Every stream of a listener has the same local address: one shared string, not one per stream.
     sink = RsgiSink(protocol.response_stream(200, answer.headers), app.backlog, sys.intern(scope.server), scope.client)
     sink.conn_id = await answer.open(sink)
-    _on_disconnect(protocol, answer.closed, sink.conn_id)
+    if sink.transport is not None:  # not closed while it opened
+        app.backlog.watch(sink)
+    _on_disconnect(protocol, answer.closed, sink)
