@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import ipaddress
+import functools
 import logging
 import os
 import socket
+import stat
 import struct
 import sys
 import termios
@@ -59,7 +60,8 @@ _OUTQ = struct.Struct("=i")
 _LINGER_RESET = struct.pack("ii", 1, 0)  # close() sends a RST and frees the socket at once
 _TABLES = {"tcp": socket.AF_INET, "tcp6": socket.AF_INET6}
 
-Ip = ipaddress.IPv4Address | ipaddress.IPv6Address
+_MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d, how a dual-stack socket sees an IPv4 peer
+_WILDCARDS = (b"\0" * 16, _MAPPED + b"\0" * 4)  # a listener on :: or 0.0.0.0
 
 
 def address(host: str, port: object) -> str:
@@ -81,7 +83,7 @@ class Watched:
         self.left = 0  # bytes known to have left granian (acked or in the kernel) at the last measurement
         self.fd = -1
         self.family = socket.AF_INET
-        self.inode = ""
+        self.inode = 0  # 0: not looked for yet; -1: looked for, not found
 
 
 class BacklogWatch:
@@ -168,7 +170,7 @@ class BacklogWatch:
         streams = list(self._streams.values())
         # Each socket is looked up once (it exists before its stream registers): a sweep pays no /proc scan for
         # the streams it already knows, nor a check of their descriptors but for the ones it is about to cut.
-        _locate_missing([w for w in streams if w.fd < 0 and not w.inode], revalidate=False)
+        _locate_missing([w for w in streams if w.fd < 0 and w.inode == 0], revalidate=False)
         for watched in streams:
             if self._is_dead(watched) and _still_valid(watched):
                 self.dead += 1
@@ -188,25 +190,26 @@ class BacklogWatch:
 # -- finding a stream's socket --------------------------------------------------------------------------------------
 
 
-def _endpoint(text: str) -> tuple[Ip, int] | None:
-    """``'[::1]:80'`` or ``'10.0.0.1:80'`` as (address, port); None when it is not a TCP address."""
+def _endpoint(text: str) -> tuple[socket.AddressFamily, bytes, int] | None:
+    """``'[::1]:80'`` or ``'10.0.0.1:80'`` as (family, 16-byte address, IPv4 as IPv4-mapped; port), None if not TCP."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         return None
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    try:
-        return ipaddress.ip_address(host), int(port)
-    except ValueError:
-        return None
+    for family, prefix in ((socket.AF_INET, _MAPPED), (socket.AF_INET6, b"")):
+        with contextlib.suppress(OSError):
+            return family, prefix + socket.inet_pton(family, host), int(port)
+    return None
 
 
-def _proc_hex(ip: Ip, table: str) -> str | None:
-    """``ip`` as ``/proc/net/<table>`` writes it (32-bit words in host order), or None if it cannot be there."""
+_local_endpoint = functools.lru_cache(maxsize=64)(_endpoint)  # a listener's streams share their local address
+
+
+def _proc_hex(packed: bytes, table: str) -> str | None:
+    """An address as ``/proc/net/<table>`` writes it (32-bit words in host order), or None if it cannot be there."""
     if table == "tcp":
-        v4 = ip if isinstance(ip, ipaddress.IPv4Address) else ip.ipv4_mapped
-        return None if v4 is None else f"{int.from_bytes(v4.packed, sys.byteorder):08X}"
-    packed = ip.packed if ip.version == 6 else b"\0" * 10 + b"\xff\xff" + ip.packed  # a dual-stack socket's view
+        return f"{int.from_bytes(packed[12:], sys.byteorder):08X}" if packed[:12] == _MAPPED else None
     return "".join(f"{int.from_bytes(packed[i : i + 4], sys.byteorder):08X}" for i in range(0, 16, 4))
 
 
@@ -218,26 +221,26 @@ def _wanted(watched: Iterable[Watched]) -> dict[tuple[str, str, str], tuple[str 
     """
     wanted: dict[tuple[str, str, str], tuple[str | None, Watched]] = {}
     for w in watched:
-        local, peer = _endpoint(w.local), _endpoint(w.peer)
+        local, peer = _local_endpoint(w.local), _endpoint(w.peer)
         if local is None or peer is None:
             continue
-        table = "tcp" if local[0].version == 4 else "tcp6"
-        peer_hex = _proc_hex(peer[0], table)
-        local_hex = None if local[0].is_unspecified else _proc_hex(local[0], table)
+        table = "tcp" if local[0] == socket.AF_INET else "tcp6"
+        peer_hex = _proc_hex(peer[1], table)
+        local_hex = None if local[1] in _WILDCARDS else _proc_hex(local[1], table)
         if peer_hex is not None:
-            wanted[(table, f"{local[1]:04X}", f"{peer_hex}:{peer[1]:04X}")] = (local_hex, w)
+            wanted[(table, f"{local[2]:04X}", f"{peer_hex}:{peer[2]:04X}")] = (local_hex, w)
     return wanted
 
 
 def _locate_missing(watched: Iterable[Watched], *, revalidate: bool = True) -> None:
     """Find the socket of each stream that has none (or whose descriptor no longer is its socket), from ``/proc``.
 
-    A stream whose socket is not found keeps ``fd = -1`` and an ``inode`` of ``"?"``.
+    A stream whose socket is not found keeps ``fd = -1`` and an ``inode`` of -1.
     """
     missing = []
     for w in watched:
         if not revalidate or not _still_valid(w):
-            w.fd, w.inode = -1, "?"
+            w.fd, w.inode = -1, -1
             missing.append(w)
     if not SUPPORTED or not missing:
         return
@@ -249,7 +252,7 @@ def _locate_missing(watched: Iterable[Watched], *, revalidate: bool = True) -> N
 
 def _locate(watched: Iterable[Watched]) -> None:
     wanted = _wanted(watched)
-    inodes: dict[str, Watched] = {}
+    inodes: dict[int, Watched] = {}
     for table in {key[0] for key in wanted}:
         with open(f"/proc/self/net/{table}") as lines:
             next(lines)
@@ -259,27 +262,29 @@ def _locate(watched: Iterable[Watched]) -> None:
                 match = wanted.get((table, local[-4:], fields[2]))
                 if match is None or fields[9] == "0" or match[0] not in (None, local[:-5]):
                     continue  # not ours, or a TIME_WAIT remnant of an earlier connection
-                match[1].inode, match[1].family = fields[9], _TABLES[table]
-                inodes[fields[9]] = match[1]
+                match[1].inode, match[1].family = int(fields[9]), _TABLES[table]
+                inodes[int(fields[9])] = match[1]
     if inodes:
         _find_descriptors(inodes)
 
 
-def _find_descriptors(inodes: dict[str, Watched]) -> None:
+def _find_descriptors(inodes: dict[int, Watched]) -> None:
     for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"/proc/self/fd/{name}")
-            if link.startswith("socket:[") and link[8:-1] in inodes:
-                inodes[link[8:-1]].fd = int(name)
+        with contextlib.suppress(OSError, ValueError):
+            fd = int(name)
+            info = os.fstat(fd)  # cheaper than readlink: no path walk through /proc
+            if info.st_ino in inodes and stat.S_ISSOCK(info.st_mode):
+                inodes[info.st_ino].fd = fd
 
 
 def _still_valid(watched: Watched) -> bool:
     if watched.fd < 0:
         return False
     try:
-        return os.readlink(f"/proc/self/fd/{watched.fd}") == f"socket:[{watched.inode}]"
+        info = os.fstat(watched.fd)
     except OSError:
         return False
+    return info.st_ino == watched.inode and stat.S_ISSOCK(info.st_mode)
 
 
 # -- reading and cutting it -----------------------------------------------------------------------------------------
