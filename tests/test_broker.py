@@ -98,9 +98,9 @@ async def test_a_refused_message_leaves_no_dedupe_entry_behind() -> None:
     app = make_app(queue_bytes=2000, max_body=2000)
     too_big = envelope("x" * 1990, id="retry-me", target="nobody")
     with pytest.raises(ValidationFailure) as refused:
-        await app.broker.publish(too_big)
+        await app.broker.publish(too_big, chosen_id=True)
     assert refused.value.status == 413
-    accepted = await app.broker.publish(envelope("small", id="retry-me", target="nobody"))
+    accepted = await app.broker.publish(envelope("small", id="retry-me", target="nobody"), chosen_id=True)
     assert not accepted.duplicate
 
 

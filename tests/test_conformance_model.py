@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
@@ -53,6 +54,7 @@ from _brokers import (
 )
 from _redis import RedisServer, running_redis
 from reference.rules import EXPIRED, UNKNOWN, UNKNOWN_CURSOR, Answer, BrokerModel, Message, Opening, Seen
+from sse_fast._core import topic_matches
 from sse_fast.errors import HttpError, ValidationFailure
 from sse_fast.models import Envelope, decode_envelope, new_message_id
 from sse_fast.server.app import App
@@ -101,6 +103,8 @@ MUST_REACH = (
     "drop and resume: resumed",
     "drop and resume: expired",
 )
+#: The topic grant of an acker (None: every topic, as under ``auth = none``): whether it could receive a topic message.
+GRANTS = (None, None, "news.>", "sport.*")
 SOURCE = st.sampled_from(SOURCES)
 CHOSEN = st.sampled_from((None, *IDS))  # None: the server assigns the id
 # Not both requireAck and ephemeral: such an envelope is refused before it reaches a broker (422).
@@ -342,11 +346,11 @@ class BrokerConformance(RuleBasedStateMachine):
         )
         if message.require_ack:
             self._wait_for_a_new_millisecond()
-        want = self.model.publish(message)
+        want = self.model.publish(message, chosen_id=chosen is not None)
         outcome = "refused" if want.error else "duplicate" if want.duplicate else "queued" if want.queued else "sent"
         self.note(f"publish: {outcome}")
         for name, app in self.apps.items():
-            got = self._publish(app, envelope, message.exclude)
+            got = self._publish(app, envelope, message.exclude, chosen_id=chosen is not None)
             if name == "redis":  # ``delivered`` counts what the node's reader routed within a wait: timing
                 got = dataclasses.replace(got, delivered=want.delivered)
             assert got == want, (name, message)
@@ -355,9 +359,9 @@ class BrokerConformance(RuleBasedStateMachine):
         self.after_step()
         self.check_statuses()
 
-    def _publish(self, app: App, envelope: Envelope, exclude: str | None) -> Answer:
+    def _publish(self, app: App, envelope: Envelope, exclude: str | None, *, chosen_id: bool) -> Answer:
         try:
-            accepted = self.run(app.broker.publish(envelope, exclude=exclude))
+            accepted = self.run(app.broker.publish(envelope, exclude=exclude, chosen_id=chosen_id))
         except HttpError as err:
             return Answer(error=(err.status, err.code))
         assert accepted.message_id == envelope.id
@@ -500,8 +504,9 @@ class BrokerConformance(RuleBasedStateMachine):
         data=st.data(),
         client=st.sampled_from((*CLIENTS, "server")),
         admin=st.booleans(),
+        grant=st.sampled_from(GRANTS),
     )
-    def ack(self, data: st.DataObject, client: str, admin: bool) -> None:
+    def ack(self, data: st.DataObject, client: str, admin: bool, grant: str | None) -> None:
         # Mostly requireAck messages (pending, delivered, acked, expired), sometimes ids never tracked.
         others = sorted({*(self._message_id(i) for i in IDS), "never-published"} - set(self.model.acks))
         one = st.sampled_from(others)
@@ -509,11 +514,12 @@ class BrokerConformance(RuleBasedStateMachine):
             tracked = st.sampled_from(sorted(self.model.acks))
             one = st.one_of(tracked, tracked, tracked, one)
         ids = data.draw(st.lists(one, min_size=1, max_size=3), label="ids")
-        want = self.model.ack(client, ids, admin=admin)
+        want = self.model.ack(client, ids, admin=admin, grant=grant)
         self.note(f"ack: {'known' if want else 'unknown'}")
+        receives = None if grant is None else partial(topic_matches, grant)
         for name, app in self.apps.items():
-            got = self.run(app.broker.ack(client, ids, admin=admin))
-            assert got == want, (name, client, ids, admin)
+            got = self.run(app.broker.ack(client, ids, admin=admin, receives=receives))
+            assert got == want, (name, client, ids, admin, grant)
         self.after_step()
         self.check_statuses()
 
@@ -667,9 +673,10 @@ async def test_memory_ack_bytes_are_released_when_an_id_is_tracked_again(redis_s
     (the machine never re-tracks an id: its dedupe window and size are never reached)."""
     # dedupe_size 1: the second publish pushes the first id out of the dedupe, so it is accepted (and tracked) again.
     async with running_app("memory", redis_server, dedupe_size=1) as app:
-        await app.broker.publish(envelope("x" * 1000, id="order-1", target="t", source="s", require_ack=True))
-        await app.broker.publish(envelope(2, id="other", target="t", source="s"))
-        again = await app.broker.publish(envelope("x" * 1000, id="order-1", target="t", source="s", require_ack=True))
+        chosen = {"target": "t", "source": "s", "require_ack": True}
+        await app.broker.publish(envelope("x" * 1000, id="order-1", **chosen), chosen_id=True)
+        await app.broker.publish(envelope(2, id="other", target="t", source="s"), chosen_id=True)
+        again = await app.broker.publish(envelope("x" * 1000, id="order-1", **chosen), chosen_id=True)
         assert not again.duplicate
         assert await app.broker.ack("t", ["order-1"], admin=False) == 1
         assert await app.broker.message_status("order-1") == ("s", "acked", ["t"])
@@ -682,8 +689,8 @@ async def test_dedupe_keys_of_sources_and_ids_with_colons_do_not_collide(
 ) -> None:
     """Issue 13 (fixed): Redis keyed dedupe ``sse:dd:{source}:{id}``: ``a:b`` + ``c`` and ``a`` + ``b:c`` collided."""
     async with running_app(broker, redis_server) as app:
-        first = await app.broker.publish(envelope(1, id="c", source="a:b", target="t"))
-        second = await app.broker.publish(envelope(2, id="b:c", source="a", target="t"))
+        first = await app.broker.publish(envelope(1, id="c", source="a:b", target="t"), chosen_id=True)
+        second = await app.broker.publish(envelope(2, id="b:c", source="a", target="t"), chosen_id=True)
         assert (first.duplicate, second.duplicate) == (False, False)
         stream = await open_stream(app, "t")
         assert payloads(stream) == [1, 2]

@@ -75,7 +75,8 @@ def test_retry_after_is_a_header_and_reads_back() -> None:
 
 @pytest.mark.e2e
 async def test_the_client_gets_a_server_code_with_its_status(tmp_path: Path) -> None:
-    """`not_owner` (403) reaches the SDK as an AuthError with the server's status and code, on a send and a read."""
+    """Another client's task is `task_not_found` (404, as if it did not exist): it reaches the SDK as a ServerError
+    with the server's status and code, on a send and a read."""
     secret = "s" * 32
 
     def token(sub: str) -> str:
@@ -88,12 +89,12 @@ async def test_the_client_gets_a_server_code_with_its_status(tmp_path: Path) -> 
         ):
             answer = await alice.send_command("execute", task="sleep", params={"seconds": 30})
             assert isinstance(answer, models.CommandAnswer)
-            with pytest.raises(errors.AuthError) as cancelling:
+            with pytest.raises(errors.ServerError) as cancelling:
                 await mallory.cancel_task(answer.task_id)
-            assert (cancelling.value.status, cancelling.value.code) == (403, "not_owner")
-            with pytest.raises(errors.AuthError) as reading:
+            assert (cancelling.value.status, cancelling.value.code) == (404, "task_not_found")
+            with pytest.raises(errors.ServerError) as reading:
                 await mallory.query_progress(answer.task_id)
-            assert (reading.value.status, reading.value.code) == (403, "not_owner")
+            assert (reading.value.status, reading.value.code) == (404, "task_not_found")
             cancelled = await alice.cancel_task(answer.task_id)
             assert isinstance(cancelled, models.CommandAnswer)
             assert cancelled.status == "cancelled"

@@ -28,10 +28,10 @@ The Rust core raises the first two; the binding maps every variant of its one er
 
 On the server, whatever refuses a request raises an :class:`HttpError` (or a subclass), wherever it is; the routes
 answer it in one place (``Api.handle``) with :class:`ErrorBody`, its ``status`` and its ``headers``. A code names
-one situation everywhere: a caller reading or steering something that belongs to another client is always
-``403 not_owner``, whether a task or a message. The subclasses say where an error comes from; the answer is the
-same for all of them. ``AuthFailure`` is not a ``PermissionError``, which is an ``OSError``: I/O code that catches
-``OSError`` (an unreachable Redis) must not swallow a refused caller.
+one situation everywhere: to a caller reading or steering something that belongs to another client, it does not
+exist (``404 task_not_found`` or ``unknown_message``, as for an id nobody has). The subclasses say where an error
+comes from; the answer is the same for all of them. ``AuthFailure`` is not a ``PermissionError``, which is an
+``OSError``: I/O code that catches ``OSError`` (an unreachable Redis) must not swallow a refused caller.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class HttpError(SseFastError):
 
 class AuthFailure(HttpError):
     """A caller refused by :mod:`sse_fast.server.auth`: 400 (a malformed clientId), 401 (no, or a bad, credential) or
-    403 (``client_id_mismatch``, ``topic_not_granted``, ``direct_not_granted``, ``admin_required``, ``not_owner``)."""
+    403 (``client_id_mismatch``, ``topic_not_granted``, ``direct_not_granted``, ``admin_required``)."""
 
 
 class ValidationFailure(HttpError, ValueError):
@@ -134,10 +134,16 @@ class ValidationFailure(HttpError, ValueError):
 
 
 class SchedulerError(HttpError):
-    """A refused scheduler request: ``unknown_task`` (400, ``detail.known`` lists the handlers), ``invalid_params``
+    """A refused scheduler request: ``unknown_task`` (400, ``detail.task`` the name asked for), ``invalid_params``
     (422), ``queue_full`` (429, ``retry_after`` seconds), ``task_not_found`` (404), ``task_finished`` (409),
     ``not_paused`` (409), ``shutting_down`` (503); across Redis nodes also ``task_node_unavailable`` (503) and
     ``task_node_timeout`` (504)."""
+
+    @classmethod
+    def task_not_found(cls, task_id: str) -> SchedulerError:
+        """404 ``task_not_found``: one answer for a task that is unknown, dropped after retention, or another
+        client's (to a caller who may not see it, it does not exist: no existence oracle)."""
+        return cls(404, "task_not_found", f"no task {task_id!r} (unknown, or dropped after retention)")
 
 
 class BrokerUnavailable(HttpError):

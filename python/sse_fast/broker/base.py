@@ -50,8 +50,12 @@ class Broker(abc.ABC):
         """Start background work on the worker's loop (which may not be running yet)."""
 
     @abc.abstractmethod
-    async def publish(self, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
-        """Deliver an accepted, validated envelope (id, timestamp and source already set by the server)."""
+    async def publish(self, envelope: Envelope, *, exclude: str | None = None, chosen_id: bool = False) -> Accepted:
+        """Deliver an accepted, validated envelope (id, timestamp and source already set by the server).
+
+        ``chosen_id``: the client chose the envelope's id (only such ids are deduped:
+        :func:`~sse_fast.broker.rules.dedupes`).
+        """
 
     @abc.abstractmethod
     async def open_stream(
@@ -60,8 +64,12 @@ class Broker(abc.ABC):
         """What a stream that just registered with the hub (as ``conn_id``) must receive before its live frames."""
 
     @abc.abstractmethod
-    async def ack(self, client_id: str, message_ids: list[str], *, admin: bool) -> int:
-        """Record acks; returns how many of the ids were known ``requireAck`` messages."""
+    async def ack(
+        self, client_id: str, message_ids: list[str], *, admin: bool, receives: Callable[[str], bool] | None = None
+    ) -> int:
+        """Record acks; returns how many of the ids were known ``requireAck`` messages the caller may ack
+        (:func:`~sse_fast.broker.rules.may_ack`; ``admin`` and ``receives`` as in
+        :class:`~sse_fast.broker.rules.Acker`)."""
 
     @abc.abstractmethod
     async def message_status(self, message_id: str) -> tuple[str, str, list[str]] | None:

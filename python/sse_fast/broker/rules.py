@@ -35,8 +35,8 @@ from sse_fast.models import Envelope, new_message_id
 
 __all__ = [
     "MAX_ACKERS",
-    "RESERVED_SOURCES",
     "OPEN",
+    "RESERVED_SOURCES",
     "Accepted",
     "AckStatus",
     "Acker",

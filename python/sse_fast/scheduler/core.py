@@ -568,8 +568,8 @@ class Scheduler:
             return self._tasks[known].record(), False
         spec = self._specs.get(task)
         if spec is None:
-            detail = {"task": task, "known": self.handlers}
-            raise SchedulerError(400, "unknown_task", f"no task handler named {task!r}", detail)
+            # The handlers are not listed: what a server runs is not for every caller to learn.
+            raise SchedulerError(400, "unknown_task", f"no task handler named {task!r}", {"task": task})
         params = params or {}
         size = len(msgspec.json.encode(params))
         if size > self.max_params_bytes:
@@ -753,7 +753,7 @@ class Scheduler:
     def _get(self, task_id: str) -> _Task:
         t = self._tasks.get(task_id)
         if t is None:
-            raise SchedulerError(404, "task_not_found", f"no task {task_id!r} (unknown, or dropped after retention)")
+            raise SchedulerError.task_not_found(task_id)
         return t
 
     def _enqueue(self, t: _Task, *, keep_age: bool = False) -> None:

@@ -133,7 +133,7 @@ class RedisTaskRegistry(LocalTaskRegistry):
     async def _lookup(self, task_id: str) -> tuple[TaskRecord, str]:
         rec, node = await self.broker.call(self.broker.redis.hmget(keys.task(task_id), ["rec", "node"]))
         if rec is None:
-            raise SchedulerError(404, "task_not_found", f"no task {task_id!r} (unknown, or dropped after retention)")
+            raise SchedulerError.task_not_found(task_id)
         return _record.decode(rec), node.decode() if isinstance(node, bytes) else str(node)
 
     async def get(self, task_id: str) -> TaskRecord:

@@ -23,7 +23,7 @@ import jwt
 import msgspec
 
 from sse_fast._core import topic_matches, validate_topic
-from sse_fast.broker.rules import RESERVED_SOURCES
+from sse_fast.broker.rules import RESERVED_SOURCES, Acker
 from sse_fast.errors import AuthFailure, TopicError
 from sse_fast.models import CLIENT_ID_PATTERN
 from sse_fast.settings import Settings, public_key_algorithm
@@ -35,9 +35,9 @@ __all__ = [
     "Authenticator",
     "Identity",
     "can_subscribe",
-    "check_owner",
     "check_publish",
     "check_subscribe",
+    "owns",
     "redact_query",
     "require_admin",
     "valid_topic",
@@ -162,9 +162,18 @@ class Authenticator:
         require_admin(identity)
 
     @staticmethod
-    def check_owner(identity: Identity, owner: str, *, what: str = "this") -> None:
-        """:func:`check_owner`."""
-        check_owner(identity, owner, what=what)
+    def owns(identity: Identity, owner: str) -> bool:
+        """:func:`owns`."""
+        return owns(identity, owner)
+
+    def acker(self, identity: Identity) -> Acker:
+        """Who ``identity`` acks as (:func:`sse_fast.broker.rules.may_ack`): an admin acks anything; a client what it
+        could receive, its topic grants judged by :func:`can_subscribe`. With ``auth = none`` everybody may subscribe
+        to everything, so a topic message may be acked by anyone, but the trust of ``none`` (everyone an admin) does
+        not extend to acking another client's direct message: only an API key acks anything there."""
+        if self.mode == "none":
+            return Acker(identity.client_id, admin=identity.kind == "api_key")
+        return Acker(identity.client_id, admin=identity.admin, receives=lambda topic: can_subscribe(identity, topic))
 
     # -- API keys ---------------------------------------------------------------------------------------------------
 
@@ -347,11 +356,11 @@ def require_admin(identity: Identity) -> None:
         raise AuthFailure(403, "admin_required", "this needs an admin")
 
 
-def check_owner(identity: Identity, owner: str, *, what: str = "this") -> None:
-    """Raise 403 ``not_owner`` unless ``identity`` is ``owner`` or an admin: the one answer to reading or steering
-    something of another client (a task, a message's status). ``what`` names it in the message."""
-    if not identity.admin and identity.client_id != owner:
-        raise AuthFailure(403, "not_owner", f"{what} belongs to another client (only it or an admin may use it)")
+def owns(identity: Identity, owner: str) -> bool:
+    """Whether ``identity`` may read or steer something of ``owner`` (a task, a message's status): ``owner`` itself
+    or an admin. To anyone else it does not exist: the route answers its own 404, the same as for an unknown id, so
+    that the answer tells nothing about other clients' ids."""
+    return identity.admin or identity.client_id == owner
 
 
 def redact_query(query_string: str) -> str:

@@ -20,7 +20,7 @@ request                                    answer                        notes
 
 from __future__ import annotations
 
-from sse_fast.errors import ErrorBody
+from sse_fast.errors import ErrorBody, SchedulerError
 from sse_fast.models import CommandAnswer, CommandPayload, Envelope, TaskRecord, TasksAnswer, convert
 from sse_fast.scheduler.core import Scheduler
 from sse_fast.scheduler.registry import LocalTaskRegistry, TaskRegistry
@@ -106,9 +106,12 @@ class CommandService:
         return _answer(200, await registry.resume(task_id))
 
     async def _owned(self, caller: Identity, task_id: str) -> TaskRecord:
-        """The task's record, when the caller may see and steer it (its submitter, or an admin)."""
+        """The task's record, when the caller may see and steer it (its submitter, or an admin). To anyone else
+        another client's task does not exist: the same 404 as an unknown id, so that no answer (to a read or to a
+        cancel, pause or resume) tells a caller which task ids exist."""
         record = await self.registry.get(task_id)
-        self.auth.check_owner(caller, record.client_id, what="this task")
+        if not self.auth.owns(caller, record.client_id):
+            raise SchedulerError.task_not_found(task_id)
         return record
 
     async def _sync(self, caller: Identity) -> Response:

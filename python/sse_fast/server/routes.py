@@ -356,7 +356,8 @@ class Api:
         self.auth.check_publish(caller, target=envelope.target, topic=envelope.topic)
         stamped = self._stamp(envelope, caller)
         self.limits.charge(caller, stamped)
-        return await self.broker.publish(stamped, exclude=exclude)
+        # Only an id the client chose is deduped (_stamp fills in the others): the broker is told which it is.
+        return await self.broker.publish(stamped, exclude=exclude, chosen_id=bool(envelope.id))
 
     async def _submit(self, caller: Identity, envelope: Envelope) -> Response:
         """A command to the scheduler, paid for like a publish: its task events go into the same log."""
@@ -408,8 +409,7 @@ class Api:
         early = self._early_caller(req)
         body = decode(await req.json_body(self.settings.max_body), AckRequest)
         caller = early or self._caller(req)
-        acked = await self.broker.ack(caller.client_id, list(body.message_ids), admin=caller.admin)
-        return json_response(200, AckAnswer(acked=acked))
+        return await self._ack(caller, list(body.message_ids))
 
     async def _ack_envelope(self, req: Request, envelope: Envelope, early: Identity | None) -> Response:
         payload = envelope.payload if isinstance(envelope.payload, dict) else {}
@@ -417,17 +417,23 @@ class Api:
         if not isinstance(message_id, str):
             raise HttpError(422, "invalid_ack", "an ack envelope needs payload.messageId (a string)")
         caller = early or self._caller(req, envelope.source)
-        acked = await self.broker.ack(caller.client_id, [message_id], admin=caller.admin)
+        return await self._ack(caller, [message_id])
+
+    async def _ack(self, caller: Identity, message_ids: list[str]) -> Response:
+        """Ack as the caller may (:meth:`Authenticator.acker`): an ack of a message it could never have received is
+        not counted, and not refused either, so that the answer says nothing about messages it may not see."""
+        acker = self.auth.acker(caller)
+        acked = await self.broker.ack(acker.client_id, message_ids, admin=acker.admin, receives=acker.receives)
         return json_response(200, AckAnswer(acked=acked))
 
     async def message_status(self, req: Request) -> Response:
-        """``GET /api/messages/{id}``: for the message's source or an admin."""
+        """``GET /api/messages/{id}``: for the message's source or an admin; to anyone else it is unknown (the same
+        404 as an id never used: no existence oracle)."""
         caller = self._caller(req)
         status = await self.broker.message_status(req.path_params["id"])
-        if status is None:
+        if status is None or not self.auth.owns(caller, status[0]):
             raise HttpError(404, "unknown_message", "no requireAck message with this id is known")
-        source, state, acked_by = status
-        self.auth.check_owner(caller, source, what="this message")
+        _, state, acked_by = status
         return json_response(200, MessageStatus(status=cast(DeliveryStatus, state), acked_by=acked_by))
 
     # -- introspection ---------------------------------------------------------------------------------------
