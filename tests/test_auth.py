@@ -172,8 +172,23 @@ def test_jwt_subject_and_claims_make_the_identity() -> None:
     token = hs_token(topics=["news.*", "chat.>"], publish=["chat.>"], direct=True, admin=False)
     identity = hs_auth().stream_identity(bearer(token), {})
     assert identity == Identity(
-        client_id="alice", kind="client", admin=False, topics=("news.*", "chat.>"), publish=("chat.>",), direct=True
+        client_id="alice",
+        kind="client",
+        admin=False,
+        topics=("news.*", "chat.>"),
+        publish=("chat.>",),
+        direct=True,
+        expires=NOW + 600 + 5.0,  # exp plus the default leeway: when its streams are closed
     )
+
+
+def test_a_token_without_exp_never_expires_unless_exp_is_required() -> None:
+    token = hs_token({"sub": "alice"})
+    assert hs_auth().stream_identity(bearer(token), {}).expires is None
+    with pytest.raises(auth.AuthFailure) as info:
+        hs_auth(jwt_require_exp=True).stream_identity(bearer(token), {})
+    assert (info.value.status, info.value.code) == (401, "missing_exp")
+    assert hs_auth(jwt_require_exp=True, jwt_leeway=0.0).stream_identity(bearer(hs_token()), {}).expires == NOW + 600
 
 
 def test_jwt_claims_default_to_nothing_granted() -> None:

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "jwt_audience": None,
     "jwt_issuer": None,
     "jwt_leeway": 5.0,
+    "jwt_require_exp": False,
     "api_keys": (),
     "cors_origins": (),
     "keepalive": 15.0,
@@ -43,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "max_body": MIB,
     "max_connections": 100_000,
     "max_connections_per_client": 8,
+    "max_topic_segments": 16,
+    "max_topics_bytes": 1024,
     "queue_frames": 1024,
     "queue_bytes": MIB,
     "replay_size": 10_000,
@@ -136,6 +139,8 @@ PARSED = [
     ("SSE_FAST_MAX_BODY", "1_000", "max_body", 1000),
     ("SSE_FAST_MAX_CONNECTIONS", "10", "max_connections", 10),
     ("SSE_FAST_MAX_CONNECTIONS_PER_CLIENT", "1", "max_connections_per_client", 1),
+    ("SSE_FAST_MAX_TOPIC_SEGMENTS", "4", "max_topic_segments", 4),
+    ("SSE_FAST_MAX_TOPICS_BYTES", "256", "max_topics_bytes", 256),
     ("SSE_FAST_QUEUE_FRAMES", "16", "queue_frames", 16),
     ("SSE_FAST_QUEUE_BYTES", "2097152", "queue_bytes", 2 * MIB),
     ("SSE_FAST_REPLAY_SIZE", "5", "replay_size", 5),
@@ -177,7 +182,7 @@ def test_each_setting_is_parsed(var: str, raw: str, name: str, expected: Any) ->
 
 def test_every_variable_is_covered_by_the_parse_table() -> None:
     covered = {name for _, _, name, _ in PARSED} | {"workers", "auth", "jwt_secret", "jwt_public_key"}
-    covered |= {"jwt_jwks_file", "jwt_audience", "jwt_issuer"}  # parsed in the auth tests below
+    covered |= {"jwt_jwks_file", "jwt_audience", "jwt_issuer", "jwt_require_exp"}  # parsed in the auth tests below
     assert covered == set(Settings.__struct_fields__)
 
 
@@ -193,6 +198,27 @@ def test_workers_and_jwt_settings_are_parsed() -> None:
         }
     )
     assert (s.workers, s.auth, s.jwt_secret, s.jwt_audience, s.jwt_issuer) == (4, "jwt", SECRET, "aud", "iss")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("false", False), ("0", False)]
+)
+def test_jwt_require_exp_is_a_boolean(raw: str, expected: bool) -> None:
+    env = {"SSE_FAST_AUTH": "jwt", "SSE_FAST_JWT_SECRET": SECRET, "SSE_FAST_JWT_REQUIRE_EXP": raw}
+    assert Settings.from_env(env).jwt_require_exp is expected
+
+
+def test_jwt_require_exp_is_checked() -> None:
+    jwt_env = {"SSE_FAST_AUTH": "jwt", "SSE_FAST_JWT_SECRET": SECRET}
+    assert problems_of({**jwt_env, "SSE_FAST_JWT_REQUIRE_EXP": "maybe"}) == [
+        "SSE_FAST_JWT_REQUIRE_EXP='maybe': expected true or false"
+    ]
+    assert problems_of({}, auth="jwt", jwt_secret=SECRET, jwt_require_exp=1) == [
+        "jwt_require_exp=1: expected true or false"
+    ]
+    assert problems_of({"SSE_FAST_JWT_REQUIRE_EXP": "true"}) == [
+        "SSE_FAST_JWT_REQUIRE_EXP='true': has no effect with SSE_FAST_AUTH='none' (set SSE_FAST_AUTH=jwt, or unset it)"
+    ]
 
 
 def test_an_empty_variable_counts_as_unset() -> None:

@@ -11,6 +11,7 @@ runs the periodic jobs of the broker.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 import time
@@ -24,7 +25,7 @@ from sse_fast._core import CRITICAL, LOW, Delivery, Frame, Hub, encode_comment, 
 from sse_fast.models import ConnectionInfo
 from sse_fast.settings import Settings
 
-__all__ = ["Connection", "Sink", "Streams", "system_envelope"]
+__all__ = ["Connection", "Reservation", "Sink", "Streams", "system_envelope"]
 
 log = logging.getLogger("sse_fast.streams")
 
@@ -75,6 +76,24 @@ def system_envelope(event: str, detail: Any, *, message_id: str, priority: int =
     )
 
 
+class Reservation:
+    """One of the worker's ``SSE_FAST_MAX_CONNECTIONS`` slots, held by a stream between its capacity check and its
+    registration: the response headers go out in between (under ASGI an ``await``), and without the slot every open
+    in that window would pass the check. :meth:`release` is idempotent: the stream releases it as it registers, the
+    adapter in any case once it is done, so that a stream that never opens gives its slot back."""
+
+    __slots__ = ("_streams",)
+
+    def __init__(self, streams: Streams) -> None:
+        self._streams: Streams | None = streams
+
+    def release(self) -> None:
+        """Give the slot back (again is a no-op)."""
+        if self._streams is not None:
+            self._streams._reserved -= 1
+            self._streams = None
+
+
 class Streams:
     """The connections of this worker and the writer that feeds them."""
 
@@ -93,10 +112,15 @@ class Streams:
         self._remove_hooks: list[Callable[[int, str], None]] = []
         self._next_keepalive = 0.0
         self._next_heartbeat = 0.0
+        # (wall-clock deadline, conn id) of the streams whose credential expires; entries of closed streams stay
+        # until their deadline or the next compaction, which keeps it within twice the open connections.
+        self._expiries: list[tuple[float, int]] = []
+        self._reserved = 0
         self.accepting = True
         # Counters read by the metrics collector at scrape time (never touched per delivery).
         self.closed_slow = 0
         self.closed_replaced = 0
+        self.closed_expired = 0
         self.opened_total = 0
         self.closed_total = 0
 
@@ -139,6 +163,7 @@ class Streams:
             self._next_heartbeat = now + self.settings.heartbeat
             self._run(lambda _: self.heartbeat(), now)
         wall = time.time()
+        self._run(self._expire, wall)
         for job in self._tick_jobs:
             self._run(job, wall)
 
@@ -198,6 +223,32 @@ class Streams:
     def rows(self) -> list[ConnectionInfo]:
         """Every open connection of this worker as a row of ``GET /api/connections``."""
         return [self.info(conn) for conn in self._conns.values()]
+
+    def reserve(self) -> Reservation | None:
+        """A slot for a stream about to open, or None when open and reserved streams fill ``max_connections``."""
+        if len(self._conns) + self._reserved >= self.settings.max_connections:
+            return None
+        self._reserved += 1
+        return Reservation(self)
+
+    def expire_at(self, conn_id: int, deadline: float) -> None:
+        """Close the stream with ``disconnect`` reason ``token_expired`` once the wall clock passes ``deadline``.
+
+        One heap for the worker, read by the ticker: a stream with a deadline costs one heap entry, no timer.
+        """
+        if conn_id in self._conns:
+            heapq.heappush(self._expiries, (deadline, conn_id))
+
+    def _expire(self, now: float) -> None:
+        heap, conns = self._expiries, self._conns
+        while heap and heap[0][0] <= now:
+            _, conn_id = heapq.heappop(heap)
+            if conn_id in conns:
+                self.closed_expired += 1
+                self.close(conn_id, "token_expired")
+        if len(heap) > 2 * len(conns) + 64:  # closed streams' entries: drop them (conn ids are never reused)
+            self._expiries = [entry for entry in heap if entry[1] in conns]
+            heapq.heapify(self._expiries)
 
     def open(self, client_id: str, topics: tuple[str, ...], sink: Sink) -> Connection:
         """Register a stream. Past the per-client limit, the client's oldest stream is closed as ``replaced``."""

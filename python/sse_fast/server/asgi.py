@@ -121,10 +121,12 @@ async def serve(app: App, scope: dict[str, Any], receive: Receive, send: Send) -
         await send({"type": "http.response.body", "body": answer.body})
         return
     app.metrics.responses[200] += 1
-    await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
-    loop = asyncio.get_running_loop()
-    sink = AsgiSink(send, loop, app.streams.unblock)
-    sink.conn_id = await answer.open(sink)
+    sink = AsgiSink(send, asyncio.get_running_loop(), app.streams.unblock)
+    try:  # the stream holds a connection slot until it registers: give it back if it never does
+        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        sink.conn_id = await answer.open(sink)
+    finally:
+        answer.release()
 
     async def disconnected() -> None:
         while (await receive())["type"] != "http.disconnect":

@@ -58,7 +58,9 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     """Who a request comes from, and what it was granted.
 
     ``topics`` and ``publish`` are topic patterns (``*`` one segment, a final ``>`` one or more); ``direct`` allows
-    sending to other clients; ``admin`` allows everything (broadcast, the connections list, any task).
+    sending to other clients; ``admin`` allows everything (broadcast, the connections list, any task). ``expires``
+    is when the credential stops being valid (a token's ``exp`` plus the leeway, in epoch seconds): a stream opened
+    with it is closed then. None for a token without ``exp`` and for every identity not from a token.
     """
 
     client_id: str
@@ -67,6 +69,7 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     topics: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
     direct: bool = False
+    expires: float | None = None
 
 
 def _trusted(client_id: str, kind: Literal["anonymous", "client"]) -> Identity:
@@ -90,6 +93,7 @@ class Authenticator:
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._leeway = settings.jwt_leeway
+        self._required = ["sub", "exp"] if settings.jwt_require_exp else ["sub"]
         self._key: Any = None
         self._algorithms: list[str] = []
         self._jwks: jwt.PyJWKSet | None = None
@@ -203,6 +207,7 @@ class Authenticator:
             topics=_patterns_claim(claims, "topics"),
             publish=_patterns_claim(claims, "publish"),
             direct=_bool_claim(claims, "direct"),
+            expires=int(claims["exp"]) + self._leeway if "exp" in claims else None,
         )
 
     def _claims(self, token: str) -> dict[str, Any]:
@@ -215,13 +220,15 @@ class Authenticator:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": ["sub"]},
+                options={"require": self._required},
             )
         except jwt.ExpiredSignatureError:
             raise AuthFailure(401, "token_expired", "the token has expired") from None
         except jwt.ImmatureSignatureError:
             raise AuthFailure(401, "invalid_token", "the token is not valid yet (nbf)") from None
-        except jwt.MissingRequiredClaimError:
+        except jwt.MissingRequiredClaimError as err:
+            if err.claim == "exp":  # SSE_FAST_JWT_REQUIRE_EXP: a token that never expires keeps its streams forever
+                raise AuthFailure(401, "missing_exp", "the token has no `exp` claim, which is required") from None
             raise AuthFailure(401, "invalid_token", "the token has no `sub` claim") from None
         except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
             raise AuthFailure(401, "invalid_token", "the token's audience or issuer is not accepted") from None

@@ -35,12 +35,15 @@ class StreamResponse:
     """An SSE stream: the adapter starts the response with ``headers``, then calls ``open(sink)`` at once.
 
     ``open`` registers the connection and writes its first bytes; it returns the connection id, which the adapter
-    hands to ``closed`` when the client goes away.
+    hands to ``closed`` when the client goes away. The adapter calls ``release`` (idempotent) once ``open`` returned
+    or failed, or instead of it when the response could not start: it frees the connection slot taken for this
+    stream, if ``open`` did not already.
     """
 
     headers: list[tuple[str, str]]
     open: Callable[[Sink], Awaitable[int]]
     closed: Callable[[int], None]
+    release: Callable[[], None] = field(default=lambda: None)
 
 
 Handler = Callable[["Request"], Awaitable["Response | StreamResponse"]]

@@ -40,6 +40,7 @@ class Metrics(Collector):
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.replayed = 0
+        self.topics_refused = 0
         self.responses: Counter[int] = Counter()
         self._streams: Streams | None = None
         self._broker: Broker | None = None
@@ -81,6 +82,12 @@ class Metrics(Collector):
                 "counter",
                 streams.closed_replaced,
             )
+            yield _family(
+                "sse_fast_token_expired_closes",
+                "Streams closed because their token expired",
+                "counter",
+                streams.closed_expired,
+            )
         if self._watch is not None:
             yield _family(
                 "sse_fast_dead_peers",
@@ -89,6 +96,12 @@ class Metrics(Collector):
                 self._watch.dead,
             )
         yield _family("sse_fast_replayed", "Frames delivered on connect before going live", "counter", self.replayed)
+        yield _family(
+            "sse_fast_topics_refused",
+            "Streams refused for topic patterns past SSE_FAST_MAX_TOPIC_SEGMENTS or SSE_FAST_MAX_TOPICS_BYTES",
+            "counter",
+            self.topics_refused,
+        )
         responses = CounterMetricFamily("sse_fast_http_responses", "HTTP answers by status", labels=["status"])
         for status, count in sorted(self.responses.items()):
             responses.add_metric([str(status)], count)

@@ -306,18 +306,26 @@ class Api:
             raise HttpError(503, "shutting_down", "the server is shutting down", headers=[("retry-after", "5")])
         if not self.broker.ready():
             raise BrokerUnavailable()
-        if len(self.streams) >= self.settings.max_connections:
+        slot = self.streams.reserve()  # the last check: nothing may refuse the stream once it holds a slot
+        if slot is None:
             raise HttpError(503, "server_full", "too many connections", headers=[("retry-after", "5")])
 
         async def open_stream(sink: Sink) -> int:
-            return await self.handshake.open(caller.client_id, topics, cursor, sink)
+            opening = self.handshake.open(caller.client_id, topics, cursor, sink)
+            # The slot passes to the connection: Handshake.open registers it before its first await.
+            slot.release()
+            conn_id = await opening
+            if caller.expires is not None:
+                self.streams.expire_at(conn_id, caller.expires)
+            return conn_id
 
-        return StreamResponse(list(SSE_HEADERS), open_stream, self.streams.remove)
+        return StreamResponse(list(SSE_HEADERS), open_stream, self.streams.remove, slot.release)
 
     def _topics(self, raw: str, caller: Identity) -> tuple[str, ...]:
         topics = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
         if len(topics) > _MAX_TOPICS:
             raise HttpError(400, "too_many_topics", f"at most {_MAX_TOPICS} topics per stream")
+        self._topics_bounded(topics)
         for topic in topics:
             try:
                 validate_topic(topic, pattern=True)
@@ -326,6 +334,27 @@ class Api:
             if not self.auth.can_subscribe(caller, topic):
                 raise HttpError(403, "topic_not_granted", f"not allowed to subscribe to {topic}", {"topic": topic})
         return topics
+
+    def _topics_bounded(self, topics: tuple[str, ...]) -> None:
+        """Refuse patterns whose index would cost more than a small fixed amount (400).
+
+        Every segment of a subscribed pattern is a node of the hub's topic trie (about 600 bytes when no other
+        stream shares it), and the core only bounds a pattern's length (128 characters, up to 64 segments): 64 such
+        patterns made one stream cost 2 MB. Segments per pattern and bytes of all patterns together bound it to
+        about ``(max_topics_bytes + 64) / 2`` nodes.
+        """
+        limit = self.settings.max_topic_segments
+        for topic in topics:
+            if topic.count(".") >= limit:
+                self.metrics.topics_refused += 1
+                raise HttpError(
+                    400, "topic_too_deep", f"a topic pattern has at most {limit} segments", {"topic": topic[:128]}
+                )
+        size = sum(len(t) for t in topics)
+        if size > self.settings.max_topics_bytes:
+            self.metrics.topics_refused += 1
+            detail = f"a stream's topic patterns total at most {self.settings.max_topics_bytes} characters"
+            raise HttpError(400, "topics_too_long", detail, {"length": size})
 
     # -- publishing ------------------------------------------------------------------------------------------
 

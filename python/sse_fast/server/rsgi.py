@@ -108,8 +108,12 @@ async def serve(app: App, scope: Any, protocol: Any) -> None:
         protocol.response_bytes(answer.status, answer.headers, answer.body)
         return
     # Every stream of a listener has the same local address: one shared string, not one per stream.
-    sink = RsgiSink(protocol.response_stream(200, answer.headers), app.backlog, sys.intern(scope.server), scope.client)
-    sink.conn_id = await answer.open(sink)
+    try:  # the stream holds a connection slot until it registers: give it back if it never does
+        transport = protocol.response_stream(200, answer.headers)
+        sink = RsgiSink(transport, app.backlog, sys.intern(scope.server), scope.client)
+        sink.conn_id = await answer.open(sink)
+    finally:
+        answer.release()
     if sink.transport is not None:  # not closed while it opened
         app.backlog.watch(sink)
     _on_disconnect(protocol, answer.closed, sink)
