@@ -30,6 +30,8 @@ let credential = null;
 /** @type {import("./sse-fast.js").Client | null} */
 let client = null;
 let polling = false;
+/** Whether the server refused the credential: polling waits for the next sign-in. */
+let refused = false;
 /** @type {{ t: number, delivered: number } | null} */
 let lastDelivered = null;
 /** @type {Record<string, number[]>} */
@@ -77,6 +79,7 @@ function signIn(event) {
   if (credential && $("remember").checked) sessionStorage.setItem(STORE, JSON.stringify(credential));
   else sessionStorage.removeItem(STORE);
   newClient();
+  refused = false;
   poll();
 }
 
@@ -86,6 +89,7 @@ function signOut() {
   $("remember").checked = false;
   newClient();
   clearViews();
+  refused = false;
   poll();
 }
 
@@ -129,6 +133,7 @@ async function poll() {
   } catch (err) {
     const e = /** @type {any} */ (err);
     if (e instanceof sdk.AuthError) {
+      refused = true;
       clearViews();
       const why = e.status === 401 ? "a credential is needed" : "this credential is not an admin";
       setStatus(`${why} (${e.code}): sign in with a JWT that has admin: true, or an API key`, "error");
@@ -186,49 +191,59 @@ function renderConnections(rows) {
   $("conn-summary").textContent = `${rows.length} open${nodes ? ` (${nodes})` : ""}`;
 }
 
-/** @param {any} task @param {string} action @param {string} label @param {boolean} enabled */
-function taskButton(task, action, label, enabled) {
+/** @param {string} action @param {string} label @returns {HTMLButtonElement} */
+function taskButton(action, label) {
   const button = document.createElement("button");
   button.type = "button";
   button.textContent = label;
   button.dataset.action = action;
-  button.dataset.taskId = task.taskId;
-  button.disabled = !enabled;
   return button;
+}
+
+/**
+ * A task's row: made once, then updated in place on every poll (so that a button is never replaced under the
+ * pointer that is about to click it).
+ * @param {string} taskId @returns {HTMLTableRowElement}
+ */
+function taskRow(taskId) {
+  const tr = document.createElement("tr");
+  tr.dataset.taskId = taskId;
+  for (let i = 0; i < 8; i++) tr.append(document.createElement("td"));
+  const bar = document.createElement("progress");
+  bar.max = 100;
+  tr.cells[4].append(bar, document.createElement("span"));
+  tr.cells[4].className = "num";
+  tr.cells[0].className = "mono";
+  tr.cells[5].className = "num";
+  tr.cells[7].append(taskButton("pause", "Pause"), taskButton("resume", "Resume"), taskButton("cancel", "Cancel"));
+  for (const button of tr.cells[7].querySelectorAll("button")) button.dataset.taskId = taskId;
+  return tr;
 }
 
 /** @param {any[]} tasks */
 function renderTasks(tasks) {
-  const sorted = [...tasks].sort((a, b) => b.createdAt - a.createdAt);
-  $("task-rows").replaceChildren(
-    ...sorted.map((t) => {
-      const tr = document.createElement("tr");
-      tr.dataset.taskId = t.taskId;
-      const bar = document.createElement("progress");
-      bar.max = 100;
-      bar.value = Number(t.progress) || 0;
-      const progress = cell(` ${Math.round(Number(t.progress) || 0)}%`, "num");
-      progress.prepend(bar);
-      const actions = document.createElement("td");
-      const open = !FINISHED.has(t.status);
-      actions.append(
-        taskButton(t, "pause", "Pause", t.status === "running" || t.status === "pending"),
-        taskButton(t, "resume", "Resume", t.status === "paused"),
-        taskButton(t, "cancel", "Cancel", open),
-      );
-      tr.append(
-        cell(t.taskId, "mono"),
-        cell(t.clientId),
-        cell(t.task),
-        cell(t.status, `status status-${t.status}`),
-        progress,
-        cell(t.attempts, "num"),
-        cell(time(t.createdAt)),
-        actions,
-      );
-      return tr;
-    }),
-  );
+  const tbody = $("task-rows");
+  /** @type {Map<string, HTMLTableRowElement>} */
+  const existing = new Map([...tbody.rows].map((tr) => [tr.dataset.taskId, tr]));
+  const sorted = [...tasks].sort((a, b) => b.createdAt - a.createdAt || String(a.taskId).localeCompare(b.taskId));
+  const wanted = sorted.map((t) => {
+    const tr = existing.get(t.taskId) ?? taskRow(t.taskId);
+    const progress = Number(t.progress) || 0;
+    const texts = [t.taskId, t.clientId, t.task, t.status, null, t.attempts, time(t.createdAt)];
+    texts.forEach((text, i) => {
+      if (text !== null && tr.cells[i].textContent !== String(text ?? "")) tr.cells[i].textContent = String(text ?? "");
+    });
+    tr.cells[3].className = `status status-${t.status}`;
+    /** @type {HTMLProgressElement} */ (tr.cells[4].firstChild).value = progress;
+    /** @type {HTMLElement} */ (tr.cells[4].lastChild).textContent = ` ${Math.round(progress)}%`;
+    const [pause, resume, cancel] = tr.cells[7].querySelectorAll("button");
+    pause.disabled = !(t.status === "running" || t.status === "pending");
+    resume.disabled = t.status !== "paused";
+    cancel.disabled = FINISHED.has(t.status);
+    return tr;
+  });
+  const same = wanted.length === tbody.rows.length && wanted.every((tr, i) => tbody.rows[i] === tr);
+  if (!same) tbody.replaceChildren(...wanted);
   const running = tasks.filter((t) => t.status === "running").length;
   $("task-summary").textContent = `${tasks.length} known, ${running} running`;
 }
@@ -239,7 +254,6 @@ async function onTaskClick(target) {
   if (!button || !client) return;
   const { action, taskId } = button.dataset;
   if (!taskId) return;
-  button.disabled = true;
   try {
     if (action === "cancel") await client.cancelTask(taskId);
     else if (action === "pause") await client.pauseTask(taskId);
@@ -390,7 +404,7 @@ function start() {
   $("publish-form").addEventListener("submit", publish);
   $("task-rows").addEventListener("click", (/** @type {MouseEvent} */ e) => onTaskClick(/** @type {any} */ (e.target)));
   poll();
-  setInterval(poll, POLL_MS);
+  setInterval(() => refused || poll(), POLL_MS);
 }
 
 start();
