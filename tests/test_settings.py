@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "jwt_require_exp": False,
     "api_keys": (),
     "cors_origins": (),
+    "ticket_ttl": 30.0,
+    "tickets_max": 10_000,
     "keepalive": 15.0,
     "heartbeat": 30.0,
     "retry": 3000,
@@ -72,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "scheduler_client_queue_share": 0.25,
     "scheduler_client_paused": 8,
     "scheduler_pause_timeout": 600.0,
+    "admin_recent_max": 200,
     "broker": "memory",
 }
 
@@ -167,6 +170,9 @@ PARSED = [
     ("SSE_FAST_SCHEDULER_CLIENT_QUEUE_SHARE", "1", "scheduler_client_queue_share", 1.0),
     ("SSE_FAST_SCHEDULER_CLIENT_PAUSED", "18", "scheduler_client_paused", 18),
     ("SSE_FAST_SCHEDULER_PAUSE_TIMEOUT", "19", "scheduler_pause_timeout", 19.0),
+    ("SSE_FAST_TICKET_TTL", "5", "ticket_ttl", 5.0),
+    ("SSE_FAST_TICKETS_MAX", "20", "tickets_max", 20),
+    ("SSE_FAST_ADMIN_RECENT_MAX", "21", "admin_recent_max", 21),
     ("SSE_FAST_BROKER", "redis://localhost:6379/0", "broker", "redis://localhost:6379/0"),
     ("SSE_FAST_BROKER", "rediss://h", "broker", "rediss://h"),
     ("SSE_FAST_BROKER", "unix:///tmp/redis.sock", "broker", "unix:///tmp/redis.sock"),
