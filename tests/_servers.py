@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,6 +23,9 @@ from sse_fast import Decoder, Event
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# One TLS context for every test client: building one loads the CA bundle (tens of ms), and some tests open
+# thousands of streams (the servers are plain HTTP on loopback; the context is never used for a handshake).
+TLS = ssl.create_default_context()
 
 
 def free_port() -> int:
@@ -196,7 +200,7 @@ async def open_stream(
         params += f"&topics={topics}"
     if query:
         params += f"&{query}"
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http:  # noqa: SIM117
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), verify=TLS) as http:  # noqa: SIM117
         async with http.stream("GET", f"{url}/sse?{params}", headers=headers or {}) as response:
             stream = Stream(response.status_code, response.headers)
 
