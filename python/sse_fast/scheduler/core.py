@@ -894,6 +894,8 @@ class Scheduler:
     async def _run(self, t: _Task) -> None:
         handler = self._start_handler(t)
         assert t.stop_requested is not None
+        if t.stop_requested.done() and t.stop_handler is not None:
+            t.stop_handler()  # stopped between dispatch and this first step, when there was no handler to cancel
         try:
             await asyncio.wait([handler, t.stop_requested], return_when=asyncio.FIRST_COMPLETED)
             if not handler.done():  # stopped: give its cleanup time to run
