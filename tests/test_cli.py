@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
-from collections.abc import AsyncIterator
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from _servers import BIN, running_server
-from sse_fast.cli import _render, main
+from _servers import BIN, free_port, running_server
+from sse_fast.cli import ExitCode, _render, main
 from sse_fast.models import Envelope
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,10 +57,14 @@ def test_human_output_names_type_source_route_and_payload() -> None:
                                                "payload": {"n": 1}}  # fmt: skip
 
 
-async def run(*args: str) -> tuple[int, str, str]:
+async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run ``sse-fast`` to completion; returns (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        str(BIN / "sse-fast"), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        str(BIN / "sse-fast"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
@@ -134,21 +142,175 @@ async def test_listen_prints_readable_lines_and_reconnects(tmp_path: Path) -> No
 
 
 @pytest.mark.e2e
-async def test_publish_reports_a_refused_message(tmp_path: Path) -> None:
+async def test_publish_refused_by_the_server_exits_refused_with_words_not_regexes(tmp_path: Path) -> None:
     with running_server(tmp_path) as server:
-        code, out, err = await run("publish", server.url, "x", "--target", "not a client id!")
-        assert code == 1
+        code, out, err = await run("publish", server.url, "x", "--type", "not a type!")
+        assert code == ExitCode.REFUSED == 5
         assert out == ""
-        assert "400 invalid_client_id" in err
+        assert "422 invalid_message" in err
+        assert "1 to 64 letters, digits or any of _ . : -" in err
+        assert "[A-Za-z" not in err
+        assert "Traceback" not in err
+
+
+def test_a_bad_client_id_is_a_usage_error_said_in_words(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ["publish", "http://127.0.0.1:1", "x", "--target", "not a client id!"],
+        ["listen", "http://127.0.0.1:1", "--client-id", "a/b"],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == ExitCode.USAGE == 2
+        err = capsys.readouterr().err
+        assert "is not a clientId: a clientId is 1 to 128 letters, digits or any of _ . : @ -" in err
+        assert "[A-Za-z" not in err
+
+
+def test_a_bad_topic_pattern_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["listen", "http://127.0.0.1:1", "--client-id", "a", "--topics", "news.*,a..b"])
+    assert exited.value.code == ExitCode.USAGE
+    assert "empty segment" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_bad_log_level_is_a_usage_error_before_or_after_the_command(
+    where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["publish", "http://127.0.0.1:1", "x"]
+    argv = ["--log-level", "loud", *argv] if where == "before" else [*argv, "--log-level", "loud"]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "'loud' is not a log level (one of: critical, error, warning, info, debug)" in err
+    assert "Traceback" not in err
+
+
+async def test_a_bad_log_level_in_the_environment_is_a_usage_error() -> None:
+    code, _, err = await run("publish", "http://127.0.0.1:1", "x", env={"SSE_FAST_LOG_LEVEL": "loud"})
+    assert code == ExitCode.USAGE
+    assert "SSE_FAST_LOG_LEVEL: 'loud' is not a log level" in err
+    assert "Traceback" not in err
+
+
+def test_every_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["publish", "--help"], ["listen", "--help"], ["serve", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "exit codes:" in out
+        for code in ExitCode:
+            assert f"\n  {int(code)}  " in out
+        assert "--log-level" in out
+
+
+async def test_publish_to_a_closed_port_fails_fast_with_the_network_code() -> None:
+    port = free_port()
+    started = time.monotonic()
+    # --log-level after the command is accepted (and a valid level in any case).
+    code, out, err = await run("publish", f"http://127.0.0.1:{port}", "x", "--log-level", "WARNING")
+    assert code == ExitCode.NETWORK == 3
+    assert time.monotonic() - started < 5  # no retries (they took 48 s)
+    assert out == ""
+    assert f"cannot reach http://127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[str]:
+    """A socket that accepts connections (the kernel does, from its backlog) and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_publish_gives_up_after_its_timeout() -> None:
+    with silent_listener() as url:
+        started = time.monotonic()
+        code, _, err = await run("publish", url, "x", "--timeout", "0.5")
+        elapsed = time.monotonic() - started
+    assert code == ExitCode.NETWORK
+    assert 0.5 <= elapsed < 5
+    assert f"no answer from {url} within 0.5 s" in err
+
+
+def test_publish_timeout_must_be_a_positive_number(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(SystemExit) as exited:
+            main(["publish", "http://127.0.0.1:1", "x", "--timeout", bad])
+        assert exited.value.code == ExitCode.USAGE
+        assert "is not a number of seconds above 0" in capsys.readouterr().err
 
 
 @pytest.mark.e2e
-async def test_listen_with_a_bad_token_exits_1(tmp_path: Path) -> None:
+async def test_bad_credentials_exit_with_the_auth_code(tmp_path: Path) -> None:
     env = {"SSE_FAST_AUTH": "jwt", "SSE_FAST_JWT_SECRET": "s" * 32}
     with running_server(tmp_path, env=env) as server:
         code, _, err = await run("listen", server.url, "--client-id", "alice", "--token", "nope")
-        assert code == 1
+        assert code == ExitCode.AUTH == 4
         assert "refused (401" in err
+        code, out, err = await run("publish", server.url, "x", "--token", "nope")
+        assert code == ExitCode.AUTH
+        assert out == ""
+        assert "sse-fast: 401 " in err
+
+
+@pytest.mark.e2e
+async def test_no_httpx_line_per_request(tmp_path: Path) -> None:
+    with running_server(tmp_path) as server:
+        code, _, err = await run("--log-level", "info", "publish", server.url, "x")
+        assert code == ExitCode.OK, err
+        assert "HTTP Request" not in err
+        async with listening(server.url, "--client-id", "carol", "--log-level", "info") as listener:
+            assert (await listener.line()).startswith("[system] server:")
+        assert listener.proc.stderr is not None
+        listen_err = (await listener.proc.stderr.read()).decode()
+        assert "connecting -> connected" in listen_err
+        assert "HTTP Request" not in listen_err
+
+
+async def delivery_status(server_url: str, message_id: str, source: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{server_url}/api/messages/{message_id}", headers={"X-Client-Id": source})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+@pytest.mark.e2e
+async def test_listen_acks_only_with_ack(tmp_path: Path) -> None:
+    with running_server(tmp_path, env={"SSE_FAST_ACK_TIMEOUT": "60"}) as server:
+        async with httpx.AsyncClient() as http:
+
+            async def publish(target: str) -> str:
+                body = {"type": "text", "payload": "please ack", "target": target, "requireAck": True}
+                response = await http.post(f"{server.url}/api/messages", json=body, headers={"X-Client-Id": "shop"})
+                assert response.status_code == 202, response.text
+                return str(response.json()["messageId"])
+
+            # Without --ack: the listener shows the message (from the mailbox) and leaves it pending.
+            first = await publish("alice")
+            async with listening(server.url, "--client-id", "alice", "--json") as listener:
+                assert (await listener.json_line())["type"] == "system"
+                assert (await listener.json_line())["id"] == first
+                second = await publish("alice")  # and a live one
+                assert (await listener.json_line())["id"] == second
+                # A client acks as soon as its handlers ran: give it the time it would take, and see nothing come.
+                quiet_until = time.monotonic() + 1.5
+                while time.monotonic() < quiet_until:
+                    assert (await delivery_status(server.url, first, "shop"))["ackedBy"] == []
+                    assert (await delivery_status(server.url, second, "shop"))["ackedBy"] == []
+                    await asyncio.sleep(0.1)
+            # With --ack: acked, as the client's own program would.
+            third = await publish("bob")
+            async with listening(server.url, "--client-id", "bob", "--json", "--ack") as listener:
+                assert (await listener.json_line())["type"] == "system"
+                assert (await listener.json_line())["id"] == third
+                deadline = time.monotonic() + 10
+                while (status := await delivery_status(server.url, third, "shop"))["ackedBy"] != ["bob"]:
+                    assert time.monotonic() < deadline, status
+                    await asyncio.sleep(0.05)
 
 
 def test_serve_sizes_granian_for_streams_per_worker_process() -> None:

@@ -188,7 +188,7 @@ def test_target_and_topic_together_cannot_be_constructed_either() -> None:
 def test_a_bad_target_client_id_is_400(target: str) -> None:
     err = failure(body(target=target))
     assert (err.status, err.code, err.detail["path"]) == (400, "invalid_client_id", "$.target")
-    assert err.message == "invalid clientId at $.target: expected [A-Za-z0-9_.:@-]{1,128}"
+    assert err.message == "invalid clientId at $.target: expected 1 to 128 letters, digits or any of _ . : @ -"
 
 
 @pytest.mark.parametrize("data", [b"[]", b'"text"', b"1", b"null", b"true"])

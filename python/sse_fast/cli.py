@@ -4,24 +4,55 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import logging
 import os
+import re
 import resource
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
+import httpx
 import msgspec
 
+from sse_fast._core import validate_topic
 from sse_fast.client import Client, State
-from sse_fast.errors import AuthError, ConnectionLostError, QueueFullError, ServerError
-from sse_fast.models import Envelope
+from sse_fast.errors import AuthError, ErrorBody, TopicError
+from sse_fast.models import CLIENT_ID_PATTERN, CLIENT_ID_RULE, Envelope
 
-__all__ = ["main", "raise_open_file_limit", "run_listen", "run_publish", "serve_options"]
+__all__ = ["LOG_LEVELS", "ExitCode", "main", "raise_open_file_limit", "run_listen", "run_publish", "serve_options"]
 
 log = logging.getLogger("sse_fast.cli")
 
 _json = msgspec.json.Encoder()
+
+
+class ExitCode(enum.IntEnum):
+    """The exit codes of ``sse-fast``, one per kind of failure, so that scripts can tell them apart."""
+
+    OK = 0
+    """Done (``listen``: stopped with Ctrl-C or by the server's 204)."""
+    USAGE = 2
+    """Bad arguments or settings: nothing was sent."""
+    NETWORK = 3
+    """The server could not be reached, or did not answer within ``--timeout``."""
+    AUTH = 4
+    """The server refused the credentials (401, 403)."""
+    REFUSED = 5
+    """The server refused the request (any other error answer: 400, 413, 422, 429, 503...)."""
+
+
+_EXIT_DOC = {
+    ExitCode.OK: "success",
+    ExitCode.USAGE: "usage: bad arguments or settings",
+    ExitCode.NETWORK: "network: server unreachable or no answer within --timeout",
+    ExitCode.AUTH: "auth: credentials refused (401, 403)",
+    ExitCode.REFUSED: "refused: any other error answer (400, 422, 429, 503...)",
+}
+
+LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
+"""The values of ``--log-level`` (and of ``SSE_FAST_LOG_LEVEL``)."""
 
 # Each stream holds one socket; keep some descriptors for the listener, Redis, logs and outgoing calls.
 _RESERVED_FDS = 256
@@ -61,6 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
         "SSE_FAST_WORKERS": None if args.workers is None else str(args.workers),
         "SSE_FAST_INTERFACE": args.interface,
         "SSE_FAST_BROKER": args.broker,
+        "SSE_FAST_LOG_LEVEL": args.log_level,
     }
     # Workers are separate processes that read their settings from the environment: put the CLI's there.
     os.environ.update({k: v for k, v in overrides.items() if v is not None})
@@ -68,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
     except SettingsError as err:
         print(f"sse-fast: {err}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     from granian import Granian
     from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
@@ -99,7 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers_kill_timeout=int(settings.shutdown_grace) + 5,
     )
     server.serve()
-    return 0
+    return ExitCode.OK
 
 
 def _granian_log_level(level: str) -> Any:
@@ -114,15 +146,25 @@ def _granian_log_level(level: str) -> Any:
 
 
 async def run_listen(
-    url: str, *, client_id: str, topics: str = "", token: str | None = None, as_json: bool = False
+    url: str,
+    *,
+    client_id: str,
+    topics: str = "",
+    token: str | None = None,
+    as_json: bool = False,
+    ack: bool = False,
 ) -> int:
     """``sse-fast listen``: print every message (heartbeats excepted) as it comes, reconnecting forever.
 
-    With ``as_json`` each message is one JSON object per line on stdout; state changes go to stderr. Returns the
-    exit code: 0 when the server said stop (204), 1 when it refused the credentials.
+    With ``as_json`` each message is one JSON object per line on stdout; state changes go to stderr. ``requireAck``
+    messages are acknowledged only with ``ack``: a listener watching another client's stream must not tell their
+    senders that the client got them. Returns the exit code: :attr:`ExitCode.OK` when the server said stop (204),
+    :attr:`ExitCode.AUTH` when it refused the credentials.
     """
     topic_list = [t.strip() for t in topics.split(",") if t.strip()]
-    client = Client(url, client_id=client_id, topics=topic_list, token=token, max_reconnect_attempts=None)
+    client = Client(
+        url, client_id=client_id, topics=topic_list, token=token, max_reconnect_attempts=None, auto_ack=ack
+    )
 
     def show_state(old: State, new: State) -> None:
         print(f"sse-fast: {old} -> {new}", file=sys.stderr, flush=True)
@@ -134,8 +176,8 @@ async def run_listen(
                 print(_render(message, as_json), flush=True)
     except AuthError as err:
         print(f"sse-fast: refused ({err.status} {err.code}): {err}", file=sys.stderr)
-        return 1
-    return 0
+        return ExitCode.AUTH
+    return ExitCode.OK
 
 
 def _render(message: Envelope, as_json: bool) -> str:
@@ -158,39 +200,71 @@ async def run_publish(
     token: str | None = None,
     api_key: str | None = None,
     client_id: str | None = None,
+    time_limit: float = 10.0,
 ) -> int:
     """``sse-fast publish``: send one message and print the server's answer as JSON; returns the exit code.
 
     ``data`` is sent as JSON when it parses as JSON (type ``json``), else as a string (type ``text``). Without
     ``target`` and ``topic`` the message is a broadcast (``broadcast`` only makes that explicit).
+
+    One request, no retry: :class:`~sse_fast.client.Client` queues a send and retries it for up to a minute, which
+    a long-lived program wants and a command in a script does not. An unreachable server fails at once, and the
+    whole request is bounded by ``time_limit`` seconds (:attr:`ExitCode.NETWORK` either way).
     """
     try:
         payload: Any = msgspec.json.decode(data)
         default_type = "json"
     except msgspec.DecodeError:
         payload, default_type = data, "text"
-    headers = {"X-API-Key": api_key} if api_key else None
+    envelope = Envelope(type=type or default_type, payload=payload, target=target, topic=topic, priority=priority)
+    path = "/api/commands" if envelope.type == "command" and target is None else "/api/messages"
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    elif client_id:
+        headers["X-Client-Id"] = client_id
+    if api_key:
+        headers["X-API-Key"] = api_key
     try:
-        envelope = Envelope(type=type or default_type, payload=payload, target=target, topic=topic, priority=priority)
-        async with Client(url, client_id=client_id or "", token=token, headers=headers, auto_connect=False) as client:
-            answer = await client.send(envelope)
-    except (ServerError, AuthError) as err:
-        print(f"sse-fast: {err.status} {err.code}: {err}", file=sys.stderr)
-        return 1
-    except (ConnectionLostError, QueueFullError, ValueError) as err:
-        print(f"sse-fast: {err}", file=sys.stderr)
-        return 1
-    print(_json.encode(answer).decode(), flush=True)
-    return 0
+        async with asyncio.timeout(time_limit), httpx.AsyncClient(timeout=time_limit) as http:
+            response = await http.post(f"{url.rstrip('/')}{path}", content=_json.encode(envelope), headers=headers)
+    except (TimeoutError, httpx.TimeoutException):
+        print(f"sse-fast: no answer from {url} within {time_limit:g} s", file=sys.stderr)
+        return ExitCode.NETWORK
+    except httpx.HTTPError as err:
+        print(f"sse-fast: cannot reach {url}: {str(err) or err.__class__.__name__}", file=sys.stderr)
+        return ExitCode.NETWORK
+    if response.is_success:
+        print(response.text.strip(), flush=True)
+        return ExitCode.OK
+    print(f"sse-fast: {_describe_error(response)}", file=sys.stderr)
+    return ExitCode.AUTH if response.status_code in (401, 403) else ExitCode.REFUSED
+
+
+def _describe_error(response: httpx.Response) -> str:
+    """``401 unauthorized: <message>`` from the server's error body (or its first line, if it sent no JSON)."""
+    try:
+        body = msgspec.json.decode(response.content, type=ErrorBody)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        text = response.text.strip().splitlines()
+        return f"{response.status_code} {response.reason_phrase}" + (f": {text[0][:200]}" if text else "")
+    return f"{response.status_code} {body.code}: {body.error}"
 
 
 def _listen(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(
-            run_listen(args.url, client_id=args.client_id, topics=args.topics, token=args.token, as_json=args.json)
+            run_listen(
+                args.url,
+                client_id=args.client_id,
+                topics=args.topics,
+                token=args.token,
+                as_json=args.json,
+                ack=args.ack,
+            )
         )
     except KeyboardInterrupt:  # Ctrl-C is how one stops listening
-        return 0
+        return ExitCode.OK
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -206,19 +280,84 @@ def _publish(args: argparse.Namespace) -> int:
             token=args.token,
             api_key=args.api_key,
             client_id=args.client_id,
+            time_limit=args.timeout,
         )
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arguments: checked here, with messages in words, so that a mistake is a usage error and not a server's refusal
+# ---------------------------------------------------------------------------------------------------------------
+
+_CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a log level (one of: {', '.join(LOG_LEVELS)})")
+    return level
+
+
+def _client_id(value: str) -> str:
+    if not _CLIENT_ID.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a clientId: a clientId is {CLIENT_ID_RULE}")
+    return value
+
+
+def _topics(value: str) -> str:
+    for pattern in (t.strip() for t in value.split(",")):
+        try:
+            if pattern:
+                validate_topic(pattern, pattern=True)
+        except TopicError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0")
+    return seconds
+
+
+def _epilog() -> str:
+    codes = "\n".join(f"  {int(code)}  {text}" for code, text in _EXIT_DOC.items())
+    return f"exit codes:\n{codes}"
 
 
 def _parser() -> argparse.ArgumentParser:
     from sse_fast import __version__
 
-    parser = argparse.ArgumentParser(prog="sse-fast", description="A fast, reliable SSE notification server.")
+    # --log-level is accepted before and after the command: each subparser has it too, with no default of its own
+    # (SUPPRESS), so that one given before the command is not overwritten by the subparser's default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=argparse.SUPPRESS,
+        metavar="LEVEL",
+        help=f"one of {', '.join(LOG_LEVELS)} (SSE_FAST_LOG_LEVEL, default info)",
+    )
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="sse-fast",
+        description="A fast, reliable SSE notification server.",
+        epilog=_epilog(),
+        formatter_class=formatter,
+        parents=[common],
+    )
     parser.add_argument("--version", action="version", version=f"sse-fast {__version__}")
-    parser.add_argument("--log-level", default=os.environ.get("SSE_FAST_LOG_LEVEL", "info"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the server (granian, sized for long-lived streams)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, epilog=_epilog(), formatter_class=formatter, parents=[common])
+
+    serve = command("serve", "run the server (granian, sized for long-lived streams)")
     serve.add_argument("--host", help="address to bind (SSE_FAST_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (SSE_FAST_PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (SSE_FAST_WORKERS; >1 needs Redis)")
@@ -226,34 +365,56 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--broker", help="memory (default) or a redis:// URL (SSE_FAST_BROKER)")
     serve.set_defaults(func=_serve)
 
-    listen = sub.add_parser("listen", help="print the events of a stream, reconnecting")
+    listen = command("listen", "print the events of a stream, reconnecting")
     listen.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
-    listen.add_argument("--client-id", required=True)
-    listen.add_argument("--topics", default="", help="comma-separated topic patterns")
+    listen.add_argument("--client-id", required=True, type=_client_id, help="the client whose stream to open")
+    listen.add_argument("--topics", default="", type=_topics, help="comma-separated topic patterns")
     listen.add_argument("--token", help="a JWT (sent as Authorization: Bearer)")
     listen.add_argument("--json", action="store_true", help="one JSON object per line")
+    listen.add_argument(
+        "--ack",
+        action="store_true",
+        help="acknowledge requireAck messages (by default they are shown, not acknowledged: the client's own "
+        "program still gets them)",
+    )
     listen.set_defaults(func=_listen)
 
-    publish = sub.add_parser("publish", help="publish one message")
+    publish = command("publish", "publish one message (one request, no retry)")
     publish.add_argument("url", help="the server's base URL")
     publish.add_argument("data", help="the payload: JSON if it parses as JSON, else a string")
     route = publish.add_mutually_exclusive_group()
-    route.add_argument("--target", help="a clientId")
+    route.add_argument("--target", type=_client_id, help="a clientId")
     route.add_argument("--topic", help="a topic")
     route.add_argument("--broadcast", action="store_true", help="everyone (the default)")
     publish.add_argument("--type", default=None, help="message type (default: json for JSON data, else text)")
     publish.add_argument("--priority", type=int, default=1, choices=[0, 1, 2, 3])
     publish.add_argument("--token", help="a JWT")
     publish.add_argument("--api-key", help="an admin API key (X-API-Key)")
-    publish.add_argument("--client-id", help="X-Client-Id (auth=none)")
+    publish.add_argument("--client-id", type=_client_id, help="X-Client-Id (auth=none)")
+    publish.add_argument(
+        "--timeout", type=_seconds, default=10.0, metavar="SECONDS", help="give up after this long (default 10)"
+    )
     publish.set_defaults(func=_publish)
     return parser
 
 
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs one INFO line per request: noise for a listener's reconnects, useful only when debugging.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``sse-fast`` entry point."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """The ``sse-fast`` entry point; returns an :class:`ExitCode`."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "log_level", None) is None:
+        try:
+            args.log_level = _log_level(os.environ.get("SSE_FAST_LOG_LEVEL", "info"))
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"SSE_FAST_LOG_LEVEL: {err}")
+    _configure_logging(args.log_level)
     return int(args.func(args))
 
 

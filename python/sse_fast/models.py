@@ -36,6 +36,7 @@ from sse_fast.errors import ErrorBody, ValidationFailure
 __all__ = [
     "BUILTIN_TYPES",
     "CLIENT_ID_PATTERN",
+    "CLIENT_ID_RULE",
     "ID_PATTERN",
     "MAX_ACK_IDS",
     "TOPIC_PATTERN",
@@ -93,6 +94,14 @@ TYPE_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,64}$"
 """A message type: a built-in one or a custom one."""
 TOPIC_PATTERN: Final = r"^[A-Za-z0-9_:/-]+(?:\.[A-Za-z0-9_:/-]+)*$"
 """A concrete topic: ``.``-separated non-empty segments, 128 characters at most (no wildcards)."""
+CLIENT_ID_RULE: Final = "1 to 128 letters, digits or any of _ . : @ -"
+""":data:`CLIENT_ID_PATTERN` in words, for error messages (people read them, not regexes)."""
+_PATTERN_WORDS: Final = {
+    ID_PATTERN: "an id (1 to 128 letters, digits or any of _ . : @ / + = -)",
+    CLIENT_ID_PATTERN: f"a clientId ({CLIENT_ID_RULE})",
+    TYPE_PATTERN: "a type (1 to 64 letters, digits or any of _ . : -)",
+    TOPIC_PATTERN: "a topic (segments of letters, digits or any of _ : / -, separated by single dots)",
+}
 BUILTIN_TYPES: Final = ("text", "json", "system", "command", "heartbeat", "ack", "error", "progress")
 """The message types the protocol defines; any other type must match :data:`TYPE_PATTERN`."""
 MAX_ACK_IDS: Final = 1000
@@ -456,16 +465,24 @@ def decode_envelope(body: bytes, *, model: type[Envelope] = Envelope, direct: bo
     return envelope
 
 
+def _in_words(reason: str) -> str:
+    """msgspec's ``Expected `str` matching regex '<pattern>'``, said in words when the pattern is one of ours."""
+    for pattern, words in _PATTERN_WORDS.items():
+        reason = reason.replace(f"Expected `str` matching regex {_exact(pattern)!r}", f"Expected {words}")
+    return reason
+
+
 def _failure(message: str) -> ValidationFailure:
+    message = _in_words(message)
     match = _PATH.search(message)
     path = match.group(1) if match else "$"
     reason = message[: match.start()] if match else message
     detail = {"path": path, "reason": reason}
     if reason.startswith(_TARGET_AND_TOPIC):
         return ValidationFailure(422, "target_and_topic", f"invalid message: {reason}", detail)
-    bad_value = "matching regex" in reason or "of length" in reason
+    bad_value = _PATTERN_WORDS[CLIENT_ID_PATTERN] in reason or "of length" in reason
     if bad_value and path.rsplit(".", 1)[-1] in _CLIENT_ID_KEYS:
-        message = f"invalid clientId at {path}: expected {CLIENT_ID_PATTERN[1:-1]}"
+        message = f"invalid clientId at {path}: expected {CLIENT_ID_RULE}"
         return ValidationFailure(400, "invalid_client_id", message, detail)
     return ValidationFailure(422, "invalid_message", f"invalid message: {message}", detail)
 

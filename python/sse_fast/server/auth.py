@@ -25,7 +25,7 @@ import msgspec
 from sse_fast._core import topic_matches, validate_topic
 from sse_fast.broker.rules import RESERVED_SOURCES, Acker
 from sse_fast.errors import AuthFailure, TopicError
-from sse_fast.models import CLIENT_ID_PATTERN
+from sse_fast.models import CLIENT_ID_PATTERN, CLIENT_ID_RULE
 from sse_fast.settings import Settings, public_key_algorithm
 
 __all__ = [
@@ -269,7 +269,7 @@ def _client_id_param(value: str | None, name: str) -> str | None:
     if value is None or value == "":
         return None
     if not _CLIENT_ID.fullmatch(value):
-        raise AuthFailure(400, "invalid_client_id", f"{name} must match {CLIENT_ID_PATTERN[1:-1]}")
+        raise AuthFailure(400, "invalid_client_id", f"{name} must be {CLIENT_ID_RULE}")
     return value
 
 

@@ -21,6 +21,7 @@ from sse_fast._core import __version__, validate_topic
 from sse_fast.broker import Accepted, Broker
 from sse_fast.errors import BrokerUnavailable, ErrorBody, TopicError
 from sse_fast.models import (
+    CLIENT_ID_RULE,
     AckAnswer,
     AckRequest,
     BroadcastAnswer,
@@ -138,7 +139,7 @@ def _no_topic(command: Envelope) -> None:
 
 def _client_id(value: str, what: str = "clientId") -> str:
     if not _CLIENT_ID.fullmatch(value):
-        raise HttpError(400, "invalid_client_id", f"{what} must match [A-Za-z0-9_.:@-]{{1,128}}")
+        raise HttpError(400, "invalid_client_id", f"{what} must be {CLIENT_ID_RULE}")
     return value
 
 
