@@ -508,3 +508,11 @@ def test_as_table_has_a_row_per_setting() -> None:
     assert markdown[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     assert "| `SSE_FAST_KEEPALIVE` | 15 s | Interval of the `: keepalive` comment. |" in markdown
     assert len(markdown) == len(Settings.__struct_fields__) + 2
+
+
+def test_the_readme_settings_table_is_the_generated_one() -> None:
+    # The README's table is as_table(markdown=True) pasted whole: a setting added, renamed or redocumented in
+    # settings.py must reach the README too (regenerate with `python -c "from sse_fast.settings import as_table;
+    # print(as_table(markdown=True))"`).
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert settings_mod.as_table(markdown=True) in readme

@@ -105,12 +105,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         tuple[str, ...], _doc("Comma-separated keys for `X-API-Key` (admin publishers), 16+ characters each.")
     ] = ()
     cors_origins: Annotated[
-        tuple[str, ...], _doc("Comma-separated allowed origins (`https://host[:port]`), or `*`.")
+        tuple[str, ...],
+        _doc(
+            "Comma-separated allowed origins (`https://host[:port]`), reflected with credentials; or `*`: a literal "
+            "`*` without credentials."
+        ),
     ] = ()
     ticket_ttl: Annotated[
         Seconds,
         msgspec.Meta(
-            gt=0, le=30, description="How long a stream ticket (`POST /api/tickets`) is valid.", extra={"unit": "s"}
+            gt=0,
+            le=30,
+            description="How long a stream ticket (`POST /api/tickets`) is valid (at most 30 s).",
+            extra={"unit": "s"},
         ),
     ] = 30.0
     tickets_max: Annotated[
@@ -137,7 +144,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int, _doc("Length of a stream's topic patterns together; more is 400 `topics_too_long`.", unit="bytes", gt=0)
     ] = 1024
     queue_frames: Annotated[Count, _doc("Outbound queue bound per connection, in frames.", gt=0)] = 1024
-    queue_bytes: Annotated[int, _doc("Outbound queue bound per connection.", unit="bytes", gt=0)] = _MIB
+    queue_bytes: Annotated[
+        int,
+        _doc("Outbound queue bound per connection (and what granian may hold for it under RSGI).", unit="bytes", gt=0),
+    ] = _MIB
 
     # Replay log, mailboxes, idempotency, acks (sections 1, 2, 5)
     replay_size: Annotated[Count, _doc("Frames kept for resume.", gt=0)] = 10_000

@@ -21,6 +21,7 @@ from sse_fast._core import __version__, validate_topic
 from sse_fast.broker import Accepted, Broker
 from sse_fast.errors import BrokerUnavailable, ErrorBody, TopicError
 from sse_fast.models import (
+    CLIENT_ID_PATTERN,
     CLIENT_ID_RULE,
     AckAnswer,
     AckRequest,
@@ -63,7 +64,7 @@ _OPENAPI_DESCRIPTION = (
     "Server-Sent Events with typed, prioritised messages (docs/protocol.md). Every error answer is "
     "`{error, code, detail}` with the codes of section 7."
 )
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+_CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
 _MAX_TOPICS = 64
 SSE_HEADERS = [
     ("content-type", "text/event-stream; charset=utf-8"),
