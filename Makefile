@@ -12,7 +12,7 @@ RUST_SRC := $(shell find rust -name '*.rs' -o -name 'Cargo.toml') Cargo.toml pyp
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build run test test-rust test-python test-js test-model lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke clean
+.PHONY: help venv build wheel run test test-rust test-python test-js test-model lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -33,6 +33,16 @@ $(STAMP): $(VENV)/.deps $(RUST_SRC)
 
 build: $(STAMP) ## Build the release extension into .venv
 
+# The wheel and the sdist are rebuilt when the extension's or the package's sources change.
+WHEEL_SRC := $(RUST_SRC) $(shell find python/sse_fast -type f -not -name '*.so' -not -path '*/__pycache__/*') README.md LICENSE
+dist/.built: $(WHEEL_SRC) | $(VENV)/.deps
+	rm -f dist/sse_fast-*.whl dist/sse_fast-*.tar.gz
+	$(VENV)/bin/maturin build --release -q -i $(PY) -o dist
+	$(VENV)/bin/maturin sdist -o dist
+	touch $@
+
+wheel: dist/.built ## Build the abi3 wheel (CPython 3.11+) and the sdist into dist/: what `pip install sse-fast` installs
+
 run: build ## Run the server on $(HOST):$(PORT) with the embedded in-memory broker
 	$(VENV)/bin/sse-fast serve --host $(HOST) --port $(PORT)
 
@@ -50,7 +60,7 @@ test-js: build js/node_modules/.package-lock.json ## The browser SDK in headless
 	npm --prefix js test 2>&1 | tee $(VENV)/js-test.log
 	@grep -qE '^(# |ℹ )pass [1-9]' $(VENV)/js-test.log || { echo "npm test ran no test"; exit 1; }
 
-test-python: build ## pytest (exit 5, no test collected, is a failure)
+test-python: build wheel ## pytest (exit 5, no test collected, is a failure; tests/test_wheel.py installs dist/'s wheel)
 	$(PY) -m pytest
 
 MODEL_EXAMPLES ?= 2000
