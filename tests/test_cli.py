@@ -205,6 +205,14 @@ def test_every_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> 
         assert "--log-level" in out
 
 
+def test_the_readme_documents_every_exit_code() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("### From the shell:", 1)[1].split("\n### ", 1)[0]
+    documented = {int(line.split("|")[1]) for line in table.splitlines() if line.startswith("| ") and "|---" not in line
+                  and line.split("|")[1].strip().isdigit()}  # fmt: skip
+    assert documented == {int(code) for code in ExitCode}
+
+
 async def test_publish_to_a_closed_port_fails_fast_with_the_network_code() -> None:
     port = free_port()
     started = time.monotonic()
