@@ -162,9 +162,7 @@ async def run_listen(
     :attr:`ExitCode.AUTH` when it refused the credentials.
     """
     topic_list = [t.strip() for t in topics.split(",") if t.strip()]
-    client = Client(
-        url, client_id=client_id, topics=topic_list, token=token, max_reconnect_attempts=None, auto_ack=ack
-    )
+    client = Client(url, client_id=client_id, topics=topic_list, token=token, max_reconnect_attempts=None, auto_ack=ack)
 
     def show_state(old: State, new: State) -> None:
         print(f"sse-fast: {old} -> {new}", file=sys.stderr, flush=True)
