@@ -91,7 +91,7 @@ bench: build ## Micro-benchmarks (pytest-benchmark) against the pure-Python refe
 	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-autosave $(if $(BENCH_SAVED),--benchmark-compare,) --benchmark-group-by=group -o testpaths=bench $(BENCH_ARGS)
 
 clean: ## Remove build output
-	rm -rf target $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf target dist $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 FANOUT_ARGS ?=
 LOADTEST_ARGS ?=
