@@ -403,6 +403,8 @@ def test_connection_info_keys() -> None:
         "lastActiveAt",
         "queuedFrames",
         "droppedFrames",
+        "queuedBytes",
+        "node",
     ]
 
 
