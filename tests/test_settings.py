@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     "workers": 1,
     "interface": "rsgi",
     "log_level": "info",
+    "ssl_certfile": None,
+    "ssl_keyfile": None,
+    "http": "auto",
     "auth": "none",
     "jwt_secret": None,
     "jwt_public_key": None,
@@ -173,6 +176,8 @@ PARSED = [
     ("SSE_FAST_TICKET_TTL", "5", "ticket_ttl", 5.0),
     ("SSE_FAST_TICKETS_MAX", "20", "tickets_max", 20),
     ("SSE_FAST_ADMIN_RECENT_MAX", "21", "admin_recent_max", 21),
+    ("SSE_FAST_HTTP", "2", "http", "2"),
+    ("SSE_FAST_HTTP", "1", "http", "1"),
     ("SSE_FAST_BROKER", "redis://localhost:6379/0", "broker", "redis://localhost:6379/0"),
     ("SSE_FAST_BROKER", "rediss://h", "broker", "rediss://h"),
     ("SSE_FAST_BROKER", "unix:///tmp/redis.sock", "broker", "unix:///tmp/redis.sock"),
@@ -189,6 +194,7 @@ def test_each_setting_is_parsed(var: str, raw: str, name: str, expected: Any) ->
 def test_every_variable_is_covered_by_the_parse_table() -> None:
     covered = {name for _, _, name, _ in PARSED} | {"workers", "auth", "jwt_secret", "jwt_public_key"}
     covered |= {"jwt_jwks_file", "jwt_audience", "jwt_issuer", "jwt_require_exp"}  # parsed in the auth tests below
+    covered |= {"ssl_certfile", "ssl_keyfile"}  # parsed in test_tls_files below
     assert covered == set(Settings.__struct_fields__)
 
 
@@ -444,6 +450,29 @@ def test_jwks_file_missing_or_bad(tmp_path: Path) -> None:
     assert problems_of({"SSE_FAST_AUTH": "jwt", "SSE_FAST_JWT_JWKS_FILE": str(missing)}) == [
         f"SSE_FAST_JWT_JWKS_FILE='{missing}': expected a readable JWKS file (No such file or directory)"
     ]
+
+
+def test_tls_files(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+    s = Settings.from_env({"SSE_FAST_SSL_CERTFILE": str(cert), "SSE_FAST_SSL_KEYFILE": str(key)})
+    assert (s.ssl_certfile, s.ssl_keyfile) == (str(cert), str(key))
+
+
+def test_tls_files_come_together_and_are_readable_pem(tmp_path: Path) -> None:
+    cert, missing = tmp_path / "cert.pem", tmp_path / "missing.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert problems_of({"SSE_FAST_SSL_CERTFILE": str(cert)}) == [
+        "SSE_FAST_SSL_KEYFILE (default None): must be set with SSE_FAST_SSL_CERTFILE (or unset both for plain HTTP)"
+    ]
+    assert problems_of({"SSE_FAST_SSL_CERTFILE": str(cert), "SSE_FAST_SSL_KEYFILE": str(missing)}) == [
+        f"SSE_FAST_SSL_KEYFILE='{missing}': expected a readable file (No such file or directory)"
+    ]
+    assert problems_of({"SSE_FAST_SSL_CERTFILE": str(cert), "SSE_FAST_SSL_KEYFILE": str(cert)}) == [
+        f"SSE_FAST_SSL_KEYFILE='{cert}': expected a PEM file with a PRIVATE KEY block"
+    ]
+    assert problems_of({"SSE_FAST_HTTP": "3"}) == ["SSE_FAST_HTTP='3': expected one of: auto, 1, 2"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import re
 import resource
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -21,7 +22,16 @@ from sse_fast.client import Client, State
 from sse_fast.errors import AuthError, ErrorBody, TopicError
 from sse_fast.models import CLIENT_ID_PATTERN, CLIENT_ID_RULE, Envelope
 
-__all__ = ["LOG_LEVELS", "ExitCode", "main", "raise_open_file_limit", "run_listen", "run_publish", "serve_options"]
+__all__ = [
+    "LOG_LEVELS",
+    "ExitCode",
+    "main",
+    "raise_open_file_limit",
+    "run_listen",
+    "run_publish",
+    "serve_options",
+    "serves_http2",
+]
 
 log = logging.getLogger("sse_fast.cli")
 
@@ -93,7 +103,11 @@ def _serve(args: argparse.Namespace) -> int:
         "SSE_FAST_INTERFACE": args.interface,
         "SSE_FAST_BROKER": args.broker,
         "SSE_FAST_LOG_LEVEL": args.log_level,
+        "SSE_FAST_SSL_CERTFILE": args.ssl_certfile,
+        "SSE_FAST_SSL_KEYFILE": args.ssl_keyfile,
+        "SSE_FAST_HTTP": args.http,
     }
+    interface_given = args.interface is not None or "SSE_FAST_INTERFACE" in os.environ
     # Workers are separate processes that read their settings from the environment: put the CLI's there.
     os.environ.update({k: v for k, v in overrides.items() if v is not None})
     try:
@@ -102,25 +116,35 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"sse-fast: {err}", file=sys.stderr)
         return ExitCode.USAGE
     from granian import Granian
-    from granian.constants import Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
 
+    interface = settings.interface
+    if not interface_given and serves_http2(settings):
+        interface = "asgi"  # per-stream backpressure under HTTP/2 (see docs/architecture.md, "TLS and HTTP/2")
     nofile = raise_open_file_limit()
     sizing = serve_options(nofile, settings.workers)
     log.info(
-        "serving on http://%s:%d, %d worker(s), %s; open-file limit %d: up to %d streams per worker",
+        "serving on %s://%s:%d (HTTP %s), %d worker(s), %s; open-file limit %d: up to %d streams per worker",
+        "https" if settings.ssl_certfile else "http",
         settings.host,
         settings.port,
+        settings.http,
         settings.workers,
-        settings.interface,
+        interface,
         nofile,
         sizing["backpressure"],
     )
+    tls: dict[str, Any] = {}
+    if settings.ssl_certfile and settings.ssl_keyfile:
+        tls = {"ssl_cert": Path(settings.ssl_certfile), "ssl_key": Path(settings.ssl_keyfile)}
     server = Granian(
         "sse_fast.app:app",
         address=settings.host,
         port=settings.port,
-        interface=Interfaces(settings.interface),
+        interface=Interfaces(interface),
+        http=HTTPModes(settings.http),
+        **tls,
         workers=settings.workers,
         loop=Loops.uvloop,
         backlog=sizing["backlog"],
@@ -132,6 +156,11 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server.serve()
     return ExitCode.OK
+
+
+def serves_http2(settings: Any) -> bool:
+    """Whether clients may speak HTTP/2 to this server: ``--http 2``, or ``auto`` over TLS (ALPN offers ``h2``)."""
+    return bool(settings.http == "2" or (settings.http == "auto" and settings.ssl_certfile))
 
 
 def _granian_log_level(level: str) -> Any:
@@ -359,7 +388,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (SSE_FAST_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (SSE_FAST_PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (SSE_FAST_WORKERS; >1 needs Redis)")
-    serve.add_argument("--interface", choices=["rsgi", "asgi"], help="granian interface (default rsgi)")
+    serve.add_argument(
+        "--interface",
+        choices=["rsgi", "asgi"],
+        help="granian interface (SSE_FAST_INTERFACE; default rsgi, or asgi when HTTP/2 is served: it has per-stream "
+        "backpressure)",
+    )
+    serve.add_argument(
+        "--ssl-certfile", metavar="PEM", help="certificate (chain) file: serve HTTPS (SSE_FAST_SSL_CERTFILE)"
+    )
+    serve.add_argument("--ssl-keyfile", metavar="PEM", help="its private key, PKCS#8 (SSE_FAST_SSL_KEYFILE)")
+    serve.add_argument(
+        "--http",
+        choices=["auto", "1", "2"],
+        help="HTTP versions (SSE_FAST_HTTP, default auto: HTTP/1.1, and HTTP/2 by ALPN over TLS)",
+    )
     serve.add_argument("--broker", help="memory (default) or a redis:// URL (SSE_FAST_BROKER)")
     serve.set_defaults(func=_serve)
 

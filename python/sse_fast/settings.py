@@ -85,6 +85,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: Annotated[Count, _doc("Worker processes; more than one needs the Redis broker.", gt=0)] = 1
     interface: Annotated[Literal["rsgi", "asgi"], _doc("granian interface.")] = "rsgi"
     log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], _doc("Log level.")] = "info"
+    ssl_certfile: Annotated[
+        str | None, _doc("PEM certificate (chain) file: serve HTTPS. Needs `SSE_FAST_SSL_KEYFILE`.")
+    ] = None
+    ssl_keyfile: Annotated[str | None, _doc("PEM private key file (PKCS#8) of `SSE_FAST_SSL_CERTFILE`.")] = None
+    http: Annotated[
+        Literal["auto", "1", "2"],
+        _doc("HTTP versions: `auto` is HTTP/1.1 and HTTP/2 (negotiated by ALPN over TLS), `1` or `2` only one."),
+    ] = "auto"
 
     # Identity (PROTOCOL.md section 6)
     auth: Annotated[Literal["none", "jwt"], _doc("`none` trusts the caller's clientId; `jwt` verifies tokens.")] = (
@@ -457,7 +465,7 @@ def _check(s: Any) -> list[tuple[str, str]]:
             _coerce(name, value)
         except ValueError as exc:
             problems.append((name, str(exc)))
-    problems += _check_auth(s) + _check_lists(s) + _check_broker(s) + _check_sizes(s)
+    problems += _check_auth(s) + _check_lists(s) + _check_broker(s) + _check_sizes(s) + _check_tls(s)
     return problems
 
 
@@ -507,6 +515,29 @@ def _check_broker(s: Any) -> list[tuple[str, str]]:
             )
         )
     return problems
+
+
+def _check_tls(s: Any) -> list[tuple[str, str]]:
+    """A certificate and its key come together, as readable PEM files (granian reads them in every worker)."""
+    problems: list[tuple[str, str]] = []
+    pair = {"ssl_certfile": s.ssl_certfile, "ssl_keyfile": s.ssl_keyfile}
+    for name, other in (("ssl_certfile", "ssl_keyfile"), ("ssl_keyfile", "ssl_certfile")):
+        if pair[name] is None and pair[other] is not None:
+            problems.append((name, f"must be set with {_env_name(other)} (or unset both for plain HTTP)"))
+    for name, marker in (("ssl_certfile", "CERTIFICATE"), ("ssl_keyfile", "PRIVATE KEY")):
+        if isinstance(pair[name], str):
+            problems += [(name, text) for text in _pem_file_problems(pair[name], marker)]
+    return problems
+
+
+def _pem_file_problems(path: str, marker: str) -> list[str]:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as exc:
+        return [f"expected a readable file ({exc.strerror or type(exc).__name__})"]
+    if not re.search(rf"-----BEGIN [A-Z ]*{marker}-----", text):
+        return [f"expected a PEM file with a {marker} block"]
+    return []
 
 
 def _check_sizes(s: Any) -> list[tuple[str, str]]:
