@@ -7,8 +7,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# The extension is rebuilt when any of these change.
-RUST_SRC := $(shell find rust -name '*.rs' -o -name 'Cargo.toml') Cargo.toml pyproject.toml
+# The extension is rebuilt when any of these change (not the fuzz targets in rust/fuzz: their own workspace).
+RUST_SRC := $(shell find rust -path rust/fuzz -prune -o \( -name '*.rs' -o -name 'Cargo.toml' \) -print) Cargo.toml pyproject.toml
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
@@ -46,7 +46,39 @@ wheel: dist/.built ## Build the abi3 wheel (CPython 3.11+) and the sdist into di
 run: build ## Run the server on $(HOST):$(PORT) with the embedded in-memory broker
 	$(VENV)/bin/sse-fast serve --host $(HOST) --port $(PORT)
 
-test: lint test-rust loadtest-smoke test-python test-js ## Run lint, the Rust tests, the load-test smoke, the Python tests and the browser tests (fails if any collects nothing)
+test: lint test-rust fuzz-smoke loadtest-smoke test-python test-js ## Run lint, the Rust tests, the fuzz smoke, the load-test smoke, the Python tests and the browser tests (fails if any collects nothing)
+
+# Fuzzing (issue 14; docs/reliability.md): cargo-fuzz's libFuzzer on stable Rust (RUSTC_BOOTSTRAP=1 lets it use the
+# nightly flags it needs). Each target starts from its committed corpus, rust/fuzz/corpus/<target>/, and stops at the
+# first panic, failed property or allocation past the limits, leaving the input in rust/fuzz/artifacts/<target>/.
+FUZZ_TARGETS := decoder encode topic cursor queue replay
+FUZZ_RUNS ?= 1000000
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_LIMITS := -rss_limit_mb=1024 -malloc_limit_mb=64
+FUZZ := RUSTC_BOOTSTRAP=1 cargo fuzz
+FUZZ_DIR := --fuzz-dir rust/fuzz
+
+fuzz: ## Every fuzz target for FUZZ_RUNS executions (default 1,000,000): minutes
+	$(FUZZ) build $(FUZZ_DIR)
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t: $(FUZZ_RUNS) runs"; start=$$(date +%s); \
+	  $(FUZZ) run $(FUZZ_DIR) $$t -- -runs=$(FUZZ_RUNS) $(FUZZ_LIMITS) -print_final_stats=1 2>&1 \
+	    | grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+[[:space:]]+DONE)|panicked|ERROR|SUMMARY' ; \
+	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; echo "== fuzz $$t: $$(( $$(date +%s) - start )) s"; \
+	done
+
+# The smoke pass reads the committed corpus and writes what it finds to a scratch directory, so that the tree stays clean.
+fuzz-smoke: ## Every fuzz target for FUZZ_SMOKE_SECONDS (default 20 s), in make test
+	$(FUZZ) build $(FUZZ_DIR)
+	@scratch=$$(mktemp -d); trap 'rm -rf "$$scratch"' EXIT; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p "$$scratch/$$t" rust/fuzz/corpus/$$t; \
+	  $(FUZZ) run $(FUZZ_DIR) $$t "$$scratch/$$t" rust/fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SMOKE_SECONDS) $(FUZZ_LIMITS) 2>&1 \
+	    | grep -E '^#[0-9]+[[:space:]]+DONE|panicked|ERROR|SUMMARY' | sed "s/^/fuzz $$t: /" ; \
+	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
+	done
+
+fuzz-cmin: ## Minimize every committed fuzz corpus (cargo fuzz cmin) after a long run
+	@for t in $(FUZZ_TARGETS); do $(FUZZ) cmin $(FUZZ_DIR) $$t; done
 
 test-rust: ## cargo test for the workspace's core crate
 	cargo test -p sse-fast-core 2>&1 | tee $(VENV)/cargo-test.log
