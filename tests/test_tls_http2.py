@@ -18,6 +18,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
 import httpx
 import pytest
 from cryptography import x509
@@ -31,7 +35,7 @@ from sse_fast import Decoder
 pytestmark = pytest.mark.e2e
 
 API_KEY = "tls-publisher-key-0123456789"
-PAYLOAD = "x" * 30_000
+PAYLOAD = "x" * 60_000
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +250,174 @@ def test_serve_refuses_a_missing_certificate(tmp_path: Path, cert: tuple[Path, P
     result = subprocess.run([*argv[:2], "--ssl-keyfile", str(cert[1])], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "must be set with SSE_FAST_SSL_KEYFILE" in result.stderr
+
+
+# -- HTTP/2: one connection, many streams ---------------------------------------------------------------------------
+
+
+async def broadcast(server: Server, cert: tuple[Path, Path], first: int, count: int) -> None:
+    async with httpx.AsyncClient(verify=trusting(server_cert(cert)), timeout=10) as http:  # its own connection
+        for n in range(first, first + count):
+            body = {"message": {"type": "json", "payload": {"n": n, "pad": PAYLOAD}}}
+            answer = await http.post(f"{server.url}/api/broadcast", json=body, headers={"x-api-key": API_KEY})
+            assert answer.status_code == 202, answer.text
+
+
+def server_cert(cert: tuple[Path, Path]) -> Path:
+    return cert[0]
+
+
+class RawH2:
+    """An HTTP/2 client on one TLS socket that closes a stream the way a browser does: with RST_STREAM (CANCEL).
+
+    (httpx never resets a stream it stops reading: it only forgets it, so the server cannot tell.)
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.data: dict[int, bytearray] = {}
+        self.ended: set[int] = set()
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.stalled: set[int] = set()  # streams whose data is never acknowledged: their window shuts
+
+    @classmethod
+    async def connect(cls, server: Server, cert: tuple[Path, Path]) -> RawH2:
+        context = trusting(cert[0])
+        context.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=context)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        client = cls(reader, writer)
+        client.h2.initiate_connection()
+        client.h2.increment_flow_control_window(2**24)  # the connection's window; each stream keeps 64 KiB
+        await client.flush()
+        client.task = asyncio.create_task(client.pump())
+        return client
+
+    async def flush(self) -> None:
+        self.writer.write(self.h2.data_to_send())
+        await self.writer.drain()
+
+    async def get(self, path: str) -> int:
+        stream_id = self.h2.get_next_available_stream_id()
+        headers = [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "127.0.0.1")]
+        self.h2.send_headers(stream_id, headers, end_stream=True)
+        self.data[stream_id] = bytearray()
+        await self.flush()
+        return stream_id
+
+    async def reset(self, stream_id: int) -> None:
+        self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        await self.flush()
+
+    async def pump(self) -> None:
+        while chunk := await self.reader.read(65536):
+            for event in self.h2.receive_data(chunk):
+                if isinstance(event, h2.events.DataReceived):
+                    self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
+                    if event.stream_id not in self.stalled:
+                        self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    self.ended.add(event.stream_id)
+            await self.flush()
+            self.changed.set()
+        self.ended.add(0)  # the connection itself
+        self.changed.set()
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate():
+            remaining = deadline - asyncio.get_running_loop().time()
+            assert remaining > 0, f"condition not met in {timeout}s"
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), min(remaining, 0.5))
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+@pytest.mark.parametrize("command", ["serve", "granian"])
+async def test_a_closed_http2_stream_frees_its_connection_and_not_the_socket(
+    tmp_path: Path, cert: tuple[Path, Path], command: str
+) -> None:
+    with tls_server(tmp_path, cert, command=command) as srv:
+        client = await RawH2.connect(srv, cert)
+        try:
+            stays = await client.get("/sse?clientId=stays")
+            leaves = await client.get("/sse?clientId=leaves")
+            await client.wait_for(
+                lambda: b"event: system" in client.data[stays] and b"event: system" in client.data[leaves]
+            )
+            async with httpx.AsyncClient(verify=trusting(cert[0])) as admin:  # its own connection
+                await wait_connected(admin, srv.url, ["leaves", "stays"])
+                await client.reset(leaves)
+                await wait_connected(admin, srv.url, ["stays"])
+                assert gauge((await admin.get(f"{srv.url}/metrics")).text, "sse_fast_connections") == 1
+                await broadcast(srv, cert, 0, 1)
+                # The other stream, on the same socket, still gets what is published: the connection stayed open.
+                await client.wait_for(lambda: b"event: json" in client.data[stays])
+                assert 0 not in client.ended
+                assert stays not in client.ended
+                # And the socket still takes new streams.
+                again = await client.get("/sse?clientId=again")
+                await wait_connected(admin, srv.url, ["again", "stays"])
+                assert again not in client.ended
+        finally:
+            await client.close()
+
+
+async def test_a_stalled_http2_stream_is_cut_alone(tmp_path: Path, cert: tuple[Path, Path]) -> None:
+    """Two streams on one HTTP/2 connection (ASGI, what serve runs for HTTP/2); one stops reading during 24 MB."""
+    env = {"SSE_FAST_QUEUE_BYTES": "262144", "SSE_FAST_MAX_BODY": "65536", "SSE_FAST_REPLAY_BYTES": "1048576"}
+    messages = 400
+    with tls_server(tmp_path, cert, **env) as srv:
+        client = await RawH2.connect(srv, cert)
+        try:
+            fast = await client.get("/sse?clientId=fast")
+            slow = await client.get("/sse?clientId=slow")
+            client.stalled.add(slow)
+            async with httpx.AsyncClient(verify=trusting(cert[0])) as admin:  # its own connection
+                await wait_connected(admin, srv.url, ["fast", "slow"])
+                await broadcast(srv, cert, 0, messages)
+                await client.wait_for(lambda: client.data[fast].count(b"event: json") >= messages, 60)
+                await wait_connected(admin, srv.url, ["fast"])  # the stalled one was cut
+                metrics = (await admin.get(f"{srv.url}/metrics")).text
+                assert gauge(metrics, "sse_fast_slow_consumer_closes_total") >= 1
+            received = [int(part.split(b",")[0]) for part in bytes(client.data[fast]).split(b'"n":')[1:]]
+            assert received == list(range(messages))
+            assert b"slow_consumer" not in client.data[fast]
+            assert 0 not in client.ended  # the shared connection is still open
+            assert fast not in client.ended
+            assert len(client.data[slow]) <= 2**16  # its window: the server never overran it
+        finally:
+            await client.close()
+
+
+async def test_rsgi_http2_streams_are_bounded_by_cutting_them(tmp_path: Path, cert: tuple[Path, Path]) -> None:
+    """Plain granian (RSGI) under HTTP/2: granian reports nothing per stream, so each stream is cut once
+    SSE_FAST_QUEUE_BYTES has been written to it; the shared connection stays open and the clients resume."""
+    env = {"SSE_FAST_QUEUE_BYTES": "262144", "SSE_FAST_MAX_BODY": "65536", "SSE_FAST_REPLAY_BYTES": "1048576"}
+    with tls_server(tmp_path, cert, command="granian", **env) as srv:
+        client = await RawH2.connect(srv, cert)
+        try:
+            fast = await client.get("/sse?clientId=fast")
+            slow = await client.get("/sse?clientId=slow")
+            client.stalled.add(slow)
+            async with httpx.AsyncClient(verify=trusting(cert[0])) as admin:
+                await wait_connected(admin, srv.url, ["fast", "slow"])
+                await broadcast(srv, cert, 0, 40)  # 2.4 MB: far past the bound of both
+                await wait_connected(admin, srv.url, [])
+                assert gauge((await admin.get(f"{srv.url}/metrics")).text, "sse_fast_slow_consumer_closes_total") == 2
+                await client.wait_for(lambda: b"slow_consumer" in client.data[fast])
+                assert 0 not in client.ended  # only the streams ended, never the shared connection
+                await client.get("/sse?clientId=again")
+                await wait_connected(admin, srv.url, ["again"])
+            assert "HTTP/2 under RSGI" in srv.log()
+        finally:
+            await client.close()

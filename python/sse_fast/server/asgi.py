@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["serve"]
 
+_LAST_SEND = 5.0  # seconds for the response's end to be taken by granian after the stream closed
+
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -133,7 +135,10 @@ async def serve(app: App, scope: dict[str, Any], receive: Receive, send: Send) -
             pass
 
     # The dead-peer watch reads this stream's socket (ASGI's backpressure bounds a slow reader already).
-    watched = Watched(sink.conn_id, address(*scope.get("server") or ("", "")), address(*client))
+    # Under HTTP/2 the socket is shared with other streams: the watch may reset it for a dead peer (the whole
+    # connection is gone then), never for one stream.
+    shared = scope.get("http_version") == "2"
+    watched = Watched(sink.conn_id, address(*scope.get("server") or ("", "")), address(*client), shared=shared)
     app.backlog.watch(watched)
     watcher = asyncio.ensure_future(disconnected())
     try:
@@ -143,5 +148,7 @@ async def serve(app: App, scope: dict[str, Any], receive: Receive, send: Send) -
         app.backlog.forget(watched)
         sink.close()
         answer.closed(sink.conn_id)
-    with contextlib.suppress(Exception):  # the client may be gone already
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    # The client may be gone, or (a slow HTTP/2 stream) never read again: then its window stays shut and the last
+    # send would wait for as long as the connection lives. Give up and let granian drop the stream.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}), _LAST_SEND)

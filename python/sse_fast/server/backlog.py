@@ -72,12 +72,15 @@ def address(host: str, port: object) -> str:
 class Watched:
     """What the watch keeps of one stream: its addresses, what was written, and its socket once found."""
 
-    __slots__ = ("conn_id", "family", "fd", "inode", "left", "local", "mark", "peer", "sent")
+    __slots__ = ("conn_id", "family", "fd", "inode", "left", "local", "mark", "peer", "sent", "shared")
 
-    def __init__(self, conn_id: int, local: str, peer: str) -> None:
+    def __init__(self, conn_id: int, local: str, peer: str, *, shared: bool = False) -> None:
         self.conn_id = conn_id
         self.local = local
         self.peer = peer
+        # HTTP/2: the socket carries other streams, so its TCP_INFO says nothing of this one, and shutting it down
+        # would end them all. Such a stream is never measured through the socket nor cut by shutting it down.
+        self.shared = shared
         self.sent = 0
         self.mark = 0
         self.left = 0  # bytes known to have left granian (acked or in the kernel) at the last measurement
@@ -104,6 +107,7 @@ class BacklogWatch:
         self._pending = False
         self._next_sweep = 0.0
         self._warned_address = False
+        self._warned_http2 = False
         self.checks = 0
         self.cut = 0
         self.dead = 0
@@ -138,6 +142,16 @@ class BacklogWatch:
         self._suspects.pop(id(watched), None)
         self._streams.pop(id(watched), None)
 
+    def warn_rsgi_http2(self) -> None:
+        """An RSGI stream arrived over HTTP/2: say once that it can only be bounded by cutting it (see the module)."""
+        if not self._warned_http2:
+            self._warned_http2 = True
+            log.warning(
+                "HTTP/2 under RSGI: granian tells nothing of what it holds for one stream of a shared connection, so"
+                " each such stream is cut as a slow consumer once SSE_FAST_QUEUE_BYTES has been written to it (the"
+                " client resumes); serve HTTP/2 with --interface asgi, which has per-stream backpressure"
+            )
+
     def _warn_address(self, watched: Watched) -> None:
         if not self._warned_address:
             self._warned_address = True
@@ -151,7 +165,7 @@ class BacklogWatch:
     def _check(self) -> None:
         self._pending = False
         suspects, self._suspects = list(self._suspects.values()), {}
-        _locate_missing(suspects)
+        _locate_missing([w for w in suspects if not w.shared])
         for watched in suspects:
             self.checks += 1
             held = _held_by_server(watched)
@@ -213,13 +227,15 @@ def _proc_hex(packed: bytes, table: str) -> str | None:
     return "".join(f"{int.from_bytes(packed[i : i + 4], sys.byteorder):08X}" for i in range(0, 16, 4))
 
 
-def _wanted(watched: Iterable[Watched]) -> dict[tuple[str, str, str], tuple[str | None, Watched]]:
-    """(table, local port, peer) as ``/proc`` writes them -> (local address, None for a wildcard; the stream).
+def _wanted(watched: Iterable[Watched]) -> dict[tuple[str, str, str], tuple[str | None, list[Watched]]]:
+    """(table, local port, peer) as ``/proc`` writes them -> (local address, None for a wildcard; the streams).
+
+    Under HTTP/2 several streams share one socket, hence one key.
 
     The listener's address family picks the table: the sockets of an IPv6 listener are all in ``tcp6``, IPv4
     peers of a dual-stack one included (as ``::ffff:a.b.c.d``, however the peer address was written).
     """
-    wanted: dict[tuple[str, str, str], tuple[str | None, Watched]] = {}
+    wanted: dict[tuple[str, str, str], tuple[str | None, list[Watched]]] = {}
     for w in watched:
         local, peer = _local_endpoint(w.local), _endpoint(w.peer)
         if local is None or peer is None:
@@ -228,7 +244,7 @@ def _wanted(watched: Iterable[Watched]) -> dict[tuple[str, str, str], tuple[str 
         peer_hex = _proc_hex(peer[1], table)
         local_hex = None if local[1] in _WILDCARDS else _proc_hex(local[1], table)
         if peer_hex is not None:
-            wanted[(table, f"{local[2]:04X}", f"{peer_hex}:{peer[2]:04X}")] = (local_hex, w)
+            wanted.setdefault((table, f"{local[2]:04X}", f"{peer_hex}:{peer[2]:04X}"), (local_hex, []))[1].append(w)
     return wanted
 
 
@@ -252,7 +268,7 @@ def _locate_missing(watched: Iterable[Watched], *, revalidate: bool = True) -> N
 
 def _locate(watched: Iterable[Watched]) -> None:
     wanted = _wanted(watched)
-    inodes: dict[int, Watched] = {}
+    inodes: dict[int, list[Watched]] = {}
     for table in {key[0] for key in wanted}:
         with open(f"/proc/self/net/{table}") as lines:
             next(lines)
@@ -262,19 +278,21 @@ def _locate(watched: Iterable[Watched]) -> None:
                 match = wanted.get((table, local[-4:], fields[2]))
                 if match is None or fields[9] == "0" or match[0] not in (None, local[:-5]):
                     continue  # not ours, or a TIME_WAIT remnant of an earlier connection
-                match[1].inode, match[1].family = int(fields[9]), _TABLES[table]
+                for w in match[1]:
+                    w.inode, w.family = int(fields[9]), _TABLES[table]
                 inodes[int(fields[9])] = match[1]
     if inodes:
         _find_descriptors(inodes)
 
 
-def _find_descriptors(inodes: dict[int, Watched]) -> None:
+def _find_descriptors(inodes: dict[int, list[Watched]]) -> None:
     for name in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError, ValueError):
             fd = int(name)
             info = os.fstat(fd)  # cheaper than readlink: no path walk through /proc
             if info.st_ino in inodes and stat.S_ISSOCK(info.st_mode):
-                inodes[info.st_ino].fd = fd
+                for w in inodes[info.st_ino]:
+                    w.fd = fd
 
 
 def _still_valid(watched: Watched) -> bool:
@@ -311,8 +329,11 @@ def _tcp_info(watched: Watched) -> bytes | None:
 
 
 def _held_by_server(watched: Watched) -> int:
-    """Bytes written to granian for this stream that have not reached the kernel yet (as far as is known)."""
-    info = _tcp_info(watched)
+    """Bytes written to granian for this stream that have not reached the kernel yet (as far as is known).
+
+    A stream that shares its socket (HTTP/2) is never measured: what left the socket belongs to every stream on it.
+    """
+    info = None if watched.shared else _tcp_info(watched)
     if info is not None and len(info) >= _BYTES_ACKED_OFFSET + _BYTES_ACKED.size:
         try:
             outq = _OUTQ.unpack(fcntl.ioctl(watched.fd, termios.TIOCOUTQ, b"\0" * _OUTQ.size))[0]
@@ -329,8 +350,8 @@ def _shutdown(watched: Watched, *, reset: bool = False) -> None:
     With ``reset``, granian's close then sends a RST and frees the socket at once, instead of the kernel retrying
     the unacknowledged data to a peer that is gone.
     """
-    if watched.fd < 0 or not _still_valid(watched):
-        return
+    if watched.fd < 0 or not _still_valid(watched) or (watched.shared and not reset):
+        return  # a slow HTTP/2 stream ends alone (its transport is dropped); a dead peer takes the whole socket
     with contextlib.suppress(OSError), _borrowed(watched) as sock:
         if reset:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)

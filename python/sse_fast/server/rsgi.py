@@ -48,8 +48,8 @@ class RsgiSink(Watched):
 
     __slots__ = ("transport", "watch")
 
-    def __init__(self, transport: Any, watch: BacklogWatch, local: str, peer: str) -> None:
-        super().__init__(0, local, peer)
+    def __init__(self, transport: Any, watch: BacklogWatch, local: str, peer: str, *, shared: bool = False) -> None:
+        super().__init__(0, local, peer, shared=shared)
         self.transport: Any = transport
         self.watch = watch
 
@@ -110,7 +110,10 @@ async def serve(app: App, scope: Any, protocol: Any) -> None:
     # Every stream of a listener has the same local address: one shared string, not one per stream.
     try:  # the stream holds a connection slot until it registers: give it back if it never does
         transport = protocol.response_stream(200, answer.headers)
-        sink = RsgiSink(transport, app.backlog, sys.intern(scope.server), scope.client)
+        http2 = scope.http_version == "2"
+        if http2:
+            app.backlog.warn_rsgi_http2()
+        sink = RsgiSink(transport, app.backlog, sys.intern(scope.server), scope.client, shared=http2)
         sink.conn_id = await answer.open(sink)
     finally:
         answer.release()
