@@ -468,7 +468,7 @@ export class Client {
     this.#state = state;
     this.#connectedAt = state === "connected" ? Date.now() : 0;
     if (state === "connected") this.#wake(); // flush the sends waiting out a retry delay
-    if (this.#leader) this.#post({ k: "state", s: state, c: this.#cursor, i: this.#info, e: this.#fatalData(), x: this.#stopped });
+    this.#postState();
     for (const resolve of this.#changed) resolve();
     this.#changed.clear();
     for (const callback of [...this.#stateCbs]) {
@@ -480,9 +480,11 @@ export class Client {
     }
   }
 
-  #fatalData() {
+  /** Tell the other tabs the state (and the error or the 204 that stopped the stream), if this tab leads. */
+  #postState() {
     const f = this.#fatal;
-    return f && { m: f.message, s: f.status, c: f.code };
+    const e = f && { m: f.message, s: f.status, c: f.code };
+    this.#post({ k: "state", s: this.#state, c: this.#cursor, i: this.#info, e, x: this.#stopped });
   }
 
   #nextChange() {
@@ -528,11 +530,12 @@ export class Client {
       this.#fatal = null;
       this.#stopped = false;
       this.#refreshed = false;
-      if (this.#o.shareAcrossTabs) this.#share();
-      else {
+      // Again after a 204 or an error: the leader restarts its stream (it holds the lock still), a follower asks it.
+      if (this.#leader || !this.#o.shareAcrossTabs) {
         this.#leader = true;
         this.#start();
-      }
+      } else if (this.#bc) this.#post({ k: "go" }, true);
+      else this.#share();
     }
     await this.#untilConnected();
     if (this.#fatal) throw this.#fatal;
@@ -816,7 +819,8 @@ export class Client {
   /** @param {any} d */
   #onPeer(d) {
     if (this.#leader) {
-      if (d.k === "hello") this.#post({ k: "state", s: this.#state, c: this.#cursor, i: this.#info });
+      if (d.k === "hello") this.#postState();
+      if (d.k === "go") this.connect().catch(() => {});
       return;
     }
     if (d.c) this.#cursor = d.c;

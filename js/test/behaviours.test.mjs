@@ -1,0 +1,480 @@
+// The SDK's connection manager and outbox in a real Chromium, against a real sse-fast server (and, for what the
+// server never sends, a 204 and hand-crafted stream bytes, a small real HTTP server started here): the heartbeat
+// watchdog, `online`, pauseWhenHidden, 204, 403, `retry:`, `Retry-After`, the bounded outbox, the task controls.
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { createServer } from "node:http";
+import { after, before, describe, test } from "node:test";
+import { JWT_ENV, SDK, Server, jwt, launchBrowser, openPage, waitFor } from "./helpers.mjs";
+
+/** @type {any} */
+let browser;
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.cleanup();
+});
+
+/** Start a server for one test and always stop it. */
+async function withServer(env, fn) {
+  const server = await Server.start(env);
+  try {
+    await fn(server);
+  } catch (err) {
+    err.message += `\n--- server output ---\n${server.output.slice(-4000)}`;
+    throw err;
+  } finally {
+    server.kill();
+  }
+}
+
+/**
+ * A small real HTTP server for what sse-fast never answers: it serves a blank page and the SDK, and hands every
+ * `GET /sse` to `onStream(req, res, n)` (n: 1 for the first). Returns { url, streams (their request headers and
+ * times), close() }.
+ */
+async function streamServer(onStream) {
+  const streams = [];
+  const server = createServer((req, res) => {
+    if (req.url === "/") return res.writeHead(200, { "content-type": "text/html" }).end("<!doctype html><title>t</title>");
+    if (req.url === "/sdk/sse-fast.js") {
+      return res.writeHead(200, { "content-type": "text/javascript" }).end(readFileSync(SDK));
+    }
+    if (req.url?.startsWith("/sse")) {
+      streams.push({ headers: req.headers, at: Date.now() });
+      return onStream(req, res, streams.length);
+    }
+    res.writeHead(404).end();
+  });
+  await new Promise((done) => server.listen(0, "127.0.0.1", done));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  return {
+    url,
+    streams,
+    close: () => new Promise((done) => (server.closeAllConnections(), server.close(done))),
+  };
+}
+
+/** Evaluate `fn(arg)` on `page` until it returns something truthy. */
+const until = (page, fn, arg, what, timeout = 15000) => waitFor(() => page.evaluate(fn, arg), timeout, what);
+
+/** A client on `page` (`window.client`) that records its json payloads' `n` in `window.seen` and its states. */
+async function seenClient(page, options) {
+  await page.evaluate(async (options) => {
+    const c = (window.client = window.sdk.createClient(options));
+    window.seen = [];
+    window.states = [];
+    c.onStateChange((old, state) => window.states.push([state, performance.now()]));
+    c.subscribe("json", (m) => window.seen.push(m.payload.n));
+    await c.connect();
+  }, options);
+}
+
+/** Direct json messages {n} for n in [from, to) to `clientId`, one after the other. */
+async function publish(server, clientId, from, to) {
+  for (let n = from; n < to; n++) {
+    const [status] = await server.post(`/api/direct/${clientId}`, { type: "json", payload: { n } });
+    assert.equal(status, 202);
+  }
+}
+
+/** `window.seen` holds exactly [0, count) in any order, each once. */
+async function assertAllOnce(page, count) {
+  await until(page, (count) => window.seen.length >= count, count, `${count} messages`);
+  const seen = await page.evaluate(() => window.seen);
+  assert.deepEqual([...seen].sort((a, b) => a - b), Array.from({ length: count }, (_, i) => i), "loss or duplicate");
+}
+
+const connections = async (server, clientId) =>
+  (await server.get("/api/connections"))[1].filter((c) => c.clientId === clientId).length;
+
+describe("the SDK's connection manager in Chromium", () => {
+  test("the watchdog reconnects a stream silent for twice the keepalive, and resumes with no loss", async () => {
+    await withServer({ SSE_FAST_KEEPALIVE: "0.5" }, async (server) => {
+      const page = await openPage(browser, server);
+      await seenClient(page, { clientId: "wanda", keepalive: 500, reconnectBaseDelay: 50, shareAcrossTabs: false });
+      await publish(server, "wanda", 0, 10);
+      await until(page, () => window.seen.length === 10, null, "the first ten");
+      const before = await page.evaluate(() => window.client.connectionInfo.connectionId);
+      const group = -server.proc.pid; // `sse-fast serve` and granian's workers: nothing is written, nothing closed
+      process.kill(group, "SIGSTOP");
+      let late;
+      try {
+        late = publish(server, "wanda", 10, 20); // answered once the server runs again
+        late.catch(() => {});
+        // Only the watchdog can end the stream now: the server process is stopped, its sockets stay open.
+        await until(page, () => window.client.state === "reconnecting", null, "the watchdog fired", 10000);
+      } finally {
+        process.kill(group, "SIGCONT");
+      }
+      await late;
+      await assertAllOnce(page, 20);
+      await until(page, () => window.client.state === "connected", null, "connected again");
+      const after = await page.evaluate(() => ({ stats: window.client.getStats(), info: window.client.connectionInfo }));
+      assert.ok(after.stats.reconnects >= 1, `reconnects ${after.stats.reconnects}`);
+      assert.notEqual(after.info.connectionId, before);
+      assert.equal(after.info.resumed, true);
+      assert.equal(after.stats.gaps, 0);
+      await page.close();
+    });
+  });
+
+  test("`online` ends the reconnect wait at once (SSE_FAST_RETRY of 60 s would hold it), no loss", async () => {
+    await withServer({ SSE_FAST_RETRY: "60000", SSE_FAST_MAX_CONNECTIONS_PER_CLIENT: "1" }, async (server) => {
+      const page = await openPage(browser, server);
+      await seenClient(page, { clientId: "otto", reconnectBaseDelay: 50, shareAcrossTabs: false });
+      await page.evaluate(() => {
+        window.online = 0;
+        window.addEventListener("online", () => window.online++);
+      });
+      await publish(server, "otto", 0, 5);
+      await until(page, () => window.seen.length === 5, null, "the first five");
+      await browser.setOffline(true);
+      try {
+        // Offline, the stream is lost (Chromium's emulation keeps open sockets, so the server ends it: another
+        // connection of otto replaces it); the SDK now waits out the stream's retry: 60 s.
+        const thief = new AbortController();
+        const res = await fetch(`${server.url}/sse?clientId=otto`, { signal: thief.signal });
+        await res.body.getReader().read();
+        thief.abort();
+        await until(page, () => window.client.state === "reconnecting", null, "the stream lost offline");
+        await publish(server, "otto", 5, 10);
+        await waitFor(async () => (await connections(server, "otto")) === 0, 15000, "no stream of otto");
+      } finally {
+        await browser.setOffline(false);
+      }
+      await until(page, () => window.online >= 1, null, "the online event");
+      // Only the `online` wake-up reconnects within the deadline, far below the 60 s.
+      await until(page, () => window.client.state === "connected", null, "reconnected on online", 20000);
+      await assertAllOnce(page, 10);
+      assert.equal(await page.evaluate(() => window.client.connectionInfo.resumed), true);
+      await page.close();
+    });
+  });
+
+  test("pauseWhenHidden: the stream closes while the page is hidden and resumes when it shows, no loss", async () => {
+    await withServer({}, async (server) => {
+      const page = await openPage(browser, server);
+      await seenClient(page, { clientId: "pia", pauseWhenHidden: true });
+      const setHidden = (hidden) =>
+        page.evaluate((hidden) => {
+          Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+          Object.defineProperty(document, "visibilityState", {
+            configurable: true,
+            get: () => (hidden ? "hidden" : "visible"),
+          });
+          document.dispatchEvent(new Event("visibilitychange"));
+        }, hidden);
+      await publish(server, "pia", 0, 3);
+      await until(page, () => window.seen.length === 3, null, "the first three");
+      assert.equal(await connections(server, "pia"), 1);
+      await setHidden(true);
+      await until(page, () => window.client.state === "disconnected", null, "paused");
+      await waitFor(async () => (await connections(server, "pia")) === 0, 15000, "the stream closed on the server");
+      await publish(server, "pia", 3, 8); // while hidden: to the mailbox and the log
+      assert.equal(await connections(server, "pia"), 0, "the hidden page reconnected");
+      assert.equal(await page.evaluate(() => window.seen.length), 3);
+      await setHidden(false);
+      await until(page, () => window.client.state === "connected", null, "resumed on visible");
+      await assertAllOnce(page, 8);
+      assert.equal(await connections(server, "pia"), 1);
+      await publish(server, "pia", 8, 10);
+      await assertAllOnce(page, 10);
+      await page.close();
+    });
+  });
+
+  test("403 (a token without the topic's grant) is fatal: state error, AuthError, one refresh tried", async () => {
+    await withServer(JWT_ENV, async (server) => {
+      const page = await openPage(browser, server);
+      const token = jwt({ sub: "quinn", topics: ["a.>"] });
+      const result = await page.evaluate(async (token) => {
+        let refreshed = 0;
+        const c = window.sdk.createClient({ token, topics: ["b.x"], refreshToken: () => (refreshed++, token) });
+        const states = [];
+        c.onStateChange((old, state) => states.push(state));
+        try {
+          await c.connect();
+          return { connected: true };
+        } catch (err) {
+          await new Promise((r) => setTimeout(r, 500)); // any further attempt would show in states
+          return {
+            auth: err instanceof window.sdk.AuthError,
+            status: err.status,
+            state: c.state,
+            refreshed,
+            errors: states.filter((s) => s === "error").length,
+            last: states.at(-1),
+          };
+        }
+      }, token);
+      assert.deepEqual(result, { auth: true, status: 403, state: "error", refreshed: 1, errors: 1, last: "error" });
+      const admin = { Authorization: `Bearer ${jwt({ sub: "ops", admin: true })}` };
+      assert.deepEqual((await server.get("/api/connections", admin))[1], []);
+      await page.close();
+    });
+  });
+
+  test("`retry:` is honoured: the reconnect waits at least SSE_FAST_RETRY", async () => {
+    await withServer({ SSE_FAST_RETRY: "1500", SSE_FAST_MAX_CONNECTIONS_PER_CLIENT: "1" }, async (server) => {
+      const page = await openPage(browser, server);
+      await seenClient(page, { clientId: "rhea", reconnectBaseDelay: 1, reconnectMaxDelay: 1, shareAcrossTabs: false });
+      await publish(server, "rhea", 0, 2);
+      // Another connection of rhea replaces the page's (the per-client limit is 1), then goes away.
+      const thief = new AbortController();
+      const res = await fetch(`${server.url}/sse?clientId=rhea`, { signal: thief.signal });
+      await res.body.getReader().read();
+      thief.abort();
+      await publish(server, "rhea", 2, 4);
+      await until(page, () => window.client.getStats().reconnects >= 1 && window.client.state === "connected", null,
+                  "reconnected"); // prettier-ignore
+      await assertAllOnce(page, 4);
+      const states = await page.evaluate(() => window.states);
+      const lost = states.findIndex(([s]) => s === "reconnecting");
+      const back = states.findIndex(([s], i) => i > lost && s === "connected");
+      assert.ok(lost > 0 && back > lost, JSON.stringify(states));
+      const waited = states[back][1] - states[lost][1];
+      assert.ok(waited >= 1500, `reconnected after ${waited.toFixed(0)} ms, retry: 1500`);
+      await page.close();
+    });
+  });
+
+  test("a 204 on /sse stops reconnecting: state disconnected, connect() resolves, no second request", async () => {
+    const fake = await streamServer((req, res) => res.writeHead(204).end());
+    try {
+      const page = await browser.newPage();
+      await page.goto(fake.url);
+      const result = await page.evaluate(async () => {
+        const sdk = await import("/sdk/sse-fast.js");
+        const c = (window.client = sdk.createClient({ clientId: "zed", reconnectBaseDelay: 1, autoConnect: false }));
+        const states = [];
+        c.onStateChange((old, state) => states.push(state));
+        await c.connect();
+        return { state: c.state, states, error: c.error };
+      });
+      assert.deepEqual(result, { state: "disconnected", states: ["connecting", "disconnected"], error: null });
+      // With a 1 ms backoff, any reconnect would have come long before this.
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.equal(fake.streams.length, 1);
+      assert.equal(await page.evaluate(() => window.client.state), "disconnected");
+      // connect() starts again after a 204 (and stops at the next one).
+      await page.evaluate(() => window.client.connect());
+      assert.equal(fake.streams.length, 2);
+      // A second tab of zed follows the first (one stream per browser): it learns that the stream stopped, and
+      // its next connect() asks the leader to try again.
+      const other = await browser.newPage();
+      await other.goto(fake.url);
+      const follower = await other.evaluate(async () => {
+        const sdk = await import("/sdk/sse-fast.js");
+        const c = (window.client = sdk.createClient({ clientId: "zed", reconnectBaseDelay: 1, autoConnect: false }));
+        await c.connect();
+        return { state: c.state, leader: c.isLeader };
+      });
+      assert.deepEqual(follower, { state: "disconnected", leader: false });
+      assert.equal(fake.streams.length, 2);
+      await other.evaluate(() => window.client.connect());
+      assert.equal(fake.streams.length, 3);
+      assert.equal(await other.evaluate(() => window.client.state), "disconnected");
+      await other.close();
+      await page.close();
+    } finally {
+      await fake.close();
+    }
+  });
+
+  test("crafted stream bytes, written one byte at a time: CR, LF, CRLF, comments, retry:, empty id:", async () => {
+    const env = (id, n, extra = {}) => JSON.stringify({ id, type: "json", payload: { n, s: "é👋" }, ...extra });
+    const first = [
+      ": hello\r\n",
+      "retry: 800\r",
+      `id: c1\nevent: json\ndata: ${env("m0", 0)}\n\n`,
+      // data split over two data lines (joined by LF: JSON whitespace), CR line ends
+      `:comment\revent: json\rdata: {"id":"m1","type":"json",\rdata: "payload":{"n":1}}\r\r`,
+      `id: c2\r\nevent: json\r\ndata: ${env("m2", 2)}\r\n\r\n`,
+      `event: json\ndata: ${env("m3", 3)}\n\n`, // no id: line (an overtaking frame): the cursor stays c2
+      `id:\nevent: json\ndata: ${env("m4", 4)}\n\n`, // an empty id: the SDK keeps its cursor (as the Python client)
+      `id: c3\nevent: json\ndata: ${env("m2", 2)}\n\n`, // a duplicate message id: dropped
+      "retry: 9x\n\n", // not digits: ignored
+    ].join("");
+    const fake = await streamServer(async (req, res, n) => {
+      if (n > 1) return res.writeHead(204).end();
+      res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+      for (const byte of Buffer.from(first)) {
+        res.write(Buffer.from([byte]));
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      res.end();
+    });
+    try {
+      const page = await browser.newPage();
+      await page.goto(fake.url);
+      const result = await page.evaluate(async () => {
+        const sdk = await import("/sdk/sse-fast.js");
+        const c = sdk.createClient({ clientId: "byte", reconnectBaseDelay: 1, autoConnect: false });
+        const seen = [];
+        c.subscribe("json", (m) => seen.push([m.id, m.payload.n, m.payload.s ?? null]));
+        const states = [];
+        c.onStateChange((old, state) => states.push(state));
+        await c.connect();
+        await new Promise((resolve) => c.onStateChange((old, s) => s === "disconnected" && resolve(undefined)));
+        return { seen, states, stats: c.getStats(), cursor: c.lastEventId };
+      });
+      assert.deepEqual(result.seen, [
+        ["m0", 0, "é👋"],
+        ["m1", 1, null],
+        ["m2", 2, "é👋"],
+        ["m3", 3, "é👋"],
+        ["m4", 4, "é👋"],
+      ]);
+      assert.equal(result.stats.duplicates, 1);
+      assert.equal(result.stats.invalid, 0);
+      assert.deepEqual(result.states, ["connecting", "connected", "reconnecting", "disconnected"]);
+      assert.equal(fake.streams.length, 2);
+      assert.equal(fake.streams[1].headers["last-event-id"], "c3");
+      assert.equal(fake.streams[0].headers["last-event-id"], undefined);
+      const waited = fake.streams[1].at - fake.streams[0].at;
+      assert.ok(waited >= 800, `reconnected ${waited} ms after the stream opened, retry: 800`);
+      await page.close();
+    } finally {
+      await fake.close();
+    }
+  });
+});
+
+describe("the SDK's outbox and task controls in Chromium", () => {
+  test("a 429 rate_limited send is retried after its Retry-After, once", async () => {
+    await withServer({ SSE_FAST_PUBLISH_RATE: "0.25", SSE_FAST_PUBLISH_BURST: "1" }, async (server) => {
+      const page = await openPage(browser, server);
+      await seenClient(page, { clientId: "remy", shareAcrossTabs: false });
+      const posts = [];
+      page.on("response", (r) => {
+        if (r.url().endsWith("/api/messages")) posts.push({ status: r.status(), retryAfter: r.headers()["retry-after"] });
+      });
+      const timing = await page.evaluate(async () => {
+        const c = window.client;
+        const t0 = performance.now();
+        const a = await c.sendJSON({ n: 0 }, { target: "remy" });
+        const b = await c.sendJSON({ n: 1 }, { target: "remy" });
+        return { ok: a.success && b.success, waited: performance.now() - t0 };
+      });
+      assert.ok(timing.ok);
+      await assertAllOnce(page, 2);
+      await waitFor(() => posts.length === 3, 5000, "three POSTs seen");
+      assert.deepEqual(posts.map((p) => p.status), [202, 429, 202], JSON.stringify(posts));
+      const retryAfter = Number(posts[1].retryAfter);
+      assert.ok(retryAfter >= 2, `Retry-After ${posts[1].retryAfter}`); // longer than the first retry delay (1 s)
+      assert.ok(timing.waited >= retryAfter * 1000, `resolved after ${timing.waited} ms, Retry-After ${retryAfter} s`);
+      assert.equal(await page.evaluate(() => window.client.getStats().sent), 2);
+      await page.close();
+    });
+  });
+
+  test("the outbox is bounded: a higher priority evicts the lowest-priority oldest, else the send is refused", async () => {
+    await withServer({}, async (server) => {
+      const page = await openPage(browser, server);
+      await seenClient(page, {
+        clientId: "olga",
+        queueSize: 3,
+        reconnectBaseDelay: 100,
+        reconnectMaxDelay: 500,
+        maxReconnectAttempts: null,
+        shareAcrossTabs: false,
+      });
+      await server.stop();
+      await until(page, () => window.client.state !== "connected", null, "the page sees the server gone");
+      const queued = await page.evaluate(() => {
+        window.outcomes = [];
+        const send = (n, priority) =>
+          window.client.sendJSON({ n }, { target: "olga", priority }).then(
+            () => window.outcomes.push(`sent ${n}`),
+            (err) => window.outcomes.push(`${err.name} ${n}`),
+          );
+        send(0, 1); // taken by the send loop at once: it waits for the stream, not in the queue
+        send(1, 0);
+        send(2, 1);
+        send(3, 0); // the queue holds 3 now
+        send(4, 2); // evicts 1 (the oldest of the lowest priority)
+        send(5, 0); // nothing lower: refused
+        return window.client.getStats();
+      });
+      assert.equal(queued.queued, 4); // three queued and one waiting to go
+      assert.equal(queued.dropped, 2);
+      await until(page, () => window.outcomes.length === 2, null, "the eviction and the refusal");
+      assert.deepEqual(await page.evaluate(() => window.outcomes), ["QueueFullError 1", "QueueFullError 5"]);
+      await server.start();
+      await until(page, () => window.outcomes.length === 6, null, "the queue flushed");
+      // In flight first, then by priority, oldest first within one.
+      assert.deepEqual((await page.evaluate(() => window.outcomes)).slice(2), ["sent 0", "sent 4", "sent 2", "sent 3"]);
+      await until(page, () => window.seen.length === 4, null, "four delivered");
+      assert.deepEqual((await page.evaluate(() => window.seen)).sort(), [0, 2, 3, 4]);
+      const stats = await page.evaluate(() => window.client.getStats());
+      assert.equal(stats.queued, 0);
+      assert.equal(stats.sent, 4);
+      await page.close();
+    });
+  });
+
+  test("pauseTask, resumeTask, cancelTask and queryProgress against the real scheduler", async () => {
+    await withServer({}, async (server) => {
+      const page = await openPage(browser, server);
+      await seenClient(page, { clientId: "tess", shareAcrossTabs: false });
+      await page.evaluate(() => {
+        window.outcome = null;
+        window.client
+          .runTask("count", { to: 400, interval: 0.05 }, { onStart: (id) => (window.taskId = id) })
+          .then(
+            (value) => (window.outcome = `resolved ${JSON.stringify(value)}`),
+            (err) => (window.outcome = `${err.name}: ${err.code}`),
+          );
+      });
+      const taskId = await until(page, () => window.taskId, null, "the task started");
+      const query = () => page.evaluate((id) => window.client.queryProgress(id), taskId);
+      await waitFor(async () => (await query()).progress > 0, 15000, "progress");
+
+      const paused = await page.evaluate((id) => window.client.pauseTask(id), taskId);
+      assert.equal(paused.taskId, taskId);
+      const held = await waitFor(async () => {
+        const r = await query();
+        return r.status === "paused" && r;
+      }, 15000, "paused");
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal((await query()).progress, held.progress, "progress moved while paused");
+
+      const resumed = await page.evaluate((id) => window.client.resumeTask(id), taskId);
+      assert.equal(resumed.taskId, taskId);
+      await waitFor(async () => {
+        const r = await query();
+        return r.status === "running" && r.progress > held.progress;
+      }, 15000, "running again");
+
+      const cancelled = await page.evaluate((id) => window.client.cancelTask(id), taskId);
+      assert.equal(cancelled.taskId, taskId);
+      assert.equal(await until(page, () => window.outcome, null, "runTask settled"), "TaskError: cancelled");
+      const record = await query();
+      assert.equal(record.status, "cancelled");
+      assert.equal(record.clientId, "tess");
+
+      const errors = await page.evaluate(async (id) => {
+        const out = {};
+        for (const [name, call] of [
+          ["again", () => window.client.cancelTask(id)],
+          ["unknown", () => window.client.queryProgress("no-such-task")],
+        ]) {
+          try {
+            await call();
+            out[name] = "no error";
+          } catch (err) {
+            out[name] = `${err.name} ${err.status} ${err.code}`;
+          }
+        }
+        return out;
+      }, taskId);
+      assert.deepEqual(errors, {
+        again: "ServerError 409 task_finished",
+        unknown: "ServerError 404 task_not_found",
+      });
+      await page.close();
+    });
+  });
+});
