@@ -2,13 +2,15 @@
 valid and invalid input, on the memory broker and on Redis, under ``auth = jwt`` with an admin token. No answer is a
 5xx, and every answer matches its documented status, content type and schema.
 
-Bounded by ``SSE_FAST_SCHEMATHESIS_EXAMPLES`` (default 25 examples per operation and broker) to fit ``make test``.
+Valid input and input that breaks the schema are both generated. Bounded by ``SSE_FAST_SCHEMATHESIS_EXAMPLES``
+(default 15 examples per operation, generation mode and broker) to fit ``make test``.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +18,7 @@ import jwt
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -28,7 +31,7 @@ from _servers import Server, running_server
 
 pytestmark = [pytest.mark.e2e]
 
-EXAMPLES = int(os.environ.get("SSE_FAST_SCHEMATHESIS_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("SSE_FAST_SCHEMATHESIS_EXAMPLES", "15"))
 SECRET = "a-secret-of-at-least-thirty-two-bytes"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
@@ -59,6 +62,22 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield server
 
 
+def exercise(operation: Any, mode: schemathesis.GenerationMode, headers: dict[str, str], calls: Counter[str]) -> None:
+    """Up to EXAMPLES generated calls of one operation, each checked; counted in ``calls`` by mode."""
+
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(case=operation.as_strategy(mode))
+    def call(case: Any) -> None:
+        calls[mode.value] += 1
+        case.call_and_validate(headers=headers, checks=CHECKS, timeout=10)
+
+    try:
+        call()
+    except Unsatisfiable:
+        # An operation without parameters or body has no invalid input to generate.
+        assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label
+
+
 def test_every_operation_answers_within_its_schema(server: Server) -> None:
     # A stream (GET /sse) never ends by itself: schemathesis would wait on it for ever.
     api = schemathesis.openapi.from_url(f"{server.url}/openapi.json").exclude(path="/sse")
@@ -66,11 +85,9 @@ def test_every_operation_answers_within_its_schema(server: Server) -> None:
     operations = [result.ok() for result in api.get_all_operations()]
     assert len(operations) >= 15
 
+    calls: Counter[str] = Counter()
     for operation in operations:
-
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        @given(case=operation.as_strategy())
-        def call(case: Any) -> None:
-            case.call_and_validate(headers=headers, checks=CHECKS, timeout=10)
-
-        call()
+        for mode in schemathesis.GenerationMode:  # valid input, and input that breaks the schema
+            exercise(operation, mode, headers, calls)
+    assert calls["positive"] >= len(operations), calls
+    assert calls["negative"] >= len(operations) // 2, calls  # most operations take parameters or a body
