@@ -3,6 +3,7 @@
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { request as httpsRequest } from "node:https";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -39,29 +40,59 @@ export async function waitFor(check, timeout = 15000, what = "condition") {
 }
 
 /**
+ * `fetch` for an https server whose self-signed certificate `ca` (PEM) is the only one trusted (node's fetch takes
+ * no CA): resolves to { status, ok, json() }.
+ */
+function fetchTrusting(ca, url, { method = "GET", headers = {}, body } = {}) {
+  return new Promise((done, fail) => {
+    const req = httpsRequest(url, { method, headers, ca }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => (text += d));
+      res.on("end", () => {
+        const status = /** @type {number} */ (res.statusCode);
+        done({ status, ok: status >= 200 && status < 300, json: async () => JSON.parse(text) });
+      });
+    });
+    req.on("error", fail);
+    req.end(body);
+  });
+}
+
+/**
  * A real sse-fast server (`sse-fast serve`, RSGI, memory broker unless `env` says otherwise).
  * `stop()` sends SIGTERM and waits for the exit; `start()` starts it again on the same port.
+ * With `tls` ({ cert, key, ca, http }: PEM file paths, the certificate's PEM text, and `--http`): served over https
+ * (`--ssl-certfile/--ssl-keyfile`), and its own requests trust only `ca`.
  */
 export class Server {
-  /** @param {Record<string, string>} env @param {number} port */
-  constructor(env, port) {
+  /** @param {Record<string, string>} env @param {number} port @param {any} [tls] */
+  constructor(env, port, tls = null) {
     this.env = env;
     this.port = port;
-    this.url = `http://127.0.0.1:${port}`;
+    this.tls = tls;
+    this.url = `${tls ? "https" : "http"}://127.0.0.1:${port}`;
     this.proc = null;
     this.output = "";
   }
 
-  static async start(env = {}) {
-    const server = new Server(env, await freePort());
+  static async start(env = {}, { tls = null } = {}) {
+    const server = new Server(env, await freePort(), tls);
     await server.start();
     return server;
+  }
+
+  /** `fetch`, trusting the server's own certificate under TLS. */
+  fetch(url, init) {
+    return this.tls ? fetchTrusting(this.tls.ca, url, init) : fetch(url, init);
   }
 
   async start() {
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("SSE_FAST_")));
     Object.assign(env, { SSE_FAST_RETRY: "100", SSE_FAST_RETRY_SPREAD: "0", SSE_FAST_SHUTDOWN_GRACE: "1" }, this.env);
-    const proc = spawn(SSE_FAST, ["serve", "--port", String(this.port)], { env, detached: true, stdio: "pipe" });
+    const args = ["serve", "--port", String(this.port)];
+    if (this.tls) args.push("--ssl-certfile", this.tls.cert, "--ssl-keyfile", this.tls.key, "--http", this.tls.http ?? "auto");
+    const proc = spawn(SSE_FAST, args, { env, detached: true, stdio: "pipe" });
     this.proc = proc;
     proc.stdout.on("data", (d) => (this.output += d));
     proc.stderr.on("data", (d) => (this.output += d));
@@ -70,7 +101,7 @@ export class Server {
       async () => {
         if (proc.exitCode !== null) throw new Error(`server exited ${proc.exitCode}:\n${this.output}`);
         try {
-          return (await fetch(`${this.url}/healthz`)).ok;
+          return (await this.fetch(`${this.url}/healthz`)).ok;
         } catch {
           return false;
         }
@@ -96,7 +127,7 @@ export class Server {
 
   /** POST JSON to the server; returns [status, body]. */
   async post(path, body, headers = {}) {
-    const res = await fetch(this.url + path, {
+    const res = await this.fetch(this.url + path, {
       method: "POST",
       headers: { "content-type": "application/json", ...headers },
       body: JSON.stringify(body),
@@ -105,7 +136,7 @@ export class Server {
   }
 
   async get(path, headers = {}) {
-    const res = await fetch(this.url + path, { headers });
+    const res = await this.fetch(this.url + path, { headers });
     return [res.status, await res.json()];
   }
 }
@@ -119,8 +150,8 @@ export function jwt(claims) {
 
 export const JWT_ENV = { SSE_FAST_AUTH: "jwt", SSE_FAST_JWT_SECRET: SECRET };
 
-/** Headless Debian Chromium with a fresh profile, quiet on the network. */
-export async function launchBrowser() {
+/** Headless Debian Chromium with a fresh profile, quiet on the network; `args` are added to its flags. */
+export async function launchBrowser({ args = [] } = {}) {
   const profile = mkdtempSync(join(tmpdir(), "sse-fast-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
@@ -134,6 +165,7 @@ export async function launchBrowser() {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      ...args,
     ],
   });
   context.cleanup = async () => {
