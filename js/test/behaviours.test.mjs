@@ -216,6 +216,29 @@ describe("the SDK's connection manager in Chromium", () => {
     });
   });
 
+  test("dispose() of a connected client that leads its tabs: no error, disconnected, the server frees it", async () => {
+    await withServer({}, async (server) => {
+      const page = await openPage(browser, server);
+      const errors = [];
+      page.on("pageerror", (err) => errors.push(String(err)));
+      await seenClient(page, { clientId: "dora" }); // shareAcrossTabs is on by default: this tab leads
+      assert.equal(await connections(server, "dora"), 1);
+      const thrown = await page.evaluate(() => {
+        try {
+          window.client.dispose();
+          return null;
+        } catch (err) {
+          return String(err);
+        }
+      });
+      assert.equal(thrown, null);
+      assert.equal(await page.evaluate(() => window.client.state), "disconnected");
+      await waitFor(async () => (await connections(server, "dora")) === 0, 15000, "the stream closed on the server");
+      assert.deepEqual(errors, []);
+      await page.close();
+    });
+  });
+
   test("`retry:` is honoured: the reconnect waits at least SSE_FAST_RETRY", async () => {
     await withServer({ SSE_FAST_RETRY: "1500", SSE_FAST_MAX_CONNECTIONS_PER_CLIENT: "1" }, async (server) => {
       const page = await openPage(browser, server);

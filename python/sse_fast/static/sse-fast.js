@@ -1219,12 +1219,13 @@ export class Client {
     this.#abort?.abort();
     this.#release?.();
     this.#lock?.abort();
-    this.#bc?.close();
     this.#cleanup.forEach((fn) => fn());
     this.#failPending(new ConnectionLostError("the client was disposed"));
     this.#inFlight?.reject(new ConnectionLostError("the client was disposed"));
     this.#wake();
-    this.#setState("disconnected");
+    this.#setState("disconnected"); // before the channel closes: a leader tells the other tabs
+    this.#bc?.close();
+    this.#bc = null;
     this.#handlers.length = 0;
   }
 }
