@@ -63,3 +63,45 @@ def test_the_sdk_is_inside_the_package(tmp_path: Path) -> None:
     """The file the wheel ships is the package's own, the one source the npm package copies."""
     packaged = Path(sse_fast.__file__).parent / "static" / "sse-fast.js"
     assert packaged.read_bytes() == SOURCE.read_bytes()
+
+
+def test_a_listed_origin_may_load_the_sdk_and_call_the_server_cross_origin(tmp_path: Path) -> None:
+    """The README's browser recipe: a page on http://127.0.0.1:8080 (python -m http.server) imports the SDK from the
+    server (a module script is fetched in CORS mode), streams and POSTs with preflighted headers."""
+    site = "http://127.0.0.1:8080"
+    with running_server(tmp_path, env={"SSE_FAST_CORS_ORIGINS": site}) as srv:
+        for path in ("/sdk/sse-fast.js", f"/sdk/sse-fast@{sse_fast.__version__}.js"):
+            answer = httpx.get(srv.url + path, headers={"Origin": site})
+            assert answer.status_code == 200
+            assert answer.headers["access-control-allow-origin"] == site
+            assert answer.headers["vary"] == "Origin"
+        revalidated = httpx.get(
+            f"{srv.url}/sdk/sse-fast.js", headers={"Origin": site, "If-None-Match": answer.headers["etag"]}
+        )
+        assert revalidated.status_code == 304
+        assert revalidated.headers["access-control-allow-origin"] == site
+        other = httpx.get(f"{srv.url}/sdk/sse-fast.js", headers={"Origin": "http://127.0.0.1:9999"})
+        assert other.status_code == 200  # served, but the browser refuses it to that page
+        assert "access-control-allow-origin" not in other.headers
+        for method, path in (("POST", "/api/messages"), ("GET", "/sse"), ("POST", "/api/tickets")):
+            preflight = httpx.options(
+                srv.url + path,
+                headers={
+                    "Origin": site,
+                    "Access-Control-Request-Method": method,
+                    "Access-Control-Request-Headers": "authorization,content-type,last-event-id,x-client-id",
+                },
+            )
+            assert preflight.status_code == 204
+            assert preflight.headers["access-control-allow-origin"] == site
+            assert method in preflight.headers["access-control-allow-methods"]
+            allowed = {h.strip() for h in preflight.headers["access-control-allow-headers"].split(",")}
+            assert {"authorization", "content-type", "last-event-id", "x-client-id"} <= allowed
+        published = httpx.post(
+            f"{srv.url}/api/messages",
+            headers={"Origin": site},
+            json={"type": "text", "topic": "news.eu", "payload": "hello"},
+        )
+        assert published.status_code == 202
+        assert published.headers["access-control-allow-origin"] == site
+        assert published.headers["access-control-expose-headers"] == "retry-after"  # the SDK honours Retry-After

@@ -1,7 +1,14 @@
 // The SDK in a real Chromium against a real sse-fast server: every behaviour a page relies on.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { JWT_ENV, Server, jwt, launchBrowser, openPage, readmeBlock, waitFor } from "./helpers.mjs";
+import { execFile, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { JWT_ENV, ROOT, Server, freePort, jwt, launchBrowser, openPage, readmeBlock, waitFor } from "./helpers.mjs";
+
+const run = promisify(execFile);
 
 /** @type {any} */
 let browser;
@@ -303,32 +310,163 @@ describe("sse-fast in Chromium", () => {
     });
   });
 
-  test("the README's plain EventSource page works as written", async () => {
-    await withServer({}, async (server) => {
-      const page = await openPage(browser, server, { sdk: false });
-      await page.setContent(readmeBlock("browser-plain-eventsource"));
-      await until(page, () => document.querySelector("#log")?.dataset.connected === "yes", null, "connected");
-      await server.post("/api/messages", { type: "text", topic: "news.eu", payload: "plain hello" });
-      await server.post("/api/direct/alice", { type: "json", payload: { n: 7 } });
-      await until(page, () => document.querySelectorAll("#log li").length >= 2, null, "two items");
-      const items = await page.evaluate(() => [...document.querySelectorAll("#log li")].map((li) => li.textContent));
-      assert.deepEqual(items, ["text: plain hello", 'json: {"n":7}']);
+  // The README's browser recipe as a reader runs it: the page saved as index.html in a folder served by
+  // `python -m http.server` (another origin), sse-fast started with that origin in SSE_FAST_CORS_ORIGINS, the
+  // README's curl to publish. Only the ports differ from the README (8000: sse-fast, 8080: the page's server).
+  test("the README's recipe commands are the ones run here", () => {
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+    const section = readme.slice(readme.indexOf("## In the browser"), readme.indexOf("## Admin page"));
+    assert.ok(section.includes(`SSE_FAST_CORS_ORIGINS=${README_SITE} sse-fast serve`));
+    assert.ok(section.includes("python -m http.server 8080 --bind 127.0.0.1"));
+    assert.ok(section.includes("open http://127.0.0.1:8080/"));
+  });
+
+  test("the README's SDK page, served from another origin, works cross-origin", async () => {
+    await withReadmePage("browser-sdk-page", { cors: true }, async ({ page, server }) => {
+      await until(page, () => document.querySelector("#state")?.textContent === "connected", null, "connected");
+      await publishAsReadme();
+      await until(page, () => document.querySelectorAll("#log li").length >= 1, null, "one item");
+      assert.deepEqual(await items(page), ["text: hello"]);
+      const sdk = await page.evaluate(() => performance.getEntriesByType("resource").map((e) => e.name));
+      assert.ok(sdk.includes(`${server.url}/sdk/sse-fast.js`), sdk.join("\n")); // the module came from sse-fast
+      // The SDK's POSTs from this origin (preflighted: content-type, x-client-id): another client sends to alice.
+      const answer = await page.evaluate(async (url) => {
+        const { createClient } = await import(`${url}/sdk/sse-fast.js`);
+        const bob = createClient({ url, clientId: "bob", autoConnect: false });
+        await bob.connect(); // its own stream, preflighted too (x-client-id)
+        const sent = await bob.sendText("from bob", { target: "alice" });
+        bob.dispose();
+        return sent;
+      }, server.url);
+      assert.ok(answer.success && answer.messageId, JSON.stringify(answer));
+      await until(page, () => document.querySelectorAll("#log li").length >= 2, null, "bob's text");
+      assert.deepEqual(await items(page), ["text: hello", "text: from bob"]);
+      assert.equal(await preflighted(page, server), 202);
       assert.deepEqual(page.errors, []);
-      await page.close();
+      assert.deepEqual(page.blocked, []);
     });
   });
 
-  test("the README's SDK page (import map with the SRI hash) works as written", async () => {
-    await withServer({}, async (server) => {
-      const page = await openPage(browser, server, { sdk: false });
-      await page.setContent(readmeBlock("browser-sdk-page"));
-      await until(page, () => document.querySelector("#state")?.textContent === "connected", null, "connected");
-      await server.post("/api/messages", { type: "text", topic: "news.eu", payload: "sdk hello" });
-      await until(page, () => document.querySelectorAll("#log li").length >= 1, null, "one item");
-      const items = await page.evaluate(() => [...document.querySelectorAll("#log li")].map((li) => li.textContent));
-      assert.deepEqual(items, ["text: sdk hello"]);
+  test("the README's plain EventSource page, served from another origin, works cross-origin", async () => {
+    await withReadmePage("browser-plain-eventsource", { cors: true }, async ({ page, server }) => {
+      await until(page, () => document.querySelector("#log")?.dataset.connected === "yes", null, "connected");
+      await publishAsReadme();
+      await server.post("/api/direct/alice", { type: "json", payload: { n: 7 } });
+      await until(page, () => document.querySelectorAll("#log li").length >= 2, null, "two items");
+      assert.deepEqual(await items(page), ["text: hello", 'json: {"n":7}']);
       assert.deepEqual(page.errors, []);
-      await page.close();
+      assert.deepEqual(page.blocked, []);
+    });
+  });
+
+  test("control: without the page's origin in SSE_FAST_CORS_ORIGINS the browser refuses both pages", async () => {
+    await withReadmePage("browser-sdk-page", { cors: false }, async ({ page, server }) => {
+      // The module script is fetched in CORS mode: blocked, so the page's module never runs.
+      await waitFor(() => page.blocked.length > 0, 15000, "the SDK blocked by CORS");
+      assert.match(page.blocked[0], new RegExp(`script at '${server.url}/sdk/sse-fast.js'`));
+      assert.equal(await preflighted(page, server), "refused");
+      await publishAsReadme();
+      assert.equal(await page.evaluate(() => document.querySelector("#state").textContent), "disconnected");
+      assert.deepEqual(await items(page), []);
+    });
+    await withReadmePage("browser-plain-eventsource", { cors: false }, async ({ page, server }) => {
+      await waitFor(() => page.blocked.length > 0, 15000, "the stream blocked by CORS");
+      assert.match(page.blocked[0], new RegExp(`resource at '${server.url}/sse\\?`));
+      // A CORS failure fails the EventSource for good: CLOSED, no reconnect, never connected.
+      await until(page, () => source.readyState === EventSource.CLOSED, null, "EventSource closed");
+      await publishAsReadme();
+      assert.equal(await page.evaluate(() => document.querySelector("#log").dataset.connected), undefined);
+      assert.deepEqual(await items(page), []);
     });
   });
 });
+
+/** The page origin the README's recipe lists in SSE_FAST_CORS_ORIGINS. */
+const README_SITE = "http://127.0.0.1:8080";
+const PYTHON = join(ROOT, ".venv/bin/python");
+
+/** The README's ports replaced by the test's (and nothing else): 8000 is sse-fast, 8080 the page's server. */
+let ports = { server: 0, site: 0 };
+function withPorts(text) {
+  assert.match(text, /127\.0\.0\.1:8000\b/);
+  return text
+    .replaceAll("127.0.0.1:8000", `127.0.0.1:${ports.server}`)
+    .replaceAll("127.0.0.1:8080", `127.0.0.1:${ports.site}`);
+}
+
+/** `python -m http.server <port> --bind 127.0.0.1` in `dir` (the README's command); resolves once it answers. */
+async function startSite(dir) {
+  const port = await freePort();
+  const args = ["-m", "http.server", String(port), "--bind", "127.0.0.1"];
+  const proc = spawn(PYTHON, args, { cwd: dir, detached: true, stdio: "pipe" });
+  const site = { port, url: `http://127.0.0.1:${port}`, output: "", kill: () => {} };
+  site.kill = () => {
+    try {
+      process.kill(-(/** @type {number} */ (proc.pid)), "SIGKILL");
+    } catch {}
+  };
+  proc.stdout.on("data", (d) => (site.output += d));
+  proc.stderr.on("data", (d) => (site.output += d));
+  try {
+    await waitFor(async () => {
+      if (proc.exitCode !== null) throw new Error(`http.server exited ${proc.exitCode}:\n${site.output}`);
+      return fetch(`${site.url}/`).then((r) => r.ok, () => false);
+    }, 15000, "http.server up"); // prettier-ignore
+  } catch (err) {
+    site.kill();
+    throw err;
+  }
+  return site;
+}
+
+/**
+ * The README block `marker` saved as index.html in a fresh folder served by http.server, sse-fast started with
+ * (`cors`) or without that origin in SSE_FAST_CORS_ORIGINS, and Chromium on the folder's URL. `page.blocked`
+ * collects the console's CORS refusals.
+ */
+async function withReadmePage(marker, { cors }, fn) {
+  const dir = mkdtempSync(join(tmpdir(), "sse-fast-page-"));
+  let site, server, page;
+  try {
+    site = await startSite(dir);
+    server = await Server.start(cors ? { SSE_FAST_CORS_ORIGINS: site.url } : {});
+    ports = { server: server.port, site: site.port };
+    writeFileSync(join(dir, "index.html"), withPorts(readmeBlock(marker)));
+    page = await browser.newPage();
+    page.errors = [];
+    page.blocked = [];
+    page.on("pageerror", (err) => page.errors.push(String(err)));
+    page.on("console", (msg) => /blocked by CORS policy/.test(msg.text()) && page.blocked.push(msg.text()));
+    await page.goto(`${site.url}/`);
+    await fn({ page, server, site });
+  } catch (err) {
+    err.message += `\n--- server output ---\n${server?.output.slice(-4000)}`;
+    err.message += `\n--- http.server ---\n${site?.output.slice(-2000)}`;
+    throw err;
+  } finally {
+    await page?.close();
+    server?.kill();
+    site?.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Run the README's publish step (its curl, ports replaced); it must be accepted. */
+async function publishAsReadme() {
+  const { stdout } = await run("sh", ["-c", withPorts(readmeBlock("browser-publish", "sh"))]);
+  assert.equal(JSON.parse(stdout).success, true, stdout);
+}
+
+/** The texts of the page's #log items. */
+const items = (page) => page.evaluate(() => [...document.querySelectorAll("#log li")].map((li) => li.textContent));
+
+/**
+ * A POST from the page with every header the SDK may send (so preflighted): its status, or "refused" when the
+ * browser blocks it.
+ */
+const preflighted = (page, server) =>
+  page.evaluate(async (url) => {
+    const headers = { "content-type": "application/json", authorization: "Bearer x", "last-event-id": "0-0" };
+    const body = JSON.stringify({ type: "text", topic: "other", payload: "preflighted" });
+    return fetch(`${url}/api/messages`, { method: "POST", headers, body }).then((r) => r.status, () => "refused");
+  }, server.url);

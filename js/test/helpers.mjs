@@ -188,12 +188,12 @@ export async function openPage(context, server, { sdk = true } = {}) {
   return page;
 }
 
-/** The html code block that follows `<!-- marker -->` in the README. */
-export function readmeBlock(marker) {
+/** The code block (`html`, or `lang`) that follows `<!-- marker -->` in the README. */
+export function readmeBlock(marker, lang = "html") {
   const readme = readFileSync(join(ROOT, "README.md"), "utf8");
   const at = readme.indexOf(`<!-- ${marker} -->`);
   if (at < 0) throw new Error(`README has no <!-- ${marker} -->`);
-  const match = /```html\n([\s\S]*?)```/.exec(readme.slice(at));
-  if (!match) throw new Error(`no html block after ${marker}`);
+  const match = new RegExp("```" + lang + "\\n([\\s\\S]*?)```").exec(readme.slice(at));
+  if (!match) throw new Error(`no ${lang} block after ${marker}`);
   return match[1];
 }

@@ -120,6 +120,8 @@ _STREAM_SECURITY: Final[Sequence[Mapping[str, Sequence[str]]]] = ({"bearerAuth":
 """What admits a caller to ``GET /sse``: a token (header or ``token`` query), or nobody with SSE_FAST_AUTH=none."""
 _OPEN: Final[Sequence[Mapping[str, Sequence[str]]]] = ()
 """Operations anyone may call."""
+_EXPOSE: Final = ("access-control-expose-headers", "retry-after")
+"""A cross-origin page reads only safelisted answer headers unless told: the SDK waits for ``Retry-After``."""
 
 
 def _error_answer(err: HttpError) -> Response:
@@ -246,19 +248,21 @@ class Api:
 
     def _cors(self, req: Request) -> list[tuple[str, str]]:
         """CORS headers: a listed origin is reflected with credentials (and ``Vary: Origin``); ``*`` is answered as
-        a literal ``*`` without credentials, so that any site may read but none with the user's cookies."""
+        a literal ``*`` without credentials, so that any site may read but none with the user's cookies. Either way
+        the page may read ``Retry-After`` (of a 429 or 503), which the SDK honours."""
         origin = req.headers.get("origin")
         allowed = self.settings.cors_origins
         if not origin or not allowed:
             return []
         if "*" in allowed:
-            return [("access-control-allow-origin", "*")]
+            return [("access-control-allow-origin", "*"), _EXPOSE]
         if origin not in allowed:
             return []
         return [
             ("access-control-allow-origin", origin),
             ("vary", "Origin"),
             ("access-control-allow-credentials", "true"),
+            _EXPOSE,
         ]
 
     def _preflight(self, req: Request) -> Response:
