@@ -1114,3 +1114,70 @@ async def test_the_documented_example_runs(tmp_path: Path, capsys: pytest.Captur
     out = capsys.readouterr().out
     assert "100.0%" in out
     assert "result: {'counted': 3}" in out
+
+
+@pytest.mark.e2e
+async def test_real_the_first_iterator_gets_what_arrived_before_it_and_acks_it(tmp_path: Path) -> None:
+    from _servers import running_server
+
+    with running_server(tmp_path, env=REAL_ENV) as server:
+        async with real_client(server.url, "alice", queue_size=2) as alice, real_client(server.url, "bob") as bob:
+            handled: list[Message] = []
+            alice.subscribe("text", handled.append)
+            text = await bob.send_text("handled", target="alice", require_ack=True)
+            first = await bob.send_json({"n": 1}, target="alice", require_ack=True)  # no handler takes json
+            second = await bob.send_json({"n": 2}, target="alice")
+            await until(lambda: alice.stats().received >= 4)  # connect, text, json, json
+            assert [m.payload for m in handled] == ["handled"]
+            # The held buffer is bounded (queue_size 2): the oldest (the connect event, the text) were dropped, counted.
+            assert alice.stats().unclaimed == 2
+
+            async def status(message_id: str) -> str:
+                async with httpx.AsyncClient() as http:
+                    url = f"{server.url}/api/messages/{message_id}"
+                    answer = await http.get(url, headers={"X-Client-Id": "bob"})
+                return str(answer.json()["status"])
+
+            await until(lambda: alice.stats().sent == 1)  # the handled text's ack
+            assert await status(text.message_id) == "acked"
+            assert await status(first.message_id) == "delivered"  # written to the stream, seen by nobody: not acked
+            got: list[Message] = []
+            async for message in alice.messages():
+                got.append(message)
+                if len(got) == 2:
+                    break
+            assert [(m.id, m.payload) for m in got] == [(first.message_id, {"n": 1}), (second.message_id, {"n": 2})]
+            await until(lambda: alice.stats().sent == 2)
+            assert await status(first.message_id) == "acked"
+
+
+@pytest.mark.e2e
+async def test_real_an_async_token_function_is_called_again_on_a_401_send(tmp_path: Path) -> None:
+    import jwt
+
+    from _servers import running_server
+
+    secret = "s" * 32
+    env = REAL_ENV | {"SSE_FAST_AUTH": "jwt", "SSE_FAST_JWT_SECRET": secret}
+    calls: list[int] = []
+
+    async def token() -> str:
+        calls.append(1)
+        return "expired" if len(calls) == 1 else jwt.encode({"sub": "alice"}, secret, algorithm="HS256")
+
+    with running_server(tmp_path, env=env) as server:
+        async with real_client(server.url, "alice", token=token, auto_connect=False) as alice:
+            answer = await alice.send_text("to myself", target="alice")
+            assert (answer.delivered, answer.queued, answer.duplicate) == (0, True, False)
+            assert len(calls) == 2
+        stale = real_client(server.url, "alice", token=lambda: "never-valid", auto_connect=False)
+        with pytest.raises(AuthError) as caught:
+            await stale.send_text("x", target="alice")
+        assert caught.value.status == 401
+        await stale.close()
+
+
+def test_send_refuses_a_scheduler_command() -> None:
+    client = Client("http://127.0.0.1:1", client_id="c1")
+    with pytest.raises(ValueError, match="send_command"):
+        asyncio.run(client.send(sse_fast.Message(type="command", payload={})))

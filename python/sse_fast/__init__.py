@@ -17,7 +17,7 @@ from sse_fast._core import (
     topic_matches,
     validate_topic,
 )
-from sse_fast.client import Client, Message, Subscription
+from sse_fast.client import Client, CommandAnswer, Message, Priority, PublishAnswer, Subscription, SyncClient
 from sse_fast.errors import (
     AuthError,
     ConnectionLostError,
@@ -40,13 +40,16 @@ __all__ = [
     "App",
     "AuthError",
     "Client",
+    "CommandAnswer",
     "ConnectionLostError",
     "Decoder",
     "Event",
     "FrameError",
     "Message",
     "PermanentError",
+    "Priority",
     "PriorityQueue",
+    "PublishAnswer",
     "QueueFullError",
     "Scheduler",
     "ServerError",
@@ -54,6 +57,7 @@ __all__ = [
     "SettingsError",
     "SseFastError",
     "Subscription",
+    "SyncClient",
     "TaskContext",
     "TaskError",
     "TopicError",

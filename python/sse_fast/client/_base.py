@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import httpx
 import msgspec
@@ -20,8 +20,14 @@ from sse_fast.errors import AuthError, ServerError
 from sse_fast.models import Envelope
 
 if TYPE_CHECKING:
+    from sse_fast.client.answers import PublishAnswer
     from sse_fast.client.dispatch import _Listener
-    from sse_fast.client.outbox import Answer
+
+_A = TypeVar("_A")
+
+Token = str | Callable[[], "str | Awaitable[str]"]
+"""A bearer token, or a function (sync or async) that returns one: called before the first request and again when
+the server answers 401, before the client gives up."""
 
 log = logging.getLogger("sse_fast.client")
 
@@ -42,6 +48,8 @@ class _ClientBase:
     connection_timeout: float
     _http: httpx.AsyncClient
     _headers: dict[str, str]
+    _token: Token | None
+    _token_ready: bool
     _queue_size: int
     _counts: dict[str, int]
 
@@ -67,11 +75,31 @@ class _ClientBase:
         def _is_duplicate(self, message: Envelope) -> bool: ...
 
         # The outbound queue (sse_fast.client.outbox)
-        async def send(self, message: Envelope) -> Answer: ...
-        async def _submit(self, path: str, body: bytes, priority: int) -> Answer: ...
+        async def send(self, message: Envelope) -> PublishAnswer: ...
+        async def _send_envelope(self, message: Envelope, answer: type[_A]) -> _A: ...
+        async def _submit(self, path: str, body: bytes, priority: int, answer: type[_A]) -> _A: ...
 
         # Tasks (sse_fast.client.tasks)
         def _route_task_event(self, message: Envelope) -> None: ...
+
+    # -- the token -------------------------------------------------------------------------------------------
+
+    async def _ensure_token(self) -> None:
+        """Put the token in the headers, calling the token function the first time."""
+        if not self._token_ready:
+            await self._refresh_token()
+
+    async def _refresh_token(self) -> bool:
+        """Call the token function again (after a 401); False when the token is a plain string (nothing to do)."""
+        token = self._token
+        if token is None or (isinstance(token, str) and self._token_ready):
+            return False
+        value = token if isinstance(token, str) else token()
+        if inspect.isawaitable(value):
+            value = await value
+        self._headers["Authorization"] = f"Bearer {value}"
+        self._token_ready = True
+        return not isinstance(token, str)
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:

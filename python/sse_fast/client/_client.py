@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from sse_fast.client._base import log
+from sse_fast.client._base import Token, log
 from sse_fast.client.connection import KEEPALIVE, State, _Connection
 from sse_fast.client.dispatch import _Dispatcher
 from sse_fast.client.outbox import _Outbox
@@ -47,6 +47,9 @@ class ClientStats:
     gaps: int
     """Resumes the server could not serve (``unknown_cursor``, ``expired``): messages may have been lost."""
     heartbeats: int
+    unclaimed: int
+    """Messages dropped from the buffer held for the first :meth:`Client.messages` iterator (``queue_size``) while
+    none was attached yet."""
     by_type: dict[str, int]
     uptime: float
     """Seconds since the current connection was established (0.0 when not connected)."""
@@ -65,7 +68,9 @@ class Client(_Connection, _Outbox, _Dispatcher, _Tasks):
     ``auto_connect=False`` ``async with`` only prepares the client for sending. :meth:`close` ends everything and
     fails what is still queued with :class:`~sse_fast.errors.ConnectionLostError`.
 
-    Options (keyword-only): ``token`` (sent as ``Authorization: Bearer``); ``topics`` to subscribe to;
+    Options (keyword-only): ``token`` (sent as ``Authorization: Bearer``; or a function, sync or async, returning
+    one: called before the first request and again on a 401, once, before the client gives up); ``topics`` to
+    subscribe to;
     ``heartbeat_interval`` (the server's heartbeat period; with ``read_timeout`` unset, the stream is declared dead
     after ``2.5 * min(KEEPALIVE, heartbeat_interval)`` seconds without a byte); ``max_reconnect_attempts``
     consecutive failed attempts before giving up (None: forever); ``reconnect_base_delay`` and
@@ -80,7 +85,7 @@ class Client(_Connection, _Outbox, _Dispatcher, _Tasks):
         base_url: str,
         *,
         client_id: str,
-        token: str | None = None,
+        token: Token | None = None,
         topics: Iterable[str] = (),
         heartbeat_interval: float = 30.0,
         max_reconnect_attempts: int | None = 10,
@@ -107,9 +112,11 @@ class Client(_Connection, _Outbox, _Dispatcher, _Tasks):
         self.auto_connect = auto_connect
         self.auto_ack = auto_ack
         self._headers = dict(headers or {})
-        if token is not None:
+        self._token, self._token_ready = token, False
+        if isinstance(token, str):
             self._headers["Authorization"] = f"Bearer {token}"
-        elif client_id:  # with a token the server takes the identity from it (a different X-Client-Id is 403)
+            self._token_ready = True
+        elif token is None and client_id:  # with a token, the server takes the identity from it (X-Client-Id: 403)
             self._headers.setdefault("X-Client-Id", client_id)
         self._http = http_client or httpx.AsyncClient()
         self._own_http = http_client is None
@@ -136,6 +143,7 @@ class Client(_Connection, _Outbox, _Dispatcher, _Tasks):
                 "handler_errors",
                 "gaps",
                 "heartbeats",
+                "unclaimed",
             ),
             0,
         )

@@ -187,6 +187,7 @@ class _Connection(_ClientBase):
     async def _run(self) -> None:
         failures = 0
         first = True
+        refreshed = False  # the token function was called again after a 401 and nothing connected since
         while True:
             self._set_state("connecting" if first else "reconnecting")
             if not first:
@@ -202,6 +203,9 @@ class _Connection(_ClientBase):
                 self._finish(None)
                 return
             except AuthError as err:
+                if err.status == 401 and not refreshed and await self._refresh_token():
+                    refreshed = True
+                    continue  # at once, with the new token
                 self._finish(err)
                 return
             except _Lost as err:
@@ -211,6 +215,7 @@ class _Connection(_ClientBase):
             except (httpx.HTTPError, FrameError, OSError) as err:
                 reason = f"{type(err).__name__}: {err}"
             delivered = delivered or self._delivered
+            refreshed = refreshed and not delivered
             if self._state == "connected":
                 self._set_state("reconnecting")
             if self._maintenance_floor is not None:
@@ -244,6 +249,7 @@ class _Connection(_ClientBase):
         """One connection: open the stream, read it until it ends; returns whether it delivered messages."""
         self._decoder.reset()
         self._delivered = False
+        await self._ensure_token()
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **self._headers}
         headers.pop("Content-Type", None)
         if self._cursor is not None:

@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from sse_fast.client._base import _call, _ClientBase, _json, log
+from sse_fast.client.answers import AckAnswer
 from sse_fast.models import Envelope
-
-if TYPE_CHECKING:
-    from sse_fast.client.outbox import Answer
 
 __all__ = ["Handler", "Subscription"]
 
@@ -104,6 +102,13 @@ class _Dispatcher(_ClientBase):
         self._inbound_ready = asyncio.Event()
         self._inbound_room = asyncio.Event()
 
+        # Until the first messages() iterator: what was dispatched (to handlers, or to nobody) is held for it, bounded
+        # by queue_size (the oldest dropped, counted in stats().unclaimed); an ack that no handler earned waits
+        # until the iterator takes the message.
+        self._iterated = False
+        self._unclaimed: deque[Envelope] = deque()  # bounded by queue_size (see above)
+        self._unacked: set[str] = set()  # ids in _unclaimed whose ack waits for the iterator
+
         self._handlers: list[_Handler] = []
         self._handler_order = 0
         self._listeners = set()
@@ -174,21 +179,52 @@ class _Dispatcher(_ClientBase):
             self._by_type[key] = self._by_type.get(key, 0) + 1
         if plain:
             self._history.append(message)
-        failed = await self._run_handlers(message, plain)
+        ran, failed = await self._run_handlers(message, plain)
         for listener in list(self._listeners):
             if listener.wants(message) and not listener.put(message):
                 self._counts["dropped"] += 1
+        held = not self._iterated and message.type != "heartbeat" and self._hold(message)
         if message.id is None or not plain:
             return
         if failed:
             self._seen.pop(message.id, None)  # let the server's redelivery run the handlers again
             return
+        if held and not ran:
+            self._unacked.add(message.id)  # nobody has seen it yet: the iterator that takes it earns the ack
+            return
+        self._handled(message)
+
+    def _handled(self, message: Envelope) -> None:
+        assert message.id is not None
         if message.id in self._seen:
             self._seen[message.id] = "done"
         if message.require_ack and self.auto_ack:
             self._queue_ack(message.id)
 
-    async def _run_handlers(self, message: Envelope, plain: bool) -> bool:
+    def _hold(self, message: Envelope) -> bool:
+        """Keep ``message`` for the first :meth:`messages` iterator (none has been attached yet)."""
+        if len(self._unclaimed) >= self._queue_size:
+            dropped = self._unclaimed.popleft()
+            self._counts["unclaimed"] += 1
+            if dropped.id is not None and dropped.id in self._unacked:
+                self._unacked.discard(dropped.id)
+                self._seen.pop(dropped.id, None)  # not acked: the server's redelivery brings it again
+        self._unclaimed.append(message)
+        return True
+
+    def _claim(self, listener: _Listener) -> None:
+        """The first iterator: hand it what was held for it, and ack what it is the first to take."""
+        self._iterated = True
+        held, self._unclaimed = self._unclaimed, deque()
+        for message in held:
+            if listener.wants(message) and not listener.put(message):
+                self._counts["dropped"] += 1
+            if message.id is not None and message.id in self._unacked:
+                self._unacked.discard(message.id)
+                self._handled(message)
+
+    async def _run_handlers(self, message: Envelope, plain: bool) -> tuple[bool, bool]:
+        """Run the handlers of ``message``: whether any ran, and whether any failed."""
         handlers = [h for h in self._handlers if h.type == message.type or (plain and h.type == "*")]
         handlers.sort(key=lambda h: (-h.priority, h.order))
         failed = False
@@ -203,7 +239,7 @@ class _Dispatcher(_ClientBase):
                 failed = True
                 self._counts["handler_errors"] += 1
                 log.exception("handler %r failed on message %s (%s)", handler.fn, message.id, message.type)
-        return failed
+        return bool(handlers), failed
 
     # -- receiving -------------------------------------------------------------------------------------------
 
@@ -234,11 +270,14 @@ class _Dispatcher(_ClientBase):
         self._consumers_changed()
         return handler.subscription
 
-    async def messages(self, *, system: bool = False, heartbeats: bool = False) -> AsyncIterator[Envelope]:
+    async def messages(self, *, system: bool = False, heartbeats: bool = False) -> AsyncGenerator[Envelope, None]:
         """Iterate over the messages as they arrive (an alternative to handlers; both may be used at once).
 
         ``system`` and ``heartbeat`` messages only when asked. Each iterator buffers up to ``queue_size``
-        messages and drops its oldest beyond (counted in ``stats().dropped``). The iteration ends when the client
+        messages and drops its oldest beyond (counted in ``stats().dropped``). The first iterator also gets what
+        arrived before it (after ``async with``, or while only handlers listened): up to ``queue_size`` messages are
+        held for it, the oldest dropped beyond (counted in ``stats().unclaimed``), and a ``requireAck`` message that
+        no handler took is acknowledged when this iterator gets it, not before. The iteration ends when the client
         is closed or the server answered 204, and raises the error that stopped the stream
         (:class:`~sse_fast.errors.AuthError`, :class:`~sse_fast.errors.ConnectionLostError`).
         """
@@ -247,6 +286,8 @@ class _Dispatcher(_ClientBase):
             raise self._fatal
         if self._closed or self._stopped:
             return
+        if not self._iterated:
+            self._claim(listener)
         self._listeners.add(listener)
         self._consumers_changed()
         try:
@@ -271,9 +312,9 @@ class _Dispatcher(_ClientBase):
 
     # -- acknowledging ---------------------------------------------------------------------------------------
 
-    async def ack(self, message_id: str) -> Answer:
+    async def ack(self, message_id: str) -> AckAnswer:
         """Acknowledge a ``requireAck`` message (what ``auto_ack`` does after the handlers returned)."""
-        return await self._submit("/api/ack", _json.encode({"messageIds": [message_id]}), _ACK_PRIORITY)
+        return await self._submit("/api/ack", _json.encode({"messageIds": [message_id]}), _ACK_PRIORITY, AckAnswer)
 
     def _queue_ack(self, message_id: str) -> None:
         async def ack() -> None:

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
 import msgspec
 
 from sse_fast._core import PriorityQueue
 from sse_fast.client._base import _answer_error, _ClientBase, _json, _retry_after, log
+from sse_fast.client.answers import AckAnswer, CommandAnswer, Priority, PublishAnswer, TaskRecord, TasksAnswer
 from sse_fast.errors import ConnectionLostError, QueueFullError, ServerError
-from sse_fast.models import AckAnswer, CommandAnswer, Envelope, PublishAnswer, new_message_id
+from sse_fast.models import Envelope, new_message_id
 
 __all__ = ["RETRY_DELAYS", "Answer"]
 
-Answer = PublishAnswer | CommandAnswer | AckAnswer
-"""What the server answered a send."""
+Answer = PublishAnswer | CommandAnswer | AckAnswer | TaskRecord | TasksAnswer
+"""Every answer a call of the client may get (each call is typed with its own one)."""
+
+_A = TypeVar("_A")
 
 RETRY_DELAYS: Final[tuple[float, ...]] = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Seconds between the attempts of one send (429, 503, network errors); a ``Retry-After`` can only lengthen them."""
@@ -33,8 +36,10 @@ class _Outgoing:
     path: str
     body: bytes
     priority: int
-    future: asyncio.Future[Answer]
+    answer: type[Any]
+    future: asyncio.Future[Any]
     attempts: int = 0
+    refreshed: bool = False
 
 
 class _Outbox(_ClientBase):
@@ -47,7 +52,7 @@ class _Outbox(_ClientBase):
 
     # -- sending ---------------------------------------------------------------------------------------------
 
-    async def send(self, message: Envelope) -> Answer:
+    async def send(self, message: Envelope) -> PublishAnswer:
         """Queue ``message`` and wait for the server's answer.
 
         The message gets an id when it has none, so a retried send is accepted once (the server deduplicates by
@@ -57,11 +62,19 @@ class _Outbox(_ClientBase):
         fail at once (:class:`~sse_fast.errors.ServerError`, :class:`~sse_fast.errors.AuthError`). When the queue
         is full, the oldest message of a lower priority is evicted (its send fails with
         :class:`~sse_fast.errors.QueueFullError`), or, when there is none, this one is refused.
+
+        A ``command`` for the scheduler (no ``target``) goes through :meth:`send_command`, which answers the
+        scheduler's types; here it is a ``ValueError``.
         """
+        if message.type == "command" and message.target is None:
+            raise ValueError("a command for the scheduler is sent with send_command()")
+        return await self._send_envelope(message, PublishAnswer)
+
+    async def _send_envelope(self, message: Envelope, answer: type[_A]) -> _A:
         if message.id is None:
             message = msgspec.structs.replace(message, id=new_message_id())
         path = "/api/commands" if message.type == "command" and message.target is None else "/api/messages"
-        return await self._submit(path, _json.encode(message), message.priority)
+        return await self._submit(path, _json.encode(message), message.priority, answer)
 
     async def send_text(
         self,
@@ -69,9 +82,9 @@ class _Outbox(_ClientBase):
         *,
         target: str | None = None,
         topic: str | None = None,
-        priority: int = 1,
+        priority: int = Priority.NORMAL,
         require_ack: bool = False,
-    ) -> Answer:
+    ) -> PublishAnswer:
         """Send a ``text`` message (``payload`` is ``text``); no ``target`` and no ``topic`` is a broadcast."""
         return await self.send(
             Envelope(type="text", payload=text, target=target, topic=topic, priority=priority, require_ack=require_ack)
@@ -83,23 +96,24 @@ class _Outbox(_ClientBase):
         *,
         target: str | None = None,
         topic: str | None = None,
-        priority: int = 1,
+        priority: int = Priority.NORMAL,
         require_ack: bool = False,
-    ) -> Answer:
+    ) -> PublishAnswer:
         """Send a ``json`` message with ``obj`` as its payload."""
         return await self.send(
             Envelope(type="json", payload=obj, target=target, topic=topic, priority=priority, require_ack=require_ack)
         )
 
-    async def _submit(self, path: str, body: bytes, priority: int) -> Answer:
+    async def _submit(self, path: str, body: bytes, priority: int, answer: type[_A]) -> _A:
         if self._closed:
             raise ConnectionLostError("the client is closed")
         if self._fatal is not None:
             raise self._fatal
         self._start_workers()
-        item = _Outgoing(path, body, priority, asyncio.get_running_loop().create_future())
+        item = _Outgoing(path, body, priority, answer, asyncio.get_running_loop().create_future())
         self._enqueue(item)
-        return await item.future
+        result: _A = await item.future
+        return result
 
     def _enqueue(self, item: _Outgoing) -> None:
         queue = self._outbox
@@ -156,6 +170,7 @@ class _Outbox(_ClientBase):
 
     async def _post(self, item: _Outgoing) -> tuple[BaseException | None, float | None]:
         """One attempt; resolves the future when done, else returns the retryable error and a Retry-After."""
+        await self._ensure_token()
         headers = {**self._headers, "Content-Type": "application/json"}
         try:
             response = await self._http.post(
@@ -166,11 +181,14 @@ class _Outbox(_ClientBase):
         status = response.status_code
         if status in (429, 503):
             return _answer_error(status, response.content), _retry_after(response.headers)
+        if status == 401 and not item.refreshed and await self._refresh_token():
+            item.refreshed = True  # once per send: a token that a fresh call does not fix is refused
+            return await self._post(item)
         if item.future.done():
             return None, None
         if 200 <= status < 300:
             try:
-                answer = self._decode_answer(item.path, response.content)
+                answer = msgspec.json.decode(response.content, type=item.answer)
             except (msgspec.DecodeError, msgspec.ValidationError) as err:
                 item.future.set_exception(ServerError(f"unexpected answer: {err}", status=status, code="bad_answer"))
                 return None, None
@@ -179,12 +197,3 @@ class _Outbox(_ClientBase):
         else:
             item.future.set_exception(_answer_error(status, response.content))
         return None, None
-
-    @staticmethod
-    def _decode_answer(path: str, body: bytes) -> Answer:
-        data = msgspec.json.decode(body)
-        if isinstance(data, dict) and "acked" in data:
-            return msgspec.convert(data, AckAnswer)
-        if path == "/api/commands" and isinstance(data, dict) and "taskId" in data:
-            return msgspec.convert(data, CommandAnswer)
-        return msgspec.convert(data, PublishAnswer)

@@ -11,18 +11,35 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal, TypedDict, Unpack, overload
 
 import msgspec
 
 from sse_fast.client._base import _answer_error, _call, _ClientBase, log
-from sse_fast.errors import ServerError, TaskError
-from sse_fast.models import CommandAnswer, CommandPayload, Envelope, ProgressPayload, TaskRecord, new_message_id
+from sse_fast.client.answers import CommandAnswer, Priority, PublishAnswer, TaskRecord, TasksAnswer
+from sse_fast.errors import TaskError
+from sse_fast.models import CommandPayload, Envelope, ProgressPayload, new_message_id
 
-if TYPE_CHECKING:
-    from sse_fast.client.outbox import Answer
+__all__ = ["Action", "CommandAction", "CommandOptions"]
 
-__all__: list[str] = []
+Action = Literal["execute", "cancel", "pause", "resume", "query", "sync"]
+"""A command's action (PROTOCOL.md section 4)."""
+CommandAction = Literal["execute", "cancel", "pause", "resume"]
+"""The actions the scheduler answers with a :class:`~sse_fast.client.CommandAnswer`."""
+
+
+class CommandOptions(TypedDict, total=False):
+    """The options of :meth:`Client.send_command` besides ``action`` and ``target``."""
+
+    task: str | None
+    task_id: str | None
+    params: Mapping[str, Any] | None
+    timeout: float | None
+    priority: int
+    command_id: str | None
+
+
+_ANSWERS: Final[dict[str, type[TaskRecord | TasksAnswer]]] = {"query": TaskRecord, "sync": TasksAnswer}
 
 _TASK_EVENTS: Final = 256  # recent task events kept for run_task's answer/event race
 _WAITER_EVENTS: Final = 64
@@ -86,7 +103,7 @@ class _Tasks(_ClientBase):
         *,
         on_progress: Callable[[ProgressPayload], Any] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the scheduler's deadline for the task, not ours
-        priority: int = 2,
+        priority: int = Priority.HIGH,
     ) -> Any:
         """Submit ``task`` to the server's scheduler and wait for its result.
 
@@ -104,8 +121,6 @@ class _Tasks(_ClientBase):
             answer = await self.send_command(
                 "execute", task=task, params=params, timeout=timeout, priority=priority, command_id=command_id
             )
-            if not isinstance(answer, CommandAnswer):
-                raise ServerError("the server relayed the command instead of scheduling it", status=202, code="relayed")
             waiter.task_id = answer.task_id
             for message in list(self._task_events):
                 if waiter.matches(message) and message not in waiter.events:
@@ -159,34 +174,54 @@ class _Tasks(_ClientBase):
             raise _answer_error(response.status_code, response.content)
         return msgspec.json.decode(response.content, type=TaskRecord)
 
-    async def cancel_task(self, task_id: str) -> Answer:
+    async def cancel_task(self, task_id: str) -> CommandAnswer:
         """Send a ``cancel`` command for ``task_id``."""
         return await self.send_command("cancel", task_id=task_id)
 
-    async def pause_task(self, task_id: str) -> Answer:
+    async def pause_task(self, task_id: str) -> CommandAnswer:
         """Send a ``pause`` command for ``task_id``."""
         return await self.send_command("pause", task_id=task_id)
 
-    async def resume_task(self, task_id: str) -> Answer:
+    async def resume_task(self, task_id: str) -> CommandAnswer:
         """Send a ``resume`` command for ``task_id``."""
         return await self.send_command("resume", task_id=task_id)
 
+    @overload
+    async def send_command(
+        self, action: CommandAction, *, target: None = None, **options: Unpack[CommandOptions]
+    ) -> CommandAnswer: ...
+    @overload
+    async def send_command(
+        self, action: Literal["query"], *, target: None = None, **options: Unpack[CommandOptions]
+    ) -> TaskRecord: ...
+    @overload
+    async def send_command(
+        self, action: Literal["sync"], *, target: None = None, **options: Unpack[CommandOptions]
+    ) -> TasksAnswer: ...
+    @overload
+    async def send_command(
+        self, action: Action, *, target: str, **options: Unpack[CommandOptions]
+    ) -> PublishAnswer: ...
+
     async def send_command(
         self,
-        action: Literal["execute", "cancel", "pause", "resume", "query", "sync"],
+        action: Action,
         *,
         task: str | None = None,
         task_id: str | None = None,
         params: Mapping[str, Any] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the scheduler's deadline for the task, not ours
-        priority: int = 2,
+        priority: int = Priority.HIGH,
         target: str | None = None,
         command_id: str | None = None,
-    ) -> Answer:
+    ) -> CommandAnswer | TaskRecord | TasksAnswer | PublishAnswer:
         """Send a command (PROTOCOL.md section 4) to the scheduler, or to the client ``target``.
 
-        ``timeout`` is in seconds (sent as milliseconds). The scheduler answers a
-        :class:`~sse_fast.models.CommandAnswer` (``taskId``, ``status``).
+        ``timeout`` is in seconds (sent as milliseconds). The answer's type follows the action (typed by overloads):
+        ``execute``, ``cancel``, ``pause`` and ``resume`` answer a :class:`~sse_fast.client.CommandAnswer`
+        (``task_id``, ``status``); ``query`` the task's :class:`~sse_fast.models.TaskRecord`; ``sync`` the caller's
+        tasks (:class:`~sse_fast.models.TasksAnswer`); a command relayed to a ``target`` client a
+        :class:`~sse_fast.client.PublishAnswer`.
         """
         payload = CommandPayload(
             command_id=command_id or new_message_id(),
@@ -197,4 +232,7 @@ class _Tasks(_ClientBase):
             timeout=None if timeout is None else max(1, round(timeout * 1000)),
         )
         envelope = Envelope(type="command", payload=msgspec.to_builtins(payload), priority=priority, target=target)
-        return await self.send(envelope)
+        answer: type[CommandAnswer | TaskRecord | TasksAnswer | PublishAnswer] = (
+            PublishAnswer if target is not None else _ANSWERS.get(action, CommandAnswer)
+        )
+        return await self._send_envelope(envelope, answer)
