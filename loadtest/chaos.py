@@ -19,7 +19,8 @@ docs/reliability.md; in short:
 The ledger, per surviving SDK subscriber: every resumable message accepted with 2xx that it was entitled to (its
 topics, its direct messages, broadcasts; published after its first connect) was received exactly once after
 dedupe, or a ``connect`` with ``resumed: false`` and a reason came after it was published (the loss was signalled).
-Exit status 1 on any violation (unsignalled loss, duplicate, hang, RSS over the bound, p99 over twice the calm one).
+Exit status 1 on any violation (unsignalled loss, duplicate, hang, RSS over the bound; and, except with --smoke,
+p99 over twice the calm one).
 
     python loadtest/chaos.py                      # CHAOS_SECONDS or 180 s; results in bench/results/chaos.{json,md}
     python loadtest/chaos.py --smoke              # 40 s, fewer clients, results in loadtest/results/ (ignored)
@@ -566,7 +567,7 @@ def ledger(run: Run) -> dict[str, Any]:
     }
 
 
-def summarize(run: Run, rss_bound_mb: float) -> dict[str, Any]:
+def summarize(run: Run, rss_bound_mb: float, *, judge_latency: bool = True) -> dict[str, Any]:
     book = ledger(run)
     calm = latencies(run, *run.calm)
     chaos = latencies(run, *run.chaos)
@@ -608,8 +609,10 @@ def summarize(run: Run, rss_bound_mb: float) -> dict[str, Any]:
     for name, mb in summary["rss_max_mb"].items():
         if mb > rss_bound_mb:
             violations.append(f"node {name}: RSS {mb} MB over {rss_bound_mb} MB")
+    # The p99 ratio is a measurement of the machine as much as of the server: the full run judges it; the smoke in
+    # `make test` only reports it (a test must never depend on the machine's speed).
     bound = 2 * max(p99(calm), LATENCY_FLOOR)
-    if p99(chaos) > bound:
+    if judge_latency and p99(chaos) > bound:
         violations.append(f"p99 {summary['p99_chaos_ms']} ms during chaos > {bound * 1000:.0f} ms (2x calm)")
     if not chaos or not calm:
         violations.append("no latency samples")
@@ -678,7 +681,7 @@ async def main_async(args: argparse.Namespace) -> int:
             node.start()
         run = Run("redis-3-nodes", nodes, redis)
         await chaos_run(run, args, kill_redis=True)
-        summaries.append(summarize(run, args.rss_bound_mb))
+        summaries.append(summarize(run, args.rss_bound_mb, judge_latency=not args.smoke))
         if args.appendonly and summaries[-1]["gaps_signalled"]:
             summaries[-1]["violations"].append("Redis kept its log (appendonly), yet resumes reported a gap")
         for node in nodes:
@@ -692,7 +695,7 @@ async def main_async(args: argparse.Namespace) -> int:
             short.calm, short.chaos = args.calm / 2, args.chaos / 3
             run = Run("memory-1-node", [memory], None)
             await chaos_run(run, short, kill_redis=False)
-            summaries.append(summarize(run, args.rss_bound_mb))
+            summaries.append(summarize(run, args.rss_bound_mb, judge_latency=not args.smoke))
     finally:
         for node in nodes:
             node.kill()
