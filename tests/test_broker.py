@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import msgspec
@@ -134,3 +135,22 @@ async def test_finished_acks_do_not_keep_their_payload() -> None:
     assert await app.broker.ack("t", ["big"], admin=False) == 1
     assert app.broker.counters()["acks_bytes"] == 0
     assert await app.broker.message_status("big") == ("s", "acked", ["t"])
+
+
+async def test_finished_ack_statuses_are_forgotten_after_their_ttl_not_kept_until_the_count_bound() -> None:
+    # The soak (loadtest/soak.py) found acks_tracked growing for as long as requireAck traffic ran: an acked or
+    # expired message's status stayed until SSE_FAST_MAX_PENDING_ACKS newer ones pushed it out.
+    app = make_app(ack_timeout=1.0, ack_retries=0, ack_status_ttl=10.0)  # lifetime 1 x (0 + 2) + 10 = 12 s
+    await app.broker.publish(envelope(1, id="done", target="t", source="s", require_ack=True))
+    await app.broker.publish(envelope(2, id="unacked", target="gone", source="s", require_ack=True))
+    assert await app.broker.ack("t", ["done"], admin=False) == 1
+    now = time.time()
+    app.broker.tick(now + 5)  # "unacked" expired (no retries), both statuses still queryable
+    assert await app.broker.message_status("done") == ("s", "acked", ["t"])
+    assert await app.broker.message_status("unacked") == ("s", "expired", [])
+    assert app.broker.counters()["acks_tracked"] == 2
+    app.broker.tick(now + 13)
+    assert await app.broker.message_status("done") is None
+    assert await app.broker.message_status("unacked") is None
+    assert app.broker.counters()["acks_tracked"] == 0
+    assert app.broker.counters()["acks_bytes"] == 0

@@ -233,3 +233,16 @@ async def test_task_records_in_redis_are_bounded_by_the_retention_settings(tmp_p
             assert 120 < client.ttl(f"sse:task:{running}") <= 300  # live: refreshed by its node
             for key in client.scan_iter("sse:conns:*"):
                 assert 0 < client.ttl(key) <= 15
+
+
+async def test_the_task_indexes_drop_ids_when_their_records_expire(tmp_path: Path) -> None:
+    # The soak (loadtest/soak.py, SOAK_BROKER=redis) found used_memory growing with every task: the indexes were
+    # trimmed only to retention_count, so ids of records long expired stayed in sse:tasks:all and sse:tasks:c:*.
+    env = {"SSE_FAST_SCHEDULER_RETENTION": "6"}  # long enough to see all five indexed on a busy machine
+    with running_redis(tmp_path) as redis_server, nodes(tmp_path, redis_server.url, 1, **env) as (a,):
+        ids = [execute(a, "dora", "mark", label=str(i)) for i in range(5)]
+        with redis_server.client() as client:
+            eventually(lambda: client.zcard("sse:tasks:all") == 5)
+            assert client.zcard("sse:tasks:c:dora") == 5
+            eventually(lambda: not any(client.exists(f"sse:task:{task_id}") for task_id in ids))
+            eventually(lambda: client.zcard("sse:tasks:all") == 0 and client.zcard("sse:tasks:c:dora") == 0)

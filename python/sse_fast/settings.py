@@ -171,6 +171,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ack_timeout: Annotated[Seconds, _doc("Wait for an ack before redelivering.", unit="s", gt=0)] = 30.0
     ack_retries: Annotated[Count, _doc("Redeliveries of an unacked message before it expires.", ge=0)] = 5
     max_pending_acks: Annotated[Count, _doc("requireAck messages tracked at once.", gt=0)] = 100_000
+    ack_status_ttl: Annotated[
+        Seconds,
+        _doc(
+            "How long an acked or expired requireAck message's status stays queryable (`GET /api/messages/{id}`), "
+            "past its last redelivery.",
+            unit="s",
+            gt=0,
+        ),
+    ] = 3600.0
 
     # Per-client publish limits (section 3): a token bucket per caller and worker; API keys and JWT admins are exempt
     publish_rate: Annotated[

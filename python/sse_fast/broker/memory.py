@@ -48,6 +48,7 @@ class _Tracked:
     acked_by: list[str] = field(default_factory=list)
     exclude: str | None = None
     size: int = 0  # bytes of the envelope held for redelivery (0 once the message is finished)
+    forget_at: float = 0.0  # when even its status is dropped (the Redis broker's ack key TTL)
 
     @property
     def open(self) -> bool:
@@ -266,7 +267,10 @@ class MemoryBroker(Broker):
         replaced = self._acks.pop(accepted.message_id, None)
         if replaced is not None:
             self._ack_bytes -= replaced.size
-        self._acks[accepted.message_id] = _Tracked(envelope, status, deadline, exclude=exclude, size=size)
+        forget_at = now + self._ack_lifetime()
+        self._acks[accepted.message_id] = _Tracked(
+            envelope, status, deadline, exclude=exclude, size=size, forget_at=forget_at
+        )
         self._ack_bytes += size
         heapq.heappush(self._deadlines, (deadline, accepted.message_id))
         # Bounded by count and by the bytes held for redelivery (SSE_FAST_REPLAY_BYTES): oldest first.
@@ -275,6 +279,23 @@ class MemoryBroker(Broker):
             if dropped.open:
                 self.acks_expired += 1
             self._ack_bytes -= dropped.size
+
+    def _ack_lifetime(self) -> float:
+        """Every delivery's wait, then SSE_FAST_ACK_STATUS_TTL: what the Redis broker gives its ack key."""
+        s = self.settings
+        return s.ack_timeout * (s.ack_retries + 2) + s.ack_status_ttl
+
+    def _forget_acks(self, now: float) -> None:
+        """Drop the records past their lifetime, oldest first: without this a finished message's status stayed
+        until SSE_FAST_MAX_PENDING_ACKS newer ones pushed it out, so that steady requireAck traffic grew memory."""
+        while self._acks:
+            message_id, tracked = next(iter(self._acks.items()))
+            if tracked.forget_at > now:
+                return
+            del self._acks[message_id]
+            if tracked.open:
+                self.acks_expired += 1
+            self._ack_bytes -= tracked.size
 
     def _finish(self, tracked: _Tracked, status: Literal["acked", "expired"]) -> None:
         """The message is acked or expired: keep its status, not its payload."""
@@ -323,6 +344,7 @@ class MemoryBroker(Broker):
         self.mailboxes.expire(now)
         self.dedupe.expire(now)
         self._redeliver(now)
+        self._forget_acks(now)
 
     def _redeliver(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:

@@ -17,12 +17,14 @@ Keys, all bounded:
   scheduler's retention once the task has ended, :data:`LIVE_TTL` while it lives (refreshed by its node every
   :data:`LIVE_REFRESH` seconds, so that the live records of a dead node vanish within :data:`LIVE_TTL`).
 - ``sse:tasks:c:<client>`` and ``sse:tasks:all``, sorted sets of task ids by ``createdAt``, trimmed to the
-  scheduler's ``retention_count`` newest and ``EXPIRE``d; ids whose hash expired are dropped when read.
+  scheduler's ``retention_count`` newest and ``EXPIRE``d; the node that wrote a finished record drops its id
+  from both when the record expires (the retention), and ids whose hash expired are dropped when read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import secrets
@@ -68,6 +70,11 @@ class RedisTaskRegistry(LocalTaskRegistry):
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._serving: set[asyncio.Task[None]] = set()
         self._last_refresh = time.monotonic()
+        # (when its record expires, task id, client id) of the finished records this node wrote, oldest first: the
+        # ids leave the indexes then. Written every time, the indexes only shrank by retention_count under a steady
+        # stream of tasks, so Redis memory grew for as long as tasks ran (found by loadtest/soak.py).
+        self._expiring: collections.deque[tuple[float, str, str]] = collections.deque()
+        self._unindexing: asyncio.Task[None] | None = None
         scheduler.watch(self._changed)
         broker.on_control("task", self._on_control)
         broker.on_control("task_reply", self._on_reply)
@@ -113,6 +120,8 @@ class RedisTaskRegistry(LocalTaskRegistry):
             key = keys.task(record.task_id)
             pipe.hset(key, mapping={"rec": _json.encode(record), "node": node})
             pipe.expire(key, max(1, int(s.retention)) if record.status in _FINISHED else LIVE_TTL)
+            if record.status in _FINISHED and len(self._expiring) < s.retention_count:  # past it: retention_count
+                self._expiring.append((time.monotonic() + max(1, int(s.retention)), record.task_id, record.client_id))
             for index in (keys.tasks_of(record.client_id), keys.TASKS_ALL):
                 pipe.zadd(index, {record.task_id: record.created_at})
                 pipe.zremrangebyrank(index, 0, -(s.retention_count + 1))
@@ -127,6 +136,22 @@ class RedisTaskRegistry(LocalTaskRegistry):
                 self._dirty.setdefault(record.task_id, record)
         if self._dirty and (self._writer is None or self._writer.done()) and self.broker.ready():
             self._writer = asyncio.get_running_loop().create_task(self._write_quietly())
+        due = bool(self._expiring) and self._expiring[0][0] <= time.monotonic()
+        if due and (self._unindexing is None or self._unindexing.done()) and self.broker.ready():
+            self._unindexing = asyncio.get_running_loop().create_task(self._unindex())
+
+    async def _unindex(self) -> None:
+        """Drop the ids of expired records from the indexes (best effort: a failure leaves them to the read path)."""
+        now = time.monotonic()
+        pipe = self.broker.redis.pipeline(transaction=False)
+        while self._expiring and self._expiring[0][0] <= now:
+            _, task_id, client_id = self._expiring.popleft()
+            pipe.zrem(keys.tasks_of(client_id), task_id)
+            pipe.zrem(keys.TASKS_ALL, task_id)
+        try:
+            await self.broker.call(pipe.execute())
+        except (RedisError, OSError, HttpError) as err:
+            log.warning("could not drop expired task ids from the indexes: %s", err)
 
     # -- reading -----------------------------------------------------------------------------------------------
 

@@ -309,7 +309,7 @@ class RedisBroker(Broker):
             int(s.mailbox_ttl) or 1,
             "1" if envelope.require_ack and track else "0",
             int((time.time() + s.ack_timeout) * 1000),
-            int(s.ack_timeout * (s.ack_retries + 2)) + 3600,
+            int(s.ack_timeout * (s.ack_retries + 2) + s.ack_status_ttl),
             s.max_pending_acks,
             data,
             envelope.type,
