@@ -86,6 +86,14 @@ async function assertAllOnce(page, count) {
   assert.deepEqual([...seen].sort((a, b) => a - b), Array.from({ length: count }, (_, i) => i), "loss or duplicate");
 }
 
+/** Make `page` hidden (or visible again) as far as its scripts can tell, and fire visibilitychange. */
+const setHidden = (page, hidden) =>
+  page.evaluate((hidden) => {
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => (hidden ? "hidden" : "visible") });
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, hidden);
+
 const connections = async (server, clientId) =>
   (await server.get("/api/connections"))[1].filter((c) => c.clientId === clientId).length;
 
@@ -182,6 +190,146 @@ describe("the SDK's connection manager in Chromium", () => {
       await publish(server, "pia", 8, 10);
       await assertAllOnce(page, 10);
       await page.close();
+    });
+  });
+
+  test("the watchdog with transport eventsource: twice the larger of keepalive and heartbeat, no loss", async () => {
+    await withServer({ SSE_FAST_KEEPALIVE: "0.5", SSE_FAST_HEARTBEAT: "1" }, async (server) => {
+      const page = await openPage(browser, server);
+      await seenClient(page, {
+        clientId: "ewan",
+        transport: "eventsource",
+        keepalive: 500,
+        heartbeat: 1000,
+        reconnectBaseDelay: 50,
+        shareAcrossTabs: false,
+      });
+      await publish(server, "ewan", 0, 10);
+      await until(page, () => window.seen.length === 10, null, "the first ten");
+      // EventSource hides the 0.5 s comments: only the 1 s heartbeats keep a 2 s watchdog (not a 1 s one) quiet.
+      await new Promise((r) => setTimeout(r, 3000));
+      const quiet = await page.evaluate(() => ({
+        stats: window.client.getStats(),
+        id: window.client.connectionInfo.connectionId,
+      }));
+      assert.equal(quiet.stats.reconnects, 0, "the watchdog fired on a live EventSource stream");
+      assert.ok(quiet.stats.heartbeats >= 1, `heartbeats ${quiet.stats.heartbeats}`);
+      const group = -server.proc.pid;
+      const stoppedAt = await page.evaluate(() => performance.now());
+      process.kill(group, "SIGSTOP");
+      let late;
+      try {
+        late = publish(server, "ewan", 10, 20);
+        late.catch(() => {});
+        await until(page, () => window.client.state === "reconnecting", null, "the watchdog fired", 10000);
+      } finally {
+        process.kill(group, "SIGCONT");
+      }
+      const fired = await page.evaluate(() => window.states.find(([s]) => s === "reconnecting")[1]);
+      // The last heartbeat came at most 1 s before SIGSTOP; the watchdog waits 2 s after it.
+      assert.ok(fired - stoppedAt >= 1000, `the watchdog fired ${(fired - stoppedAt).toFixed(0)} ms after SIGSTOP`);
+      await late;
+      await assertAllOnce(page, 20);
+      await until(page, () => window.client.state === "connected", null, "connected again");
+      const after = await page.evaluate(() => ({ stats: window.client.getStats(), info: window.client.connectionInfo }));
+      assert.ok(after.stats.reconnects >= 1, `reconnects ${after.stats.reconnects}`);
+      assert.notEqual(after.info.connectionId, quiet.id);
+      assert.equal(after.info.resumed, true);
+      assert.equal(after.stats.gaps, 0);
+      await page.close();
+    });
+  });
+
+  test("maxReconnectAttempts spent: state error, ConnectionLostError, no further attempt", async () => {
+    await withServer({}, async (server) => {
+      const page = await openPage(browser, server);
+      const streams = [];
+      page.on("request", (r) => {
+        if (r.method() === "GET" && new URL(r.url()).pathname === "/sse") streams.push(Date.now());
+      });
+      const max = 3;
+      await seenClient(page, {
+        clientId: "mona",
+        maxReconnectAttempts: max,
+        reconnectBaseDelay: 50,
+        reconnectMaxDelay: 200,
+        shareAcrossTabs: false,
+      });
+      assert.equal(streams.length, 1);
+      await server.stop();
+      await until(page, () => window.client.state === "error", null, "gave up", 20000);
+      const result = await page.evaluate(async () => {
+        let send;
+        try {
+          await window.client.sendJSON({ n: 0 }, { target: "mona" });
+          send = "sent";
+        } catch (err) {
+          send = err.name;
+        }
+        const c = window.client;
+        return { error: c.error?.name, message: c.error?.message, send, states: window.states.map(([s]) => s) };
+      });
+      assert.equal(result.error, "ConnectionLostError");
+      assert.match(result.message, /gave up after 3 reconnect attempts/);
+      assert.equal(result.send, "ConnectionLostError", "a send after the client gave up");
+      assert.equal(result.states.at(-1), "error");
+      assert.equal(result.states.filter((s) => s === "error").length, 1);
+      // The stream that was lost, its first reconnect (the first failure), then `max` more: as the Python client.
+      assert.equal(streams.length, 1 + 1 + max, JSON.stringify(streams));
+      await server.start(); // the same port: the client stays in error, it does not try again by itself
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(streams.length, 1 + 1 + max);
+      assert.equal(await page.evaluate(() => window.client.state), "error");
+      await page.close();
+    });
+  });
+
+  test("pauseWhenHidden in two tabs: a hidden follower keeps the stream, a hidden leader closes it", async () => {
+    await withServer({}, async (server) => {
+      const options = { clientId: "tia", pauseWhenHidden: true }; // shareAcrossTabs: the default
+      const leader = await openPage(browser, server);
+      await seenClient(leader, options);
+      assert.equal(await leader.evaluate(() => window.client.isLeader), true);
+      const follower = await openPage(browser, server);
+      await seenClient(follower, options);
+      assert.equal(await follower.evaluate(() => window.client.isLeader), false);
+      const both = async (count) => {
+        await assertAllOnce(leader, count);
+        await assertAllOnce(follower, count);
+      };
+      const states = () => Promise.all([leader, follower].map((p) => p.evaluate(() => window.client.state)));
+      assert.equal(await connections(server, "tia"), 1);
+      await publish(server, "tia", 0, 3);
+      await both(3);
+
+      await setHidden(follower, true);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.deepEqual(await states(), ["connected", "connected"]);
+      assert.equal(await connections(server, "tia"), 1, "hiding the follower touched the stream");
+      await publish(server, "tia", 3, 6);
+      await both(6);
+      await setHidden(follower, false);
+
+      await setHidden(leader, true);
+      await until(leader, () => window.client.state === "disconnected", null, "the leader paused");
+      await until(follower, () => window.client.state === "disconnected", null, "the follower told");
+      await waitFor(async () => (await connections(server, "tia")) === 0, 15000, "the stream closed on the server");
+      await publish(server, "tia", 6, 10); // while the leader is hidden: to the mailbox and the log
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal(await connections(server, "tia"), 0, "a tab reconnected while the leader is hidden");
+      assert.deepEqual(await Promise.all([leader, follower].map((p) => p.evaluate(() => window.seen.length))), [6, 6]);
+      assert.equal(await follower.evaluate(() => window.client.isLeader), false, "the follower took the stream");
+
+      await setHidden(leader, false);
+      await until(leader, () => window.client.state === "connected", null, "the leader resumed");
+      await until(follower, () => window.client.state === "connected", null, "the follower told");
+      await both(10);
+      assert.equal(await connections(server, "tia"), 1);
+      await publish(server, "tia", 10, 12);
+      await both(12);
+      assert.deepEqual(leader.errors.concat(follower.errors), []);
+      await follower.close();
+      await leader.close();
     });
   });
 
@@ -393,6 +541,73 @@ describe("the SDK's outbox and task controls in Chromium", () => {
     });
   });
 
+  test("a send to a server that is down is retried after 1, 2, 5 s, and delivered once when it is back", async () => {
+    await withServer({}, async (server) => {
+      const page = await openPage(browser, server);
+      await seenClient(page, {
+        clientId: "rita",
+        reconnectBaseDelay: 100,
+        reconnectMaxDelay: 500,
+        maxReconnectAttempts: null,
+        shareAcrossTabs: false,
+      });
+      // The page's POST /api/messages requests as Chromium made them (a refused connection: requestfailed).
+      const posts = [];
+      page.on("request", (r) => {
+        if (r.method() === "POST" && new URL(r.url()).pathname === "/api/messages") posts.push({ r, outcome: null });
+      });
+      page.on("requestfailed", (r) => {
+        const post = posts.find((p) => p.r === r);
+        if (post) post.outcome = r.failure()?.errorText ?? "failed";
+      });
+      page.on("response", (res) => {
+        const post = posts.find((p) => p.r === res.request());
+        if (post) post.outcome = res.status();
+      });
+      await server.stop();
+      await until(page, () => window.client.state !== "connected", null, "the page sees the server gone");
+      // A send-only client (autoConnect false) posts at once; a streaming one would wait for its stream first.
+      await page.evaluate(() => {
+        window.posted = []; // when the SDK called fetch for a send, page time
+        const fetch = window.fetch;
+        window.fetch = (url, init) => {
+          if (init?.method === "POST" && String(url).endsWith("/api/messages")) window.posted.push(performance.now());
+          return fetch(url, init);
+        };
+        window.outcome = null;
+        window.sender = window.sdk.createClient({ clientId: "sam", autoConnect: false, shareAcrossTabs: false });
+        window.sender.sendJSON({ n: 0 }, { target: "rita" }).then(
+          (a) => (window.outcome = a),
+          (err) => (window.outcome = `${err.name}: ${err.message}`),
+        );
+      });
+      await waitFor(() => posts.filter((p) => p.outcome !== null).length >= 3, 15000, "three refused POSTs");
+      await server.start(); // the same port
+      await until(page, () => window.outcome, null, "the send settled", 60000);
+      const outcome = await page.evaluate(() => window.outcome);
+      assert.ok(outcome.success && outcome.messageId, JSON.stringify(outcome));
+      await assertAllOnce(page, 1);
+      await new Promise((r) => setTimeout(r, 1000)); // a second delivery would show by now
+      await assertAllOnce(page, 1);
+      const outcomes = posts.map((p) => p.outcome);
+      assert.ok(outcomes.length >= 4, JSON.stringify(outcomes));
+      assert.equal(outcomes.at(-1), 202, JSON.stringify(outcomes));
+      assert.ok(outcomes.slice(0, -1).every((o) => typeof o === "string"), JSON.stringify(outcomes)); // all refused
+      const posted = await page.evaluate(() => window.posted);
+      assert.equal(posted.length, outcomes.length);
+      const schedule = [1000, 2000, 5000, 10000, 30000];
+      const waits = posted.slice(1).map((t, i) => t - posted[i]);
+      waits.forEach((w, i) => {
+        assert.ok(w >= schedule[i], `retry ${i + 1} after ${w.toFixed(0)} ms, schedule ${schedule[i]} ms`);
+        assert.ok(w <= 3 * schedule[i] + 1000, `retry ${i + 1} after ${w.toFixed(0)} ms, schedule ${schedule[i]} ms`);
+      });
+      const stats = await page.evaluate(() => window.sender.getStats());
+      assert.equal(stats.sent, 1);
+      assert.equal(stats.queued, 0);
+      await page.close();
+    });
+  });
+
   test("the outbox is bounded: a higher priority evicts the lowest-priority oldest, else the send is refused", async () => {
     await withServer({}, async (server) => {
       const page = await openPage(browser, server);
@@ -497,6 +712,26 @@ describe("the SDK's outbox and task controls in Chromium", () => {
         again: "ServerError 409 task_finished",
         unknown: "ServerError 404 task_not_found",
       });
+      await page.close();
+    });
+  });
+});
+
+describe("the SDK's dispatcher in Chromium", () => {
+  test("history(n) holds at most historySize messages, the oldest dropped", async () => {
+    await withServer({}, async (server) => {
+      const page = await openPage(browser, server);
+      await seenClient(page, { clientId: "hana", historySize: 5, shareAcrossTabs: false });
+      await publish(server, "hana", 0, 3);
+      await assertAllOnce(page, 3);
+      const ns = (n) => page.evaluate((n) => window.client.history(n).map((m) => m.payload.n), n);
+      assert.deepEqual(await ns(undefined), [0, 1, 2]); // system frames (connect) are not history
+      await publish(server, "hana", 3, 12);
+      await assertAllOnce(page, 12);
+      assert.deepEqual(await ns(undefined), [7, 8, 9, 10, 11]);
+      assert.deepEqual(await ns(3), [9, 10, 11]);
+      assert.deepEqual(await ns(10), [7, 8, 9, 10, 11]);
+      assert.deepEqual(await ns(0), []);
       await page.close();
     });
   });
