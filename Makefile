@@ -12,7 +12,7 @@ RUST_SRC := $(shell find rust -path rust/fuzz -prune -o \( -name '*.rs' -o -name
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build wheel run test test-rust test-python test-js test-model lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke chaos chaos-smoke clean
+.PHONY: help venv build wheel run test test-rust test-python test-js test-model lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke chaos chaos-smoke soak soak-smoke clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -46,7 +46,7 @@ wheel: dist/.built ## Build the abi3 wheel (CPython 3.11+) and the sdist into di
 run: build ## Run the server on $(HOST):$(PORT) with the embedded in-memory broker
 	$(VENV)/bin/sse-fast serve --host $(HOST) --port $(PORT)
 
-test: lint test-rust fuzz-smoke loadtest-smoke chaos-smoke test-python test-js ## Run lint, the Rust tests, the fuzz smoke, the load-test smoke, the chaos smoke, the Python tests and the browser tests (fails if any collects nothing)
+test: lint test-rust fuzz-smoke loadtest-smoke chaos-smoke soak-smoke test-python test-js ## Run lint, the Rust tests, the fuzz smoke, the load-test smoke, the chaos smoke, the soak smoke, the Python tests and the browser tests (fails if any collects nothing)
 
 # Fuzzing (issue 14; docs/reliability.md): cargo-fuzz's libFuzzer on stable Rust (RUSTC_BOOTSTRAP=1 lets it use the
 # nightly flags it needs). Each target starts from its committed corpus, rust/fuzz/corpus/<target>/, and stops at the
@@ -140,6 +140,18 @@ loadtest: build ## Locust headless for 3 minutes (a local server, or LOADTEST_AR
 
 loadtest-smoke: build ## Locust for 20 s with 36 users against a local server; fails on any error, lost or duplicated message
 	$(PY) loadtest/run.py --smoke
+
+# Soak (issue 14; docs/reliability.md): steady mixed load on one server (SOAK_BROKER=memory or redis: a private
+# redis-server on a free port); RSS, fds, connections, tasks, mailboxes, acks (and Redis memory) sampled every 10 s
+# must not trend upward after the warm-up. CSV and PNG in loadtest/results/soak/.
+SOAK_MINUTES ?= 30
+SOAK_BROKER ?= memory
+
+soak: build ## Soak for SOAK_MINUTES (default 30) with SOAK_BROKER (memory or redis): fails on an upward trend
+	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_BROKER=$(SOAK_BROKER) $(PY) loadtest/soak.py
+
+soak-smoke: build ## The soak for 40 s (10 s warm-up, a sample every 2 s), in make test
+	$(PY) loadtest/soak.py --smoke --out loadtest/results/soak-smoke
 
 # Chaos (issue 14; docs/reliability.md): three nodes on a private redis-server (never 6379), a node SIGKILLed and
 # restarted, Redis restarted empty, stalled and randomly reconnecting subscribers, then a memory-broker node killed.
