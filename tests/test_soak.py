@@ -47,8 +47,8 @@ def test_noise_around_a_plateau_and_a_fall_are_not_trends() -> None:
 
 
 def test_a_windowed_count_may_wander_by_its_poisson_noise_but_not_grow() -> None:
-    wander = [400 + (40 if 60 <= i < 80 else 0) for i in range(90)]  # +40 for a while: within 3 sqrt(400) = 60
-    grow = [400 + 2 * i for i in range(90)]
+    wander = [400.0 + (40 if 60 <= i < 80 else 0) for i in range(90)]  # +40 for a while: within 3 sqrt(400) = 60
+    grow = [400.0 + 2 * i for i in range(90)]
     trends = {t.name: t for t in soak.verdict(rows({"acks_tracked": wander, "task_records": grow}), warmup=180)}
     ok, bad = trends["acks_tracked"], trends["task_records"]
     assert ok.limit == pytest.approx(3 * 20, rel=0.05)
