@@ -83,7 +83,16 @@ PATTERNS: tuple[tuple[str, ...], ...] = (
 IDS = ("m1", "m2", "x:m1")
 #: Small bounds so that sequences of 20 steps reach them: the log trims by count, mailboxes drop their oldest.
 #: ``ack_timeout`` 1 s and one retry: every tick (2 s of virtual clock) redelivers or expires every open message.
-BROKER_SETTINGS: dict[str, Any] = {"replay_size": 3, "mailbox_size": 2, "ack_timeout": 1.0, "ack_retries": 1}
+# A finished requireAck message's status is forgotten SSE_FAST_ACK_STATUS_TTL after its last redelivery: by the
+# memory broker on its tick, by Redis on its own clock (a key TTL), which the model's far tick does not move; so the
+# model keeps statuses for longer than that tick (a week), as a real clock would show both brokers alike.
+BROKER_SETTINGS: dict[str, Any] = {
+    "replay_size": 3,
+    "mailbox_size": 2,
+    "ack_timeout": 1.0,
+    "ack_retries": 1,
+    "ack_status_ttl": 7 * 24 * 3600.0,
+}
 MAX_STREAMS = 5
 MAX_STREAMS_PER_CLIENT = 2  # below SSE_FAST_MAX_CONNECTIONS_PER_CLIENT: no stream is ``replaced``
 
