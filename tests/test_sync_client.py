@@ -74,7 +74,7 @@ def test_handlers_run_on_the_client_thread_and_the_iterator_ends_on_close(tmp_pa
                 pass
             ended.append(True)
 
-        reader = threading.Thread(target=iterate)
+        reader = threading.Thread(target=iterate, daemon=True)
         reader.start()
         wait_for(lambda: bool(alice._client._listeners))  # the iterator waits for a message
         alice.close()

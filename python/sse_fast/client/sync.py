@@ -10,6 +10,7 @@ client's thread; :meth:`SyncClient.messages` is a blocking iterator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -65,6 +66,7 @@ class SyncClient:
 
     def __init__(self, base_url: str, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
+        self._closing = False
         self._thread = threading.Thread(target=self._loop.run_forever, name="sse-fast sync client", daemon=True)
         self._thread.start()
 
@@ -87,7 +89,16 @@ class SyncClient:
         async def run() -> _R:
             return await awaitable
 
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        while True:
+            try:
+                return future.result(timeout=0.25)
+            except TimeoutError:
+                # A call that raced with close() may have been scheduled on a loop that has stopped: it would
+                # never run, and waiting for it would block this thread for ever.
+                if not self._thread.is_alive():
+                    future.cancel()
+                    raise RuntimeError("the SyncClient is closed") from None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -106,6 +117,7 @@ class SyncClient:
         """Close the client (:meth:`Client.close`) and stop its thread. Idempotent."""
         if self._loop.is_closed():
             return
+        self._closing = True  # before the iterators end: they must not schedule anything on the stopping loop
         try:
             self._wait(self._client.close())
         finally:
@@ -173,8 +185,9 @@ class SyncClient:
                 except StopAsyncIteration:
                     return
         finally:
-            if not self._loop.is_closed():
-                self._wait(iterator.aclose())
+            if not self._closing:  # closing ends every iterator on the loop itself
+                with contextlib.suppress(RuntimeError):
+                    self._wait(iterator.aclose())
 
     # -- state -----------------------------------------------------------------------------------------------
 
