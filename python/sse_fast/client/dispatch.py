@@ -215,7 +215,7 @@ class _Dispatcher(_ClientBase):
     def _claim(self, listener: _Listener) -> None:
         """The first iterator: hand it what was held for it, and ack what it is the first to take."""
         self._iterated = True
-        held, self._unclaimed = self._unclaimed, deque()
+        held, self._unclaimed = self._unclaimed, deque(maxlen=self._queue_size)  # unused once iterated
         for message in held:
             if listener.wants(message) and not listener.put(message):
                 self._counts["dropped"] += 1

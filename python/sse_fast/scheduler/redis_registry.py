@@ -73,7 +73,9 @@ class RedisTaskRegistry(LocalTaskRegistry):
         # (when its record expires, task id, client id) of the finished records this node wrote, oldest first: the
         # ids leave the indexes then. Written every time, the indexes only shrank by retention_count under a steady
         # stream of tasks, so Redis memory grew for as long as tasks ran (found by loadtest/soak.py).
-        self._expiring: collections.deque[tuple[float, str, str]] = collections.deque()
+        # Bounded by the scheduler's retention_count: _pipeline stops adding at it (not a maxlen: the scheduler's
+        # limits are read from the settings after this registry exists, and a maxlen would drop ids silently).
+        self._expiring: collections.deque[tuple[float, str, str]] = collections.deque()  # bounded (see above)
         self._unindexing: asyncio.Task[None] | None = None
         scheduler.watch(self._changed)
         broker.on_control("task", self._on_control)
