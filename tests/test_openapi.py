@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -125,3 +126,24 @@ def test_the_answers_match_the_document(server: Server, document: dict[str, Any]
     assert (ticket.status_code, set(ticket.json())) == (200, keys("TicketAnswer"))
     sdk = document["paths"]["/sdk/{file}"]["get"]
     assert (sdk["security"], list(sdk["responses"]["200"]["content"])) == ([], ["text/javascript"])
+
+
+def endpoint_rows(document: dict[str, Any]) -> list[str]:
+    """The README's endpoint reference as /openapi.json says it: one row per operation, in the document's order."""
+    rows = []
+    for name, op in operations(document):
+        method, path = name.split(" ", 1)
+        who = "anyone" if op.get("security", document["security"]) == [] else "the caller's identity"
+        rows.append(f"| `{method}` | `{path}` | {op['summary']} | {who} |")
+    return rows
+
+
+def test_the_readme_endpoint_reference_is_the_document(document: dict[str, Any]) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").splitlines()
+    start = readme.index("<!-- endpoint reference: tests/test_openapi.py checks it against /openapi.json -->")
+    table = []
+    for line in readme[start + 3 :]:  # the marker, the header row and the rule
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    assert table == endpoint_rows(document), "\n".join(endpoint_rows(document))
