@@ -12,7 +12,7 @@ RUST_SRC := $(shell find rust -path rust/fuzz -prune -o \( -name '*.rs' -o -name
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build wheel run test test-rust test-python test-js test-model lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke chaos chaos-smoke soak soak-smoke clean
+.PHONY: help venv build wheel run test fuzz fuzz-smoke fuzz-cmin test-rust test-python test-js test-model lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke chaos chaos-smoke soak soak-smoke clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -53,7 +53,8 @@ test: lint test-rust fuzz-smoke loadtest-smoke chaos-smoke soak-smoke test-pytho
 # first panic, failed property or allocation past the limits, leaving the input in rust/fuzz/artifacts/<target>/.
 FUZZ_TARGETS := decoder encode topic cursor queue replay hub
 FUZZ_RUNS ?= 1000000
-FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_SMOKE_SECONDS ?= 30
+FUZZ_SMOKE_JOBS ?= 2
 FUZZ_LIMITS := -rss_limit_mb=1024 -malloc_limit_mb=64
 FUZZ := RUSTC_BOOTSTRAP=1 cargo fuzz
 FUZZ_DIR := --fuzz-dir rust/fuzz
@@ -67,15 +68,10 @@ fuzz: ## Every fuzz target for FUZZ_RUNS executions (default 1,000,000): minutes
 	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; echo "== fuzz $$t: $$(( $$(date +%s) - start )) s"; \
 	done
 
-# The smoke pass reads the committed corpus and writes what it finds to a scratch directory, so that the tree stays clean.
-fuzz-smoke: ## Every fuzz target for FUZZ_SMOKE_SECONDS (default 10 s: CI stays under 25 minutes), in make test
+fuzz-smoke: ## Every fuzz target for FUZZ_SMOKE_SECONDS (default 30 s), FUZZ_SMOKE_JOBS (2) at a time, in make test
 	$(FUZZ) build $(FUZZ_DIR)
-	@scratch=$$(mktemp -d); trap 'rm -rf "$$scratch"' EXIT; for t in $(FUZZ_TARGETS); do \
-	  mkdir -p "$$scratch/$$t" rust/fuzz/corpus/$$t; \
-	  $(FUZZ) run $(FUZZ_DIR) $$t "$$scratch/$$t" rust/fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SMOKE_SECONDS) $(FUZZ_LIMITS) 2>&1 \
-	    | grep -E '^#[0-9]+[[:space:]]+DONE|panicked|ERROR|SUMMARY' | sed "s/^/fuzz $$t: /" ; \
-	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
-	done
+	FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS) FUZZ_SMOKE_JOBS=$(FUZZ_SMOKE_JOBS) FUZZ_LIMITS="$(FUZZ_LIMITS)" \
+	  rust/fuzz/smoke.sh $(FUZZ_TARGETS)
 
 # -set_cover_merge keeps every feature in far fewer files than cmin's default greedy merge (a quarter of the size).
 fuzz-cmin: ## Minimize every committed fuzz corpus (cargo fuzz cmin) after a long run
