@@ -59,6 +59,9 @@ __all__ = [
     "HeartbeatPayload",
     "MessageId",
     "MessageStatus",
+    "PresenceAnswer",
+    "PresenceClient",
+    "PresenceScope",
     "Priority",
     "ProgressPayload",
     "PublishAnswer",
@@ -340,6 +343,33 @@ class ConnectionInfo(msgspec.Struct, kw_only=True, rename="camel"):
     queued_bytes: Count = 0
     node: str = ""
     """The node (worker) that holds the stream: the part of ``connectionId`` before its last ``.``."""
+
+
+PresenceScope = Literal["node", "cluster"]
+"""Whose connections ``GET /api/presence`` counts: this node's (worker's), or every live node's (with Redis)."""
+
+
+class PresenceClient(msgspec.Struct, kw_only=True, rename="camel"):
+    """One client present on a topic, in ``GET /api/presence``: its live connections that receive the topic."""
+
+    client_id: ClientId
+    connections: Annotated[int, Meta(ge=1)]
+
+
+class PresenceAnswer(msgspec.Struct, kw_only=True):
+    """``GET /api/presence?topic=...``: who receives ``topic`` now, on this node or the whole cluster.
+
+    ``count`` is the exact number of distinct clients, ``connections`` of their streams; ``clients`` lists at most
+    ``limit`` of them (by clientId), and ``truncated`` says that some were left out.
+    """
+
+    topic: Topic
+    scope: PresenceScope
+    count: Count
+    connections: Count
+    clients: list[PresenceClient]
+    truncated: bool
+    limit: Count
 
 
 class RecentMessage(msgspec.Struct, kw_only=True):

@@ -15,8 +15,17 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from sse_fast.broker import rules
 from sse_fast.broker.rules import Accepted, Opening
-from sse_fast.models import ConnectionInfo, Envelope, RecentMessage, ValidationFailure, encode_delivered
+from sse_fast.models import (
+    ConnectionInfo,
+    Envelope,
+    PresenceAnswer,
+    PresenceScope,
+    RecentMessage,
+    ValidationFailure,
+    encode_delivered,
+)
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
 
@@ -111,6 +120,14 @@ class Broker(abc.ABC):
         """The rows of ``GET /api/connections``: this worker's streams (a shared broker lists the cluster's)."""
         assert self.streams is not None
         return self.streams.rows()
+
+    async def presence(self, topic: str, *, scope: PresenceScope, limit: int) -> PresenceAnswer:
+        """``GET /api/presence``: who receives ``topic`` now (:func:`~sse_fast.broker.rules.presence`), among this
+        worker's streams (``node``) or the rows of :meth:`connections` (``cluster``: every live node's, with Redis;
+        a dead node's stop counting when its heartbeat expires)."""
+        assert self.streams is not None
+        rows = self.streams.rows() if scope == "node" else await self.connections()
+        return rules.presence(rows, topic, scope=scope, limit=limit)
 
     def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Await ``hook()`` when the broker closes, while it can still write (a collaborator's last writes)."""

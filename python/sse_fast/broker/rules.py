@@ -13,6 +13,8 @@ shared by a cluster); what it must decide is decided here, so that both behave a
   notice its source gets (:func:`ack_notice`);
 - **resume**: which mailbox entries the opening re-issues (:func:`mailbox_seam`) and what a stream opens with
   (:func:`opening`); cursors themselves are the core's one ``Cursor`` rule;
+- **presence**: who receives a topic now (:func:`presence`: the connections whose patterns admit it, by the same
+  :func:`~sse_fast._core.route_admits`, grouped by client and bounded);
 - **mailboxes**: the oldest entry is dropped first while a client's mailbox is past its message count or byte bound
   (:func:`mailbox_overflow`); the least recently filled mailbox while all of them are past theirs
   (:func:`mailboxes_overflow`).
@@ -24,14 +26,23 @@ repeats (``id_in_use``, ``may_ack``, ``ack_step``, ``redelivery_step``, ``mailbo
 
 from __future__ import annotations
 
+import heapq
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from sse_fast._core import Frame, format_cursor
+from sse_fast._core import Frame, format_cursor, route_admits
 from sse_fast.errors import ValidationFailure
-from sse_fast.models import Envelope, new_message_id
+from sse_fast.models import (
+    ConnectionInfo,
+    Envelope,
+    PresenceAnswer,
+    PresenceClient,
+    PresenceScope,
+    new_message_id,
+)
 
 __all__ = [
     "MAX_ACKERS",
@@ -53,6 +64,7 @@ __all__ = [
     "mailboxes_overflow",
     "may_ack",
     "opening",
+    "presence",
     "redelivery_step",
     "refuse_id_in_use",
 ]
@@ -201,6 +213,27 @@ def ack_notice(envelope: Envelope, acked_by: str) -> Envelope | None:
         target=source,
         payload={"messageId": envelope.id, "clientId": acked_by},
         correlation_id=envelope.id,
+    )
+
+
+# -- presence ----------------------------------------------------------------------------------------------------
+
+
+def presence(rows: Iterable[ConnectionInfo], topic: str, *, scope: PresenceScope, limit: int) -> PresenceAnswer:
+    """Who receives a message published on ``topic`` now: the connections among ``rows`` whose subscription patterns
+    admit it (the hub's own rule, :func:`~sse_fast._core.route_admits`: a subscriber to ``orders.*`` counts for
+    ``orders.eu``), grouped by client. The counts are exact; ``clients`` lists the first ``limit`` clientIds in
+    order (0: the counts only), and ``truncated`` says whether any were left out."""
+    per_client = Counter(row.client_id for row in rows if route_admits(row.client_id, row.topics, topic=topic))
+    listed = heapq.nsmallest(limit, per_client)
+    return PresenceAnswer(
+        topic=topic,
+        scope=scope,
+        count=len(per_client),
+        connections=per_client.total(),
+        clients=[PresenceClient(client_id=client, connections=per_client[client]) for client in listed],
+        truncated=len(per_client) > len(listed),
+        limit=limit,
     )
 
 

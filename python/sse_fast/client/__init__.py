@@ -11,8 +11,8 @@ One module per part, put together by :class:`Client` (``_client``):
 - :mod:`~sse_fast.client.dispatch`, the **dispatcher**, runs handlers, highest priority first, feeds
   :meth:`Client.messages` iterators and acknowledges ``requireAck`` messages once the handlers returned;
 - :mod:`~sse_fast.client.tasks` sends commands and follows tasks (:meth:`Client.run_task`);
-- :mod:`~sse_fast.client.answers`, what the calls answer (:class:`PublishAnswer`, :class:`CommandAnswer`...) and
-  :class:`Priority`;
+- :mod:`~sse_fast.client.answers`, what the calls answer (:class:`PublishAnswer`, :class:`CommandAnswer`,
+  :class:`PresenceAnswer`...) and :class:`Priority`;
 - :mod:`~sse_fast.client.sync`, :class:`SyncClient`: the same client, blocking, run on a thread of its own.
 
 The reader never runs user code: it decodes, deduplicates by message id, resolves task waiters and hands messages
@@ -26,7 +26,16 @@ The client imports nothing from the server: only :mod:`sse_fast._core`, :mod:`ss
 
 from sse_fast.client._base import Message, Token
 from sse_fast.client._client import Client, ClientStats
-from sse_fast.client.answers import AckAnswer, CommandAnswer, Priority, PublishAnswer, TaskRecord, TasksAnswer
+from sse_fast.client.answers import (
+    AckAnswer,
+    CommandAnswer,
+    PresenceAnswer,
+    PresenceClient,
+    Priority,
+    PublishAnswer,
+    TaskRecord,
+    TasksAnswer,
+)
 from sse_fast.client.connection import KEEPALIVE, State, backoff_delay
 from sse_fast.client.dispatch import Handler, Subscription
 from sse_fast.client.outbox import RETRY_DELAYS, Answer
@@ -42,6 +51,8 @@ __all__ = [
     "CommandAnswer",
     "Handler",
     "Message",
+    "PresenceAnswer",
+    "PresenceClient",
     "Priority",
     "PublishAnswer",
     "State",

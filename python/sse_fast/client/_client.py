@@ -11,11 +11,13 @@ import contextlib
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import msgspec
 
-from sse_fast.client._base import Token, log
+from sse_fast.client._base import Token, _answer_error, log
+from sse_fast.client.answers import PresenceAnswer
 from sse_fast.client.connection import KEEPALIVE, State, _Connection
 from sse_fast.client.dispatch import _Dispatcher
 from sse_fast.client.outbox import _Outbox
@@ -220,6 +222,30 @@ class Client(_Connection, _Outbox, _Dispatcher, _Tasks):
         task = asyncio.create_task(run())
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
+
+    async def presence(
+        self, topic: str, *, scope: Literal["cluster", "node"] = "cluster", limit: int | None = None
+    ) -> PresenceAnswer:
+        """Who receives ``topic`` now (``GET /api/presence``): the exact ``count`` of clients and ``connections``,
+        and the first ``limit`` clients by clientId (server default 100, at most 1000; 0: the counts only).
+
+        ``scope="node"`` counts only the node that answers. Needs admin or a ``topics`` grant covering ``topic``
+        (else :class:`~sse_fast.errors.AuthError`); a pattern instead of a topic is a
+        :class:`~sse_fast.errors.ServerError` 400 ``invalid_topic``.
+        """
+        params: dict[str, str | int] = {"topic": topic, "scope": scope}
+        if limit is not None:
+            params["limit"] = limit
+        await self._ensure_token()
+        for attempt in range(2):
+            response = await self._http.get(
+                f"{self.base_url}/api/presence", params=params, headers=self._headers, timeout=self.connection_timeout
+            )
+            if response.status_code != 401 or attempt or not await self._refresh_token():
+                break
+        if response.status_code != 200:
+            raise _answer_error(response.status_code, response.content)
+        return msgspec.json.decode(response.content, type=PresenceAnswer)
 
     def stats(self) -> ClientStats:
         """A snapshot of the counters."""

@@ -10,11 +10,20 @@ from __future__ import annotations
 from enum import IntEnum
 
 from sse_fast._core import CRITICAL, HIGH, LOW, NORMAL
-from sse_fast.models import AckAnswer, TaskRecord, TasksAnswer
+from sse_fast.models import AckAnswer, PresenceAnswer, PresenceClient, TaskRecord, TasksAnswer
 from sse_fast.models import CommandAnswer as _CommandAnswer
 from sse_fast.models import PublishAnswer as _PublishAnswer
 
-__all__ = ["AckAnswer", "CommandAnswer", "Priority", "PublishAnswer", "TaskRecord", "TasksAnswer"]
+__all__ = [
+    "AckAnswer",
+    "CommandAnswer",
+    "PresenceAnswer",
+    "PresenceClient",
+    "Priority",
+    "PublishAnswer",
+    "TaskRecord",
+    "TasksAnswer",
+]
 
 
 class Priority(IntEnum):

@@ -137,6 +137,10 @@ class SyncClient:
     send_json = _blocking(Client.send_json)
     ack = _blocking(Client.ack)
 
+    # -- presence --------------------------------------------------------------------------------------------
+
+    presence = _blocking(Client.presence)
+
     # -- tasks -----------------------------------------------------------------------------------------------
 
     run_task = _blocking(Client.run_task)

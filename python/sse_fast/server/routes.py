@@ -34,6 +34,8 @@ from sse_fast.models import (
     Envelope,
     HealthAnswer,
     MessageStatus,
+    PresenceAnswer,
+    PresenceScope,
     PublishAnswer,
     ReadyAnswer,
     TaskRecord,
@@ -56,7 +58,7 @@ from sse_fast.server.tickets import TicketService
 from sse_fast.settings import Settings
 from sse_fast.streams import Sink, Streams
 
-__all__ = ["Api"]
+__all__ = ["PRESENCE_LIMIT", "PRESENCE_MAX_LIMIT", "Api"]
 
 log = logging.getLogger("sse_fast.server.routes")
 
@@ -66,6 +68,11 @@ _OPENAPI_DESCRIPTION = (
 )
 _CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
 _MAX_TOPICS = 64
+PRESENCE_LIMIT: Final = 100
+"""How many clients ``GET /api/presence`` lists when ``limit`` is not given."""
+PRESENCE_MAX_LIMIT: Final = 1000
+"""The most clients ``GET /api/presence`` lists (a larger ``limit`` is capped); the counts are always exact."""
+_SCOPES: Final[tuple[PresenceScope, ...]] = ("node", "cluster")
 SSE_HEADERS = [
     ("content-type", "text/event-stream; charset=utf-8"),
     ("cache-control", "no-cache"),
@@ -93,6 +100,15 @@ _STREAM_QUERY: Final = (
     ("lastEventId", "The last cursor seen, to resume (for browsers: the same as the Last-Event-ID header)."),
     ("token", "The JWT, for browsers (EventSource cannot send Authorization); never logged."),
     ("ticket", "A one-time ticket from POST /api/tickets: the identity and grants of the token it came from."),
+)
+_PRESENCE_QUERY: Final = (
+    ("topic", "The topic (a concrete one, no wildcard): required."),
+    ("scope", "`cluster` (default: every live node, with Redis) or `node` (the worker that answers)."),
+    (
+        "limit",
+        f"How many clients to list, by clientId (default {PRESENCE_LIMIT}, capped at {PRESENCE_MAX_LIMIT}); "
+        "0: the counts only.",
+    ),
 )
 _STREAM_HEADERS: Final = (
     ("Last-Event-ID", "The last cursor seen: the stream replays what came after it, then goes live."),
@@ -144,6 +160,37 @@ def _client_id(value: str, what: str = "clientId") -> str:
     if not _CLIENT_ID.fullmatch(value):
         raise HttpError(400, "invalid_client_id", f"{what} must be {CLIENT_ID_RULE}")
     return value
+
+
+def _presence_topic(raw: str | None) -> str:
+    """``?topic=``: a concrete topic (no wildcard), else 400 ``invalid_topic``."""
+    if not raw:
+        raise HttpError(400, "invalid_topic", "the topic query parameter is required")
+    try:
+        validate_topic(raw)
+    except TopicError as err:
+        raise HttpError(400, "invalid_topic", str(err), {"topic": raw[:128]}) from None
+    return raw
+
+
+def _presence_scope(raw: str | None) -> PresenceScope:
+    """``?scope=``: ``cluster`` (default) or ``node``, else 400 ``invalid_scope``."""
+    for scope in _SCOPES:
+        if raw == scope:
+            return scope
+    if raw is None or raw == "":
+        return "cluster"
+    raise HttpError(400, "invalid_scope", "scope must be node or cluster", {"scope": raw[:32]})
+
+
+def _presence_limit(raw: str | None) -> int:
+    """``?limit=``: 0 or more (else 400 ``invalid_limit``), capped at :data:`PRESENCE_MAX_LIMIT`."""
+    if raw is None or raw == "":
+        return PRESENCE_LIMIT
+    if not raw.isascii() or not raw.isdigit():
+        raise HttpError(400, "invalid_limit", "limit must be a whole number of at least 0", {"limit": raw[:32]})
+    digits = raw.lstrip("0")  # a long run of digits is capped before int() (which refuses over 4300 of them)
+    return PRESENCE_MAX_LIMIT if len(digits) > 4 else min(int(digits or "0"), PRESENCE_MAX_LIMIT)
 
 
 class Api:
@@ -200,6 +247,9 @@ class Api:
             api_route("GET", "/api/connections", self.connections,
                       "Live connections (of the cluster, with Redis; admin)", None,
                       {200: list[ConnectionInfo], 503: _E}),
+            api_route("GET", "/api/presence", self.presence,
+                      "Who receives a topic now, and how many (admin, or a topics grant covering it)", None,
+                      {200: PresenceAnswer, 503: _E}, query=_PRESENCE_QUERY),
             *self.commands.routes(),
             *self.tickets.routes(),
             *self.static.routes(),
@@ -479,6 +529,17 @@ class Api:
         if not caller.admin:
             raise HttpError(403, "admin_required", "listing connections needs admin rights")
         return json_response(200, await self.broker.connections())
+
+    async def presence(self, req: Request) -> Response:
+        """``GET /api/presence?topic=...&scope=...&limit=...``: the clients whose streams receive ``topic`` now
+        (:meth:`Broker.presence`), for an admin or a caller whose ``topics`` grants cover it (else 403
+        ``topic_not_granted``, as the stream would refuse it: presence tells no more than subscribing would)."""
+        caller = self._caller(req)
+        topic = _presence_topic(req.query.get("topic"))
+        if not self.auth.can_subscribe(caller, topic):
+            raise HttpError(403, "topic_not_granted", f"not allowed to subscribe to {topic}", {"topic": topic})
+        scope, limit = _presence_scope(req.query.get("scope")), _presence_limit(req.query.get("limit"))
+        return json_response(200, await self.broker.presence(topic, scope=scope, limit=limit))
 
     async def healthz(self, req: Request) -> Response:
         """``GET /healthz``: the worker is alive."""
