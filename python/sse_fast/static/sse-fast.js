@@ -110,6 +110,17 @@
  * @property {number} uptime ms since the current connection was established (0 when not connected).
  */
 
+/**
+ * @typedef {object} Presence What {@link Client.presence} answers (`GET /api/presence`).
+ * @property {string} topic
+ * @property {"cluster" | "node"} scope
+ * @property {number} count Clients whose streams receive the topic (exact).
+ * @property {number} connections Their streams (exact).
+ * @property {{ clientId: string, connections: number }[]} clients The first `limit`, by clientId.
+ * @property {boolean} truncated Whether clients were left out of `clients`.
+ * @property {number} limit
+ */
+
 /** @typedef {(message: Message) => unknown} Handler */
 
 /** @typedef {{ unsubscribe(): void, readonly active: boolean }} Subscription */
@@ -1159,6 +1170,23 @@ export class Client {
   /** The server's record of a task (`GET /api/tasks/{taskId}`). @param {string} taskId @returns {Promise<any>} */
   async queryProgress(taskId) {
     const res = await fetch(`${this.#url}/api/tasks/${encodeURIComponent(taskId)}`, {
+      headers: this.#headers(),
+      credentials: this.#o.credentials,
+    });
+    if (!res.ok) throw await errorOf(res);
+    return res.json();
+  }
+
+  /**
+   * Who receives `topic` now (`GET /api/presence`; admin, or a `topics` grant covering it). `scope` "cluster"
+   * (default) or "node"; `limit` clients listed (server default 100, at most 1000; 0: the counts only).
+   * @param {string} topic @param {{ scope?: "cluster" | "node", limit?: number }} [options]
+   * @returns {Promise<Presence>}
+   */
+  async presence(topic, { scope = "cluster", limit } = {}) {
+    const q = new URLSearchParams({ topic, scope });
+    if (limit !== undefined) q.set("limit", String(limit));
+    const res = await fetch(`${this.#url}/api/presence?${q}`, {
       headers: this.#headers(),
       credentials: this.#o.credentials,
     });
