@@ -251,6 +251,9 @@ class Hub:
     def add(self, client_id: str, topics: Sequence[str] = ()) -> int:
         """Register a connection; returns its id. Raises :class:`sse_fast.TopicError` for an invalid pattern."""
     def remove(self, conn: int) -> bool: ...
+    def set_topics(self, conn: int, topics: Sequence[str]) -> bool:
+        """Replace a connection's patterns (live topic changes); False for an unknown connection. Raises
+        :class:`sse_fast.TopicError` for an invalid pattern, and then changes nothing."""
     def publish(
         self,
         frame: Frame,

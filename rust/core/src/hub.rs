@@ -237,6 +237,29 @@ impl Hub {
         true
     }
 
+    /// Replace a connection's patterns (validated first; repeats count once): the topic index drops the patterns it
+    /// no longer has (pruning what no other connection shares) and gains the new ones; its queue and client are
+    /// untouched. Returns false for an unknown connection; an invalid pattern changes nothing.
+    pub fn set_topics<P: AsRef<str>>(&mut self, id: u64, patterns: &[P]) -> Result<bool> {
+        for pattern in patterns {
+            validate_topic(pattern.as_ref(), true)?;
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return Ok(false);
+        };
+        let patterns = unique(patterns);
+        let old = std::mem::replace(&mut conn.patterns, patterns);
+        let kept: HashSet<&str> = conn.patterns.iter().map(|p| &**p).collect();
+        for pattern in old.iter().filter(|p| !kept.contains(&***p)) {
+            self.topics.remove(pattern, id);
+        }
+        let before: HashSet<&str> = old.iter().map(|p| &**p).collect();
+        for pattern in conn.patterns.iter().filter(|p| !before.contains(&***p)) {
+            self.topics.insert(pattern, id);
+        }
+        Ok(true)
+    }
+
     /// Route `frame` and push it (the same `Arc`) into every recipient's queue, once per connection.
     pub fn publish(&mut self, frame: &Arc<Frame>, route: &Route) -> Delivery {
         let mut out = Delivery::default();
@@ -493,6 +516,36 @@ mod tests {
         assert_eq!((counters.connections, counters.clients), (0, 0));
         assert_eq!((counters.queued_frames, counters.queued_bytes), (0, 0));
         assert!(hub.topics_pruned());
+    }
+
+    #[test]
+    fn set_topics_reroutes_and_prunes() {
+        let mut hub = Hub::new(16, 1 << 20, "e-").unwrap();
+        let a = hub.add("alice", &["news.*", "sport"]).unwrap();
+        let b = hub.add("bob", &["news.*"]).unwrap();
+        assert_eq!(hub.set_topics(a, &["sport", "weather.>", "weather.>"]), Ok(true));
+        assert_eq!(
+            hub.topics_of(a).unwrap(),
+            &["sport".into(), "weather.>".into()] as &[Box<str>]
+        );
+        let d = hub.publish(&frame(Some(1)), &Route::topic("news.eu").unwrap());
+        assert_eq!(d.woken, vec![b], "alice no longer has news.*");
+        let d = hub.publish(&frame(Some(2)), &Route::topic("weather.eu.fr").unwrap());
+        assert_eq!(d.woken, vec![a]);
+        assert_eq!(hub.queue_stats(a).map(|s| s.0), Some(1), "the queue is kept");
+        // An invalid pattern changes nothing; an unknown connection is false.
+        assert!(matches!(hub.set_topics(a, &["ok", "a..b"]), Err(Error::Topic(_))));
+        assert_eq!(hub.topics_of(a).unwrap().len(), 2);
+        assert_eq!(hub.set_topics(99, &["x"]), Ok(false));
+        assert_eq!(hub.set_topics(a, &[] as &[&str]), Ok(true));
+        let d = hub.publish(&frame(Some(3)), &Route::topic("sport").unwrap());
+        assert_eq!(d.delivered, 0);
+        hub.remove(a);
+        hub.remove(b);
+        assert!(
+            hub.topics_pruned(),
+            "patterns dropped by set_topics left index nodes behind"
+        );
     }
 
     #[test]

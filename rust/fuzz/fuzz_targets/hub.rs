@@ -1,6 +1,7 @@
 //! The fan-out hub against the routing rule: every publish reaches exactly the connections that `Route::admits`
-//! (once each, however many of their patterns match), a drain hands each connection exactly the frames routed to
-//! it, the counters add up, and removing every connection leaves nothing behind (the topic index pruned).
+//! (once each, however many of their patterns match), a connection whose patterns were replaced (`set_topics`) is
+//! routed by its new ones, a drain hands each connection exactly the frames routed to it, the counters add up, and
+//! removing every connection leaves nothing behind (the topic index pruned).
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +24,10 @@ enum Op {
         patterns: u8,
     },
     Remove(u8),
+    SetTopics {
+        conn: u8,
+        patterns: u8,
+    },
     Publish {
         route: u8,
         which: u8,
@@ -93,6 +98,16 @@ fuzz_target!(|ops: Vec<Op>| {
                 assert!(hub.remove(id));
                 assert!(!hub.remove(id));
                 model.remove(&id);
+            }
+            Op::SetTopics { conn, patterns } => {
+                let Some(&id) = model.keys().nth(usize::from(conn) % model.len().max(1)) else {
+                    assert_eq!(hub.set_topics(u64::MAX, &["a.b"]), Ok(false));
+                    continue;
+                };
+                let patterns: Vec<&str> = (0..6).filter(|i| patterns >> i & 1 == 1).map(|i| PATTERNS[i]).collect();
+                assert_eq!(hub.set_topics(id, &patterns), Ok(true));
+                assert_eq!(hub.topics_of(id).unwrap().len(), patterns.len());
+                model.get_mut(&id).unwrap().patterns = patterns;
             }
             Op::Publish {
                 route: kind,

@@ -103,6 +103,11 @@ impl PyHub {
         self.inner.add(client_id, &topics).py()
     }
 
+    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts a sequence argument into an owned Vec
+    fn set_topics(&mut self, conn: u64, topics: Vec<String>) -> PyResult<bool> {
+        self.inner.set_topics(conn, &topics).py()
+    }
+
     fn remove(&mut self, conn: u64) -> bool {
         self.inner.remove(conn)
     }
