@@ -28,6 +28,7 @@ from sse_fast.errors import (
     TaskError,
     TopicError,
 )
+from sse_fast.mount import AuthRequest, Identity, SseFast
 from sse_fast.scheduler.core import PermanentError, Scheduler, TaskContext
 from sse_fast.server.app import App, create_app
 from sse_fast.settings import Settings, SettingsError
@@ -39,12 +40,14 @@ __all__ = [
     "NORMAL",
     "App",
     "AuthError",
+    "AuthRequest",
     "Client",
     "CommandAnswer",
     "ConnectionLostError",
     "Decoder",
     "Event",
     "FrameError",
+    "Identity",
     "Message",
     "PermanentError",
     "Priority",
@@ -55,6 +58,7 @@ __all__ = [
     "ServerError",
     "Settings",
     "SettingsError",
+    "SseFast",
     "SseFastError",
     "Subscription",
     "SyncClient",

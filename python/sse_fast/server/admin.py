@@ -97,7 +97,7 @@ class AdminService:
 
     async def admin_recent(self, req: Request) -> Response:
         """``GET /api/admin/recent?limit=N``: 401 without a credential (jwt), 403 ``admin_required`` unless admin."""
-        caller = self.auth.api_identity(req.headers, req.query, None)
+        caller = self.auth.caller(req)
         if not caller.admin:
             raise HttpError(403, "admin_required", "the tail of the replay log needs admin rights")
         limit = _limit(req.query.get("limit"), self.settings.admin_recent_max)

@@ -19,7 +19,7 @@ from sse_fast.scheduler import task_registry
 from sse_fast.scheduler.core import Scheduler
 from sse_fast.server import asgi as _asgi
 from sse_fast.server import rsgi as _rsgi
-from sse_fast.server.auth import Authenticator
+from sse_fast.server.auth import Authenticator, AuthHook
 from sse_fast.server.backlog import BacklogWatch
 from sse_fast.server.commands import CommandService
 from sse_fast.server.handshake import Handshake
@@ -34,9 +34,13 @@ log = logging.getLogger("sse_fast")
 
 
 class App:
-    """One worker's server: routes, streams, broker and scheduler, behind the RSGI and ASGI entry points."""
+    """One worker's server: routes, streams, broker and scheduler, behind the RSGI and ASGI entry points.
 
-    def __init__(self, settings: Settings, *, scheduler: Scheduler | None = None) -> None:
+    ``auth``: an auth hook (:data:`~sse_fast.server.auth.AuthHook`) that identifies every caller in place of
+    ``SSE_FAST_AUTH``, tokens and API keys (:mod:`sse_fast.mount`).
+    """
+
+    def __init__(self, settings: Settings, *, scheduler: Scheduler | None = None, auth: AuthHook | None = None) -> None:
         self.settings = settings
         self.node_id = secrets.token_hex(3)
         self.broker: Broker = create_broker(settings)
@@ -47,15 +51,15 @@ class App:
         self.scheduler = scheduler or Scheduler()
         self.scheduler.bind(self.broker, settings)
         self.streams.add_tick_job(self.scheduler.tick)
-        auth = Authenticator(settings)
+        self.auth = Authenticator(settings, hook=auth)
         self.tasks = task_registry(self.scheduler, self.broker)
-        self.commands = CommandService(self.scheduler, self.tasks, auth=auth)
+        self.commands = CommandService(self.scheduler, self.tasks, auth=self.auth)
         self.handshake = Handshake(settings, broker=self.broker, streams=self.streams, metrics=self.metrics)
         self.api = Api(
             settings,
             broker=self.broker,
             streams=self.streams,
-            auth=auth,
+            auth=self.auth,
             commands=self.commands,
             metrics=self.metrics,
             handshake=self.handshake,
@@ -75,7 +79,7 @@ class App:
         if self._started:
             return
         self._started = True
-        if self.settings.auth == "none":
+        if self.auth.mode == "none":
             log.warning("SSE_FAST_AUTH=none: every caller is trusted as the client it names, and is admin")
         self.streams.start(loop)
         self.broker.start(loop)
@@ -142,6 +146,9 @@ class App:
         await _asgi.serve(self, scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, *, scheduler: Scheduler | None = None) -> App:
-    """Build the application from ``settings`` (default: ``Settings.from_env()``), running ``scheduler``'s tasks."""
-    return App(settings or Settings.from_env(), scheduler=scheduler)
+def create_app(
+    settings: Settings | None = None, *, scheduler: Scheduler | None = None, auth: AuthHook | None = None
+) -> App:
+    """Build the application from ``settings`` (default: ``Settings.from_env()``), running ``scheduler``'s tasks;
+    ``auth``, an auth hook, identifies the callers instead of ``SSE_FAST_AUTH`` (:mod:`sse_fast.mount`)."""
+    return App(settings or Settings.from_env(), scheduler=scheduler, auth=auth)

@@ -93,6 +93,16 @@ async def _lifespan(app: App, receive: Receive, send: Send) -> None:
             return
 
 
+def _split_path(scope: dict[str, Any]) -> tuple[str, str]:
+    """The mount prefix and the path inside sse-fast. ASGI's ``path`` holds the whole path and ``root_path`` the
+    prefix the app is mounted at (Starlette's ``Mount``, FastAPI's ``app.mount``): the routes see what follows it."""
+    root_path: str = scope.get("root_path") or ""
+    path: str = scope["path"]
+    if root_path and path.startswith(root_path):
+        return root_path, path[len(root_path) :] or "/"
+    return root_path, path
+
+
 async def serve(app: App, scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """Handle one ASGI connection scope."""
     if scope["type"] == "lifespan":
@@ -114,7 +124,8 @@ async def serve(app: App, scope: dict[str, Any], receive: Receive, send: Send) -
 
     client = scope.get("client") or ("", 0)
     query = parse_query(scope.get("query_string", b"").decode("latin-1"))
-    req = Request(scope["method"], scope["path"], query, headers, f"{client[0]}:{client[1]}", chunks)
+    root_path, path = _split_path(scope)
+    req = Request(scope["method"], path, query, headers, f"{client[0]}:{client[1]}", chunks, root_path=root_path)
     answer = await app.api.handle(req)
     raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
     if isinstance(answer, Response):

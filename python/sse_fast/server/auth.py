@@ -8,15 +8,22 @@ use :func:`redact_query` before logging a query string.
 With ``auth = none`` the caller is trusted as given and everyone is admin. With ``auth = jwt`` the token's ``sub``
 is the clientId and its claims ``topics``, ``publish``, ``direct`` and ``admin`` are the grants. ``X-API-Key``
 (``SSE_FAST_API_KEYS``) makes an admin publisher called ``server`` on the HTTP API.
+
+With an auth hook (``SseFast(auth=...)``, :mod:`sse_fast.mount`) the host application decides alone: the hook is
+called once per request that needs a caller, with an :class:`AuthRequest`, and returns the :class:`Identity`
+(client id and grants) or None (401 ``unauthenticated``). ``SSE_FAST_AUTH``, tokens and API keys are not consulted
+then, and the client id comes only from the hook: a ``clientId`` or ``X-Client-Id`` that differs is 403.
 """
 
 from __future__ import annotations
 
 import hmac
+import inspect
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 from urllib.parse import unquote_plus
 
 import jwt
@@ -28,10 +35,16 @@ from sse_fast.errors import AuthFailure, TopicError
 from sse_fast.models import CLIENT_ID_PATTERN, CLIENT_ID_RULE
 from sse_fast.settings import Settings, public_key_algorithm
 
+if TYPE_CHECKING:
+    from sse_fast.server.http import Request
+
 __all__ = [
     "ANONYMOUS",
     "SERVER",
+    "SERVER_IDENTITY",
     "AuthFailure",
+    "AuthHook",
+    "AuthRequest",
     "Authenticator",
     "Identity",
     "can_subscribe",
@@ -61,10 +74,12 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     sending to other clients; ``admin`` allows everything (broadcast, the connections list, any task). ``expires``
     is when the credential stops being valid (a token's ``exp`` plus the leeway, in epoch seconds): a stream opened
     with it is closed then. None for a token without ``exp`` and for every identity not from a token.
+
+    An auth hook returns one: ``Identity(client_id="alice", topics=("orders.alice",))`` (``kind`` ``client``).
     """
 
     client_id: str
-    kind: Literal["anonymous", "client", "api_key"]
+    kind: Literal["anonymous", "client", "api_key"] = "client"
     admin: bool = False
     topics: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
@@ -79,6 +94,55 @@ def _trusted(client_id: str, kind: Literal["anonymous", "client"]) -> Identity:
 _API_KEY_IDENTITY: Final = Identity(
     client_id=SERVER, kind="api_key", admin=True, topics=_EVERYTHING, publish=_EVERYTHING, direct=True
 )
+SERVER_IDENTITY: Final = _API_KEY_IDENTITY
+"""The identity of an ``X-API-Key`` caller, and of the host application's in-process publishes (an admin, source
+``server``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """What an auth hook sees of a request: the same for every route, whichever interface carried it.
+
+    ``path`` is the path inside sse-fast (``/sse``, ``/api/messages``); ``root_path`` the prefix it is mounted at
+    (``/events``; empty when not mounted). ``headers`` have lower-case names; ``query`` and ``cookies`` keep one value
+    per name (the last). ``client`` is the peer's ``host:port``. The body is not offered: the hook runs before it
+    is read, and a refused caller's body is never read.
+    """
+
+    method: str
+    path: str
+    root_path: str
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    cookies: Mapping[str, str]
+    client: str
+
+
+AuthHook: TypeAlias = Callable[[AuthRequest], Identity | Awaitable[Identity | None] | None]
+"""An auth hook: from an :class:`AuthRequest` to the caller's :class:`Identity`, or None (401); sync or async."""
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    """The ``Cookie`` header as a dict (a repeated name keeps its last value; quotes around a value dropped)."""
+    cookies: dict[str, str] = {}
+    for part in header.split(";"):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if sep and name:
+            cookies[name] = value[1:-1] if len(value) > 1 and value[0] == value[-1] == '"' else value
+    return cookies
+
+
+def _checked(identity: object) -> Identity:
+    """The hook's answer, if it is a well-formed identity; a bad one is the host's bug (500), not the caller's."""
+    if not isinstance(identity, Identity):
+        raise TypeError(f"the auth hook returned {type(identity).__name__}, not an Identity or None")
+    if not _CLIENT_ID.fullmatch(identity.client_id) or identity.client_id in RESERVED_SOURCES:
+        raise ValueError(f"the auth hook's client_id {identity.client_id[:64]!r} is not a valid, unreserved clientId")
+    for pattern in (*identity.topics, *identity.publish):
+        if not isinstance(pattern, str) or not valid_topic(pattern, pattern=True):
+            raise ValueError(f"the auth hook granted {pattern!r}, which is not a topic pattern")
+    return identity
 
 
 class Authenticator:
@@ -87,8 +151,9 @@ class Authenticator:
     ``headers`` have lower-case names; ``query`` is the decoded query string (one value per name).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self.mode = settings.auth
+    def __init__(self, settings: Settings, *, hook: AuthHook | None = None) -> None:
+        self.hook = hook
+        self.mode: Literal["none", "jwt", "hook"] = "hook" if hook is not None else settings.auth
         self._api_keys = tuple(key.encode() for key in settings.api_keys)
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
@@ -113,6 +178,7 @@ class Authenticator:
         a stream always belongs to a named client). ``auth = jwt``: the token's ``sub`` (the query may be left out).
         """
         claimed = _client_id_param(query.get("clientId"), "clientId")
+        _not_hooked(self.mode)
         if self.mode == "none":
             if claimed is None:
                 raise AuthFailure(400, "invalid_client_id", "clientId is required on the stream with auth = none")
@@ -127,6 +193,7 @@ class Authenticator:
         ``body_source`` or ``anonymous``, and with ``auth = jwt`` the token (a different ``X-Client-Id`` or
         ``clientId`` is 403).
         """
+        _not_hooked(self.mode)
         api_key = headers.get("x-api-key")
         if api_key and (self._api_keys or self.mode == "jwt"):
             return self._api_key_identity(api_key)
@@ -140,6 +207,45 @@ class Authenticator:
             claimed = header_id or query_id or source
             return _trusted(claimed, "client") if claimed else _trusted(ANONYMOUS, "anonymous")
         return self._token_identity(headers, query, (header_id, query_id))
+
+    # -- the auth hook: when set, the one source of identities -------------------------------------------------
+
+    def caller(self, req: Request, body_source: str | None = None) -> Identity:
+        """The identity of an HTTP API request: the hook's when one is set (see :meth:`resolve`), else
+        :meth:`api_identity`."""
+        if self.hook is not None:
+            return _hooked(req, req.headers.get("x-client-id"), req.query.get("clientId"))
+        return self.api_identity(req.headers, req.query, body_source)
+
+    def stream_caller(self, req: Request) -> Identity:
+        """The identity of a ``GET /sse`` request: the hook's when one is set, else :meth:`stream_identity`."""
+        if self.hook is not None:
+            return _hooked(req, req.query.get("clientId"))
+        return self.stream_identity(req.headers, req.query)
+
+    async def resolve(self, req: Request) -> None:
+        """Call the hook (when set) for ``req`` and keep its answer on ``req.identity``, for :meth:`caller`.
+
+        Called once per request, before its handler and before its body is read, for every route that has a
+        caller (not for the open ones: ``/healthz``, the SDK...). An exception from the hook, or an answer that is
+        not a valid :class:`Identity`, fails the request with 500 (logged); an :class:`AuthFailure` it raises is
+        answered as it is.
+        """
+        if self.hook is None:
+            return
+        view = AuthRequest(
+            method=req.method,
+            path=req.path,
+            root_path=req.root_path,
+            headers=req.headers,
+            query=req.query,
+            cookies=parse_cookies(req.headers.get("cookie", "")),
+            client=req.client,
+        )
+        answer = self.hook(view)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        req.identity = None if answer is None else _checked(answer)
 
     # The permission checks as methods too, so that routes holding an Authenticator need nothing else.
 
@@ -254,6 +360,23 @@ class Authenticator:
         if not found:
             raise AuthFailure(401, "invalid_token", "the token's key id is not in the key set")
         return found[0].key, [found[0].algorithm_name]
+
+
+def _not_hooked(mode: str) -> None:
+    """Fail closed: with a hook, an identity from headers alone (a route that bypassed :meth:`Authenticator.caller`)
+    would not be the hook's."""
+    if mode == "hook":
+        raise AuthFailure(401, "unauthenticated", "this server identifies callers through its host application")
+
+
+def _hooked(req: Request, *claimed: str | None) -> Identity:
+    """The hook's identity for ``req``: 401 when it had none, 403 when the request names another client."""
+    identity = req.identity
+    if identity is None:
+        raise AuthFailure(401, "unauthenticated", "the host application did not recognise this caller")
+    if any(c and c != identity.client_id for c in claimed):
+        raise AuthFailure(403, "client_id_mismatch", "the clientId differs from the caller's identity")
+    return identity
 
 
 def _token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:

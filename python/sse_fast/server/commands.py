@@ -121,7 +121,7 @@ class CommandService:
 
     async def list_tasks(self, req: Request) -> Response:
         """``GET /api/tasks``: the caller's tasks; ``?all=true`` every client's (admin)."""
-        caller = self.auth.api_identity(req.headers, req.query, None)
+        caller = self.auth.caller(req)
         if req.query.get("all", "").lower() in ("1", "true", "yes"):
             if not caller.admin:
                 raise HttpError(403, "admin_required", "listing every client's tasks needs admin rights")
@@ -145,7 +145,7 @@ class CommandService:
         return await self._path_action(req, "resume")
 
     async def _path_action(self, req: Request, action: str) -> Response:
-        caller = self.auth.api_identity(req.headers, req.query, None)
+        caller = self.auth.caller(req)
         return await self._act(caller, action, req.path_params["taskId"])
 
 

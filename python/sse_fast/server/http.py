@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 import msgspec
 
 from sse_fast.errors import ErrorBody, HttpError
 from sse_fast.streams import Sink
+
+if TYPE_CHECKING:
+    from sse_fast.server.auth import Identity
 
 __all__ = ["HttpError", "Request", "Response", "Route", "StreamResponse", "api_route", "json_response", "parse_query"]
 
@@ -130,9 +133,14 @@ def parse_query(query_string: str) -> dict[str, str]:
 
 
 class Request:
-    """One HTTP request, interface-neutral. ``headers`` names are lower-case."""
+    """One HTTP request, interface-neutral. ``headers`` names are lower-case.
 
-    __slots__ = ("_chunks", "client", "headers", "method", "path", "path_params", "query")
+    ``path`` is the path inside sse-fast; ``root_path`` the prefix it is mounted at (ASGI's ``root_path``; empty when
+    not mounted). ``identity`` is what the auth hook said of the caller, when there is a hook
+    (:meth:`sse_fast.server.auth.Authenticator.resolve`).
+    """
+
+    __slots__ = ("_chunks", "client", "headers", "identity", "method", "path", "path_params", "query", "root_path")
 
     def __init__(
         self,
@@ -142,13 +150,17 @@ class Request:
         headers: Mapping[str, str],
         client: str,
         chunks: Callable[[], AsyncIterator[bytes]],
+        *,
+        root_path: str = "",
     ) -> None:
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers
         self.client = client
+        self.root_path = root_path
         self.path_params: dict[str, str] = {}
+        self.identity: Identity | None = None
         self._chunks = chunks
 
     async def body(self, limit: int) -> bytes:

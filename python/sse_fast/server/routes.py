@@ -290,6 +290,8 @@ class Api:
                 allowed.append(route.method)
                 continue
             req.path_params = params
+            if route.security != ():  # the open routes (health, the SDK...) have no caller: no auth hook for them
+                await self.auth.resolve(req)
             return await route.handler(req)
         if allowed:
             allow = ", ".join(sorted(set(allowed)))
@@ -328,13 +330,13 @@ class Api:
     # -- identity --------------------------------------------------------------------------------------------
 
     def _caller(self, req: Request, body_source: str | None = None) -> Identity:
-        return self.auth.api_identity(req.headers, req.query, body_source)
+        return self.auth.caller(req, body_source)
 
     def _early_caller(self, req: Request) -> Identity | None:
-        """The caller, before the body is read, under ``auth = jwt``: a request without a valid credential is
-        refused (401) before its body is decoded. With ``auth = none`` the envelope's ``source`` may name the
-        caller, so this is None and the body comes first."""
-        if self.auth.mode == "jwt":
+        """The caller, before the body is read, under ``auth = jwt`` or an auth hook: a request without a valid
+        credential is refused (401) before its body is decoded. With ``auth = none`` the envelope's ``source`` may
+        name the caller, so this is None and the body comes first."""
+        if self.auth.mode != "none":
             return self._caller(req)
         return None
 
@@ -355,7 +357,7 @@ class Api:
         if ticket:  # a one-time ticket (server/tickets.py) stands for the token it was exchanged for
             caller = await self.tickets.stream_identity(ticket, req.query.get("clientId"))
         else:
-            caller = self.auth.stream_identity(req.headers, req.query)
+            caller = self.auth.stream_caller(req)
         topics = self._topics(req.query.get("topics", ""), caller)
         cursor = cursor_of(req.headers.get("last-event-id"), req.query.get("lastEventId"))
         if not self.streams.accepting:
@@ -436,6 +438,11 @@ class Api:
             return _duplicate(accepted)
         answer = PublishAnswer(message_id=accepted.message_id, delivered=accepted.delivered, queued=accepted.queued)
         return json_response(202, answer)
+
+    async def accept(self, caller: Identity, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
+        """Publish a decoded ``envelope`` as ``caller``, the way the HTTP API does (permission, stamp, rate limit,
+        broker): for programs that publish in-process (:class:`sse_fast.mount.SseFast`)."""
+        return await self._accept(caller, envelope, exclude=exclude)
 
     async def _accept(self, caller: Identity, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
         self.auth.check_publish(caller, target=envelope.target, topic=envelope.topic)

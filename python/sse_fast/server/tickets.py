@@ -190,7 +190,7 @@ class TicketService:
 
     async def issue(self, req: Request) -> Response:
         """``POST /api/tickets``: the caller's identity and grants, as a ticket for one stream."""
-        caller = self.auth.api_identity(req.headers, req.query, None)
+        caller = self.auth.caller(req)
         if caller.kind == "api_key":
             raise AuthFailure(403, "ticket_not_allowed", "API keys are for the HTTP API; a stream needs a client")
         if caller.kind == "anonymous":
