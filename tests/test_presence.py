@@ -6,6 +6,7 @@ redis-server); the cross-node counts and a killed node's connections on Redis wi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,11 +17,13 @@ import httpx
 import jwt
 import pytest
 
+import _brokers
 from _redis import running_redis
 from _servers import Server, Stream, kill_node, open_stream, running_server
 from sse_fast import Client, SyncClient
 from sse_fast.client import PresenceAnswer
 from sse_fast.errors import AuthError, ServerError
+from sse_fast.models import ConnectionInfo
 
 pytestmark = [pytest.mark.e2e]
 
@@ -234,3 +237,42 @@ def test_the_openapi_document_describes_it(server: Server) -> None:
     schema = document["components"]["schemas"]["PresenceAnswer"]
     live = presence(server, "topic=doc.t").json()
     assert set(live) == set(schema["properties"]) == set(schema["required"])
+
+
+# -- the scan behind scope=cluster, in process on both brokers ------------------------------------------------
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    if request.param == "memory":
+        yield None
+        return
+    with running_redis(tmp_path) as redis:
+        yield redis.url
+
+
+async def test_concurrent_requests_share_one_scan_of_the_rows(broker_url: str | None) -> None:
+    """A caller with a topic grant may ask for presence: many requests at once must not each hold a copy of every
+    row of the cluster. Requests that arrive while a scan runs share it; one that arrives after it gets a new one."""
+    async with _brokers.running_app(broker_url) as app:
+        broker = app.broker
+        for client in ("s1", "s2", "s3"):
+            await _brokers.open_stream(app, client, topics=("sc.*",))
+        scans = 0
+        scan = broker.connections
+
+        async def counted() -> list[ConnectionInfo]:
+            nonlocal scans
+            scans += 1
+            return await scan()
+
+        broker.connections = counted  # type: ignore[method-assign]
+        answers = await asyncio.gather(*(broker.presence("sc.x", scope="cluster", limit=2) for _ in range(20)))
+        assert scans == 1
+        assert {(a.count, a.connections, a.truncated) for a in answers} == {(3, 3, True)}
+        assert [c.client_id for c in answers[0].clients] == ["s1", "s2"]
+        await _brokers.open_stream(app, "s4", topics=("sc.x",))
+        later = await broker.presence("sc.x", scope="cluster", limit=0)
+        assert (scans, later.count) == (2, 4)  # no answer outlives its scan
+        node = await broker.presence("sc.x", scope="node", limit=10)
+        assert (scans, node.count) == (2, 4)  # this worker's own rows need no scan

@@ -34,6 +34,12 @@ __all__ = ["Broker"]
 log = logging.getLogger("sse_fast.broker")
 
 
+def _retrieve(scan: asyncio.Future[list[ConnectionInfo]]) -> None:
+    """Mark a shared scan's failure as seen: its awaiters got it (or were cancelled and need none)."""
+    if not scan.cancelled():
+        scan.exception()
+
+
 class Broker(abc.ABC):
     """The interface every broker implements. All methods run on the worker's event loop."""
 
@@ -43,6 +49,8 @@ class Broker(abc.ABC):
         self.settings = settings
         self.streams: Streams | None = None
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
+        # The scan of the cluster's connection rows that presence requests in flight share (see presence()).
+        self._rows_scan: asyncio.Future[list[ConnectionInfo]] | None = None
         # What every broker counts the same way (the rest of counters() is its stores').
         self.published = 0
         self.duplicates = 0
@@ -126,8 +134,19 @@ class Broker(abc.ABC):
         worker's streams (``node``) or the rows of :meth:`connections` (``cluster``: every live node's, with Redis;
         a dead node's stop counting when its heartbeat expires)."""
         assert self.streams is not None
-        rows = self.streams.rows() if scope == "node" else await self.connections()
+        rows = self.streams.rows() if scope == "node" else await self._shared_rows()
         return rules.presence(rows, topic, scope=scope, limit=limit)
+
+    async def _shared_rows(self) -> list[ConnectionInfo]:
+        """:meth:`connections`, one scan at a time: the presence requests that arrive while a scan runs await that
+        scan instead of starting their own. A client with a topic grant may ask for presence, and each scan holds
+        every row of the cluster (with Redis, one ``HVALS`` per node): so that concurrent requests cannot multiply
+        that memory, they share it. The rows a request gets are at most one scan older than the request."""
+        scan = self._rows_scan
+        if scan is None or scan.done():
+            scan = self._rows_scan = asyncio.ensure_future(self.connections())
+            scan.add_done_callback(_retrieve)
+        return await asyncio.shield(scan)
 
     def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Await ``hook()`` when the broker closes, while it can still write (a collaborator's last writes)."""
