@@ -97,7 +97,7 @@ async def test_a_client_that_queues_and_pauses_long_tasks_leaves_room_for_the_ot
             other = await command(http, server.url, "other", "execute", task="sleep", params={"seconds": 0.1})
             assert other.status_code == 202, other.text
             metrics = (await http.get(f"{server.url}/metrics")).text
-    assert "sse_fast_scheduler_tasks_refused_client_queue 1.0" in metrics
+    assert "sse_fast_scheduler_tasks_refused_client_queue_total 1.0" in metrics
 
 
 @pytest.mark.parametrize("broker", BROKERS)
@@ -219,4 +219,4 @@ async def test_a_client_flooding_the_log_is_rate_limited_and_resumes_still_resum
                 answers = await flood(http, url, "flooder", trusted, 8)
                 assert [a.status_code for a in answers] == [202] * 8, answers[-1].text
             metrics = (await http.get(f"{url}/metrics")).text
-    assert "sse_fast_publish_rate_limited 1.0" in metrics
+    assert "sse_fast_publish_rate_limited_total 1.0" in metrics

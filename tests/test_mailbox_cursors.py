@@ -144,7 +144,7 @@ async def test_a_redis_mailbox_is_held_to_the_queue_bytes_and_so_is_what_a_conne
         assert 0 < len(entries) < count
         assert held <= bound + 64 * len(entries), (held, len(entries))  # the data, and each entry's short header
         assert usage <= 2 * bound, usage  # was about count * size
-        assert _metric(server, "sse_fast_mailbox_dropped") == count - len(entries)
+        assert _metric(server, "sse_fast_mailbox_dropped_total") == count - len(entries)
         async with open_stream(server.url, client_id="offline") as stream:
             await stream.count("json", len(entries))
             got = [e["payload"]["n"] for e in stream.envelopes("json")]

@@ -128,10 +128,11 @@ async def test_per_client_limit_holds_across_nodes(tmp_path: Path) -> None:
 
 
 def metric(server: Server, name: str) -> float:
+    """A cluster-wide gauge: its first sample (with several workers each has a ``worker`` label and the same value)."""
     text = httpx.get(f"{server.url}/metrics", timeout=5).text
     for line in text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
+        if line.startswith((f"{name} ", f"{name}{{")):
+            return float(line.rsplit(maxsplit=1)[1])
     raise AssertionError(f"{name} not in /metrics")
 
 

@@ -311,9 +311,9 @@ def test_health_readiness_and_metrics(server: Server) -> None:
         "sse_fast_evicted_total",
         "sse_fast_slow_consumer_closes_total",
         "sse_fast_replayed_total",
-        "sse_fast_acks_acked",
+        "sse_fast_acks_acked_total",
         "sse_fast_queued_frames",
-        "sse_fast_published",
+        "sse_fast_published_total",
     ):
         assert f"\n{name} " in metrics.text, name
 

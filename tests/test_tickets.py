@@ -87,12 +87,12 @@ def test_the_store_is_bounded_and_tickets_expire(tmp_path: Path) -> None:
 
 
 def _bounded_and_expiring(server: Server) -> None:
-    refused_before = metric(server, "sse_fast_tickets_refused")
+    refused_before = metric(server, "sse_fast_tickets_refused_total")
     issued = [ticket(server, bearer(f"c{i}")) for i in range(3)]
     full = httpx.post(f"{server.url}/api/tickets", headers=bearer("c9"))
     assert (full.status_code, full.json()["code"]) == (429, "too_many_tickets")
     assert full.headers["retry-after"] == "1"
-    assert metric(server, "sse_fast_tickets_refused") == refused_before + 1
+    assert metric(server, "sse_fast_tickets_refused_total") == refused_before + 1
     assert metric(server, "sse_fast_tickets_held") == 3
     deadline = time.monotonic() + 10
     while httpx.post(f"{server.url}/api/tickets", headers=bearer("c9")).status_code != 200:  # after the TTL
@@ -126,5 +126,5 @@ async def test_a_ticket_from_one_node_opens_a_stream_on_another_once(tmp_path: P
                 assert connect["payload"]["detail"]["clientId"] == "fay"
             reused = httpx.get(f"{first.url}/sse?ticket={value}")
             assert (reused.status_code, reused.json()["code"]) == (401, "invalid_ticket")
-            assert metric(second, "sse_fast_tickets_redeemed") == 1
-            assert metric(first, "sse_fast_tickets_issued") == 1
+            assert metric(second, "sse_fast_tickets_redeemed_total") == 1
+            assert metric(first, "sse_fast_tickets_issued_total") == 1

@@ -245,15 +245,16 @@ class Server:
         return self.redis.cpu() if self.redis is not None else 0.0
 
     def metric(self, name: str) -> float | None:
-        """One gauge from ``/metrics`` (of whichever worker the kernel hands the request to)."""
+        """One gauge from ``/metrics``: its first sample (with several workers each has a ``worker`` label, and a
+        cluster-wide gauge reads the same in every worker)."""
         try:
             with urllib.request.urlopen(f"http://{HOST}:{self.port}/metrics", timeout=5) as r:
                 text = r.read().decode()
         except OSError:
             return None
         for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
+            if line.startswith((name + " ", name + "{")):
+                return float(line.rsplit(maxsplit=1)[1])
         return None
 
     def _wait_ready(self) -> None:

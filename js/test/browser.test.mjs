@@ -305,7 +305,7 @@ describe("sse-fast in Chromium", () => {
       assert.ok(streams.length >= 1 && streams.every((u) => u.includes("ticket=")), streams.join("\n"));
       assert.ok(urls.every((u) => !u.includes(token)), "a token in a URL");
       const metrics = await (await fetch(`${server.url}/metrics`)).text();
-      assert.match(metrics, /^sse_fast_tickets_redeemed 2\.0$/m); // one ticket per stream, each used once
+      assert.match(metrics, /^sse_fast_tickets_redeemed_total 2\.0$/m); // one ticket per stream, each used once
       await page.close();
     });
   });

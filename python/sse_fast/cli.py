@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import enum
 import logging
+import logging.config
 import os
 import re
 import resource
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import msgspec
 
+from sse_fast import logs
 from sse_fast._core import validate_topic
 from sse_fast.client import Client, State
 from sse_fast.errors import AuthError, ErrorBody, TopicError
@@ -106,6 +111,8 @@ def _serve(args: argparse.Namespace) -> int:
         "SSE_FAST_SSL_CERTFILE": args.ssl_certfile,
         "SSE_FAST_SSL_KEYFILE": args.ssl_keyfile,
         "SSE_FAST_HTTP": args.http,
+        "SSE_FAST_LOG_FORMAT": args.log_format,
+        "SSE_FAST_ACCESS_LOG": "true" if args.access_log else None,
     }
     interface_given = args.interface is not None or "SSE_FAST_INTERFACE" in os.environ
     # Workers are separate processes that read their settings from the environment: put the CLI's there.
@@ -115,6 +122,28 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as err:
         print(f"sse-fast: {err}", file=sys.stderr)
         return ExitCode.USAGE
+    log_config = logs.dictconfig(settings.log_level, settings.log_format)
+    logging.config.dictConfig(log_config)
+    with _metrics_dir(settings):
+        return _run_granian(settings, interface_given, log_config)
+
+
+@contextlib.contextmanager
+def _metrics_dir(settings: Any) -> Iterator[None]:
+    """Several workers share their metrics through a directory: a fresh private one for this server, removed when it
+    stops (unless ``SSE_FAST_METRICS_DIR`` names one)."""
+    if settings.workers <= 1 or settings.metrics_dir:
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="sse-fast-metrics-")
+    os.environ["SSE_FAST_METRICS_DIR"] = path
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_granian(settings: Any, interface_given: bool, log_config: dict[str, Any]) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
@@ -152,6 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
         # Small per-connection read buffers: SSE requests are tiny, and each idle stream keeps its buffer.
         http1_settings=HTTP1Settings(max_buffer_size=8192),
         log_level=_granian_log_level(settings.log_level),
+        log_dictconfig=log_config,
         workers_kill_timeout=int(settings.shutdown_grace) + 5,
     )
     server.serve()
@@ -404,6 +434,17 @@ def _parser() -> argparse.ArgumentParser:
         help="HTTP versions (SSE_FAST_HTTP, default auto: HTTP/1.1, and HTTP/2 by ALPN over TLS)",
     )
     serve.add_argument("--broker", help="memory (default) or a redis:// URL (SSE_FAST_BROKER)")
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines of granian and sse-fast, text or one JSON object per line (SSE_FAST_LOG_FORMAT)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        default=None,
+        help="log every request: method, path, status, duration, clientId; tokens redacted (SSE_FAST_ACCESS_LOG)",
+    )
     serve.set_defaults(func=_serve)
 
     listen = command("listen", "print the events of a stream, reconnecting")
@@ -436,7 +477,23 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=_seconds, default=10.0, metavar="SECONDS", help="give up after this long (default 10)"
     )
     publish.set_defaults(func=_publish)
+
+    log_config = command("log-config", "print the logging config of sse-fast serve, for granian --log-config")
+    log_config.add_argument(
+        "--log-format", choices=["text", "json"], default=None, help="text or json (SSE_FAST_LOG_FORMAT, default text)"
+    )
+    log_config.set_defaults(func=_log_config)
     return parser
+
+
+def _log_config(args: argparse.Namespace) -> int:
+    fmt = args.log_format or os.environ.get("SSE_FAST_LOG_FORMAT", "text")
+    for known in logs.LOG_FORMATS:
+        if fmt == known:
+            print(_json.encode(logs.dictconfig(args.log_level, known)).decode())
+            return ExitCode.OK
+    print(f"sse-fast: SSE_FAST_LOG_FORMAT={fmt!r}: one of {', '.join(logs.LOG_FORMATS)}", file=sys.stderr)
+    return ExitCode.USAGE
 
 
 def _configure_logging(level: str) -> None:

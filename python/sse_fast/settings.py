@@ -85,6 +85,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: Annotated[Count, _doc("Worker processes; more than one needs the Redis broker.", gt=0)] = 1
     interface: Annotated[Literal["rsgi", "asgi"], _doc("granian interface.")] = "rsgi"
     log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], _doc("Log level.")] = "info"
+    log_format: Annotated[
+        Literal["text", "json"],
+        _doc("Log line format of granian's lines and sse-fast's: `text`, or `json` (one object per line)."),
+    ] = "text"
+    access_log: Annotated[
+        bool,
+        _doc("Log every request (method, path, status, duration, clientId) with `token` and `ticket` redacted."),
+    ] = False
+    metrics_dir: Annotated[
+        str | None,
+        _doc(
+            "Directory where several workers leave their metrics for each other (default: a private one per "
+            "server under the temp directory when `SSE_FAST_WORKERS` > 1)."
+        ),
+    ] = None
     ssl_certfile: Annotated[
         str | None, _doc("PEM certificate (chain) file: serve HTTPS. Needs `SSE_FAST_SSL_KEYFILE`.")
     ] = None

@@ -123,6 +123,8 @@ class Streams:
         self.closed_expired = 0
         self.opened_total = 0
         self.closed_total = 0
+        self.fanout_observer: Callable[[float], None] | None = None
+        """Told how long each :meth:`deliver` took to route and queue its frame (the fan-out histogram)."""
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -299,7 +301,10 @@ class Streams:
         self, frame: Frame, *, target: str | None = None, topic: str | None = None, exclude: str | None = None
     ) -> Delivery:
         """Route one frame to every matching connection of this worker; writes happen once per loop turn."""
+        started = time.perf_counter()
         delivery = self.hub.publish(frame, target=target, topic=topic, exclude=exclude)
+        if self.fanout_observer is not None:
+            self.fanout_observer(time.perf_counter() - started)
         if delivery.woken:
             self._wake(delivery.woken)
         for conn_id in delivery.overflowed:

@@ -23,7 +23,7 @@ from sse_fast.server.auth import Authenticator, AuthHook
 from sse_fast.server.backlog import BacklogWatch
 from sse_fast.server.commands import CommandService
 from sse_fast.server.handshake import Handshake
-from sse_fast.server.metrics import Metrics
+from sse_fast.server.metrics import Metrics, shared_dir
 from sse_fast.server.routes import Api
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
@@ -46,8 +46,9 @@ class App:
         self.broker: Broker = create_broker(settings)
         self.streams = Streams(settings, id_prefix=f"{self.broker.epoch}-", node_id=self.node_id, new_id=new_message_id)
         self.broker.attach(self.streams)
-        self.metrics = Metrics()
+        self.metrics = Metrics(share=shared_dir(settings))
         self.metrics.bind(self.streams, self.broker)
+        self.streams.fanout_observer = self.metrics.fanout_seconds.observe
         self.scheduler = scheduler or Scheduler()
         self.scheduler.bind(self.broker, settings)
         self.streams.add_tick_job(self.scheduler.tick)
@@ -85,6 +86,7 @@ class App:
         self.broker.start(loop)
         self.backlog.start(loop.call_soon)
         self.scheduler.start(loop)
+        self.streams.add_tick_job(self.metrics.tick)  # only a started worker shares its metrics
         self._hook_signals()
         log.info("sse-fast worker ready (broker %s, epoch %s)", type(self.broker).__name__, self.broker.epoch)
 
@@ -126,6 +128,7 @@ class App:
         self.begin_shutdown()
         await self.scheduler.close()
         self.streams.stop()
+        self.metrics.close()
         await self.broker.close()
 
     # -- the two interfaces ------------------------------------------------------------------------------------

@@ -1,51 +1,209 @@
 """Prometheus metrics, read from the counters the hub, streams and broker already keep.
 
-Nothing on the data path updates a Prometheus object: the collector reads the Rust hub's running totals and the
-Python counters at scrape time, so a publish to 10,000 connections costs the metrics nothing.
+Nothing on the data path updates a Prometheus object but two histograms (a publish's latency, once per publish,
+and a fan-out's time, once per delivered frame): the collector reads the Rust hub's running totals and the Python
+counters at scrape time, so a publish to 10,000 connections costs the metrics one observation.
+
+Every family is declared once, in :data:`METRICS` (name, type, HELP); the README's table is
+:func:`as_table`, and ``tests/test_metrics.py`` checks both against a real scrape. Monotonic counters are counters
+(their samples end in ``_total``); levels are gauges. The process collector adds ``process_*`` (RSS, open and
+maximum file descriptors: this worker's real limits).
+
+Several workers: each worker leaves its own exposition in a directory they share (``SSE_FAST_METRICS_DIR``, by
+default one per server under the temp directory) on every tick, and a scrape answers this worker's live values
+and the others' last ones (at most about a second old), every sample labelled ``worker="<pid>"``: one scrape is
+the whole server, and ``sum without (worker) (...)`` adds the workers up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import stat
+import tempfile
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from sse_fast.broker import Broker
     from sse_fast.server.backlog import BacklogWatch
+    from sse_fast.settings import Settings
     from sse_fast.streams import Streams
 
-__all__ = ["Metrics"]
+__all__ = ["METRICS", "MetricDoc", "Metrics", "as_table", "shared_dir"]
 
-# (name, help, kind, where the value comes from)
-_HUB = [
-    ("connections", "Open SSE connections on this worker", "gauge", "connections"),
-    ("clients", "Distinct clients with an open connection on this worker", "gauge", "clients"),
-    ("queued_frames", "Frames waiting in connection queues", "gauge", "queued_frames"),
-    ("queued_bytes", "Bytes waiting in connection queues", "gauge", "queued_bytes"),
-    ("delivered", "Frames pushed into connection queues", "counter", "delivered"),
-    ("evicted", "Ephemeral frames evicted from full connection queues", "counter", "evicted"),
-    ("overflowed", "Resumable frames that did not fit a connection queue", "counter", "overflowed"),
-]
+log = logging.getLogger("sse_fast.metrics")
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+class MetricDoc(NamedTuple):
+    """One metric family as a scrape shows it: its sample name (counters end in ``_total``), type and HELP."""
+
+    name: str
+    kind: Kind
+    help: str
+
+
+def _c(name: str, doc: str) -> MetricDoc:
+    return MetricDoc(f"sse_fast_{name}_total", "counter", doc)
+
+
+def _g(name: str, doc: str) -> MetricDoc:
+    return MetricDoc(f"sse_fast_{name}", "gauge", doc)
+
+
+_MEMORY = " (memory broker)"
+_REDIS = " (Redis broker)"
+
+METRICS: Final[tuple[MetricDoc, ...]] = (
+    # The hub and the streams of this worker
+    _g("connections", "Open SSE connections on this worker"),
+    _g("clients", "Distinct clients with an open connection on this worker"),
+    _g("queued_frames", "Frames waiting in this worker's connection queues"),
+    _g("queued_bytes", "Bytes waiting in this worker's connection queues"),
+    _c("delivered", "Frames pushed into connection queues"),
+    _c("evicted", "Ephemeral frames evicted from full connection queues"),
+    _c("overflowed", "Resumable frames that did not fit a connection queue (the stream is closed as slow)"),
+    _c("connections_opened", "SSE connections opened"),
+    _c("connections_closed", "SSE connections closed"),
+    _c("slow_consumer_closes", "Streams closed as slow consumers (disconnect reason slow_consumer)"),
+    _c("replaced_closes", "Streams closed past SSE_FAST_MAX_CONNECTIONS_PER_CLIENT (disconnect reason replaced)"),
+    _c("token_expired_closes", "Streams closed because their token expired (disconnect reason token_expired)"),
+    _c("dead_peers", "Streams closed because their peer stopped acknowledging (gone without FIN or RST)"),
+    _c("replayed", "Frames delivered on connect before going live (replay and mailbox)"),
+    _c("topics_refused", "Streams refused for topic patterns past SSE_FAST_MAX_TOPIC_SEGMENTS or MAX_TOPICS_BYTES"),
+    _c("http_responses", "HTTP answers by status (label status); a stream counts once, as 200, when it opens"),
+    _c("rsgi_backlog_checks", "Reads of a stream socket's unacknowledged bytes by the RSGI slow-reader watch"),
+    MetricDoc(
+        "sse_fast_publish_seconds",
+        "histogram",
+        "Time the broker took to accept a publish: log append, mailbox and local fan-out (with Redis, its round trip)",
+    ),
+    MetricDoc(
+        "sse_fast_fanout_seconds",
+        "histogram",
+        "Time to route one frame to this worker's matching connections and queue it for each",
+    ),
+    # Every broker alike
+    _c("published", "Messages the broker accepted (duplicates not counted)"),
+    _c("duplicates", "Publishes answered as duplicates: a client-chosen id seen within SSE_FAST_DEDUPE_WINDOW"),
+    _c("acks_acked", "requireAck messages acknowledged"),
+    _c("acks_redelivered", "Redeliveries of unacknowledged requireAck messages"),
+    _c("acks_expired", "requireAck messages that expired unacknowledged"),
+    _c("mailbox_dropped", "Mailbox messages dropped past SSE_FAST_MAILBOX_SIZE, SSE_FAST_MAILBOX_CLIENTS or the bytes"),
+    # The memory broker
+    _g("replay_frames", "Frames held in the replay log" + _MEMORY),
+    _g("replay_bytes", "Bytes held in the replay log" + _MEMORY),
+    _c("replay_evicted", "Frames trimmed from the replay log by count, bytes or age" + _MEMORY),
+    _g("mailbox_clients", "Offline clients holding a mailbox" + _MEMORY),
+    _g("mailbox_messages", "Messages waiting in mailboxes" + _MEMORY),
+    _g("mailbox_bytes", "Bytes waiting in mailboxes" + _MEMORY),
+    _g("dedupe_entries", "Client-chosen message ids remembered for deduplication" + _MEMORY),
+    _g("acks_tracked", "requireAck messages whose delivery status is held" + _MEMORY),
+    _g("acks_bytes", "Bytes of the requireAck messages held for redelivery" + _MEMORY),
+    _g("admin_recent_frames", "Frames held for the admin page's tail" + _MEMORY),
+    # The Redis broker
+    _g("cluster_connections", "Open SSE connections of the whole cluster, from every worker's heartbeat" + _REDIS),
+    _g("cluster_nodes", "Workers of the cluster with a live heartbeat" + _REDIS),
+    _g("broker_up", "1 while Redis answers, 0 while it is unreachable" + _REDIS),
+    _c("broker_reconnects", "Times Redis answered again after being unreachable" + _REDIS),
+    _c("broker_resets", "Times Redis came back without its data: streams closed to resume (told expired)" + _REDIS),
+    _c("broker_lagged", "Times this worker's reader fell behind the trimmed log (disconnect reason lagged)" + _REDIS),
+    # Stream tickets and publish limits
+    _g("tickets_held", "Stream tickets waiting to be used (with Redis, cluster-wide as last seen)"),
+    _c("tickets_issued", "Stream tickets issued"),
+    _c("tickets_redeemed", "Stream tickets used to open a stream"),
+    _c("tickets_refused", "Stream tickets refused because SSE_FAST_TICKETS_MAX were held (429 too_many_tickets)"),
+    _c("publish_rate_limited", "Publishes refused by the per-client rate limits (429 rate_limited)"),
+    _g("publish_limit_clients", "Per-client rate-limit buckets held"),
+    _c("publish_limit_forgotten", "Rate-limit buckets forgotten past SSE_FAST_PUBLISH_LIMIT_CLIENTS"),
+    # The scheduler
+    _g("scheduler_running", "Tasks running"),
+    _g("scheduler_waiting", "Tasks waiting for a slot"),
+    _g("scheduler_paused", "Tasks paused"),
+    _g("scheduler_records", "Task records held (live and finished, until SSE_FAST_SCHEDULER_RETENTION)"),
+    _g("scheduler_peak_running", "Most tasks running at once since the worker started"),
+    _c("scheduler_tasks_submitted", "Tasks submitted"),
+    _c("scheduler_tasks_completed", "Tasks completed"),
+    _c("scheduler_tasks_failed", "Tasks failed"),
+    _c("scheduler_tasks_cancelled", "Tasks cancelled"),
+    _c("scheduler_tasks_retried", "Task retries"),
+    _c("scheduler_tasks_pause_timeout", "Tasks cancelled after SSE_FAST_SCHEDULER_PAUSE_TIMEOUT paused"),
+    _c("scheduler_tasks_refused_client_queue", "Tasks refused: the client's share of the queue was full"),
+    _c("scheduler_tasks_refused_paused", "Tasks refused: the client had SSE_FAST_SCHEDULER_CLIENT_PAUSED paused"),
+    # prometheus-client's process collector
+    MetricDoc("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds."),
+    MetricDoc("process_open_fds", "gauge", "Number of open file descriptors."),
+    MetricDoc("process_max_fds", "gauge", "Maximum number of open file descriptors."),
+    MetricDoc("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes."),
+    MetricDoc("process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
+    MetricDoc("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds."),
+)
+"""Every metric family a scrape can show (some only with one broker)."""
+
+_BY_KEY: Final = {
+    doc.name.removeprefix("sse_fast_").removesuffix("_total"): doc for doc in METRICS if doc.kind != "histogram"
+}
+# The scheduler's counts exist from the first event of their kind: shown as 0 before it.
+_SCHEDULER_COUNTS: Final = tuple(
+    key.removeprefix("scheduler_tasks_") for key in _BY_KEY if key.startswith("scheduler_tasks_")
+)
+_HUB: Final = ("connections", "clients", "queued_frames", "queued_bytes", "delivered", "evicted", "overflowed")
+_PUBLISH_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_FANOUT_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_STALE_SECONDS: Final = 30.0  # a sibling's file not rewritten for this long is from a stuck worker: not shown
+
+
+def as_table() -> str:
+    """The README's table of every metric family (markdown)."""
+    rows = [f"| `{doc.name}` | {doc.kind} | {doc.help} |" for doc in METRICS]
+    return "\n".join(["| metric | type | help |", "|---|---|---|", *rows])
+
+
+def shared_dir(settings: Settings) -> Path | None:
+    """Where the workers of one server leave their metrics for each other, or None with a single worker.
+
+    ``SSE_FAST_METRICS_DIR`` when set; else a private directory named after the parent process (granian's, or
+    ``sse-fast serve``), which all its workers share.
+    """
+    if settings.metrics_dir:
+        return Path(settings.metrics_dir)
+    if settings.workers <= 1:
+        return None
+    return Path(tempfile.gettempdir()) / f"sse-fast-metrics-{os.getuid()}-{os.getppid()}"
 
 
 class Metrics(Collector):
     """The worker's registry; :meth:`render` answers ``GET /metrics``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, share: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.replayed = 0
         self.topics_refused = 0
         self.responses: Counter[int] = Counter()
+        self.publish_seconds = Histogram(
+            "sse_fast_publish_seconds", _help("sse_fast_publish_seconds"), buckets=_PUBLISH_BUCKETS, registry=None
+        )
+        self.fanout_seconds = Histogram(
+            "sse_fast_fanout_seconds", _help("sse_fast_fanout_seconds"), buckets=_FANOUT_BUCKETS, registry=None
+        )
+        self._process = ProcessCollector(registry=None)
         self._streams: Streams | None = None
         self._broker: Broker | None = None
         self._watch: BacklogWatch | None = None
         self._extra: list[Callable[[], dict[str, int]]] = []
+        self._share = _Share(share) if share is not None else None
         self.registry.register(self)
 
     def bind(self, streams: Streams, broker: Broker) -> None:
@@ -57,62 +215,172 @@ class Metrics(Collector):
         self._watch = watch
 
     def add_source(self, source: Callable[[], dict[str, int]]) -> None:
-        """Another set of gauges (the scheduler's), exported as ``sse_fast_<name>``."""
+        """Another set of values (the scheduler's), exported as ``sse_fast_<name>`` as :data:`METRICS` says."""
         self._extra.append(source)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def tick(self, _now: float) -> None:
+        """Leave this worker's values for the others (several workers; on the streams' tick)."""
+        if self._share is not None:
+            self._share.write(generate_latest(_Own(self)))
+
+    def close(self) -> None:
+        """Take this worker's values out of the shared directory (it stops)."""
+        if self._share is not None:
+            self._share.remove()
+
+    def collect(self) -> Iterator[Metric]:
         """Called by prometheus-client on every scrape."""
+        if self._share is None:
+            yield from self.own()
+            return
+        workers = [(str(os.getpid()), list(self.own())), *self._share.siblings()]
+        yield from _merge(workers)
+
+    def own(self) -> Iterator[Metric]:
+        """This worker's families."""
+        yield from self._counters()
+        for family in [*self.publish_seconds.collect(), *self.fanout_seconds.collect()]:
+            # The text format shows a histogram's _created as a separate gauge family: noise for a server's metrics.
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+        yield from self._process.collect()
+
+    def _counters(self) -> Iterator[Metric]:
+        values: dict[str, float] = {}
         if self._streams is not None:
-            hub = self._streams.hub.counters()
-            for name, doc, kind, key in _HUB:
-                yield _family(f"sse_fast_{name}", doc, kind, hub[key])
             streams = self._streams
-            yield _family("sse_fast_connections_opened", "SSE connections opened", "counter", streams.opened_total)
-            yield _family("sse_fast_connections_closed", "SSE connections closed", "counter", streams.closed_total)
-            yield _family(
-                "sse_fast_slow_consumer_closes", "Streams closed as slow consumers", "counter", streams.closed_slow
-            )
-            yield _family(
-                "sse_fast_replaced_closes",
-                "Streams closed past the per-client limit",
-                "counter",
-                streams.closed_replaced,
-            )
-            yield _family(
-                "sse_fast_token_expired_closes",
-                "Streams closed because their token expired",
-                "counter",
-                streams.closed_expired,
+            hub = streams.hub.counters()
+            values.update({key: hub[key] for key in _HUB})
+            values.update(
+                connections_opened=streams.opened_total,
+                connections_closed=streams.closed_total,
+                slow_consumer_closes=streams.closed_slow,
+                replaced_closes=streams.closed_replaced,
+                token_expired_closes=streams.closed_expired,
             )
         if self._watch is not None:
-            yield _family(
-                "sse_fast_dead_peers",
-                "Streams closed because their peer stopped acknowledging (gone without FIN or RST)",
-                "counter",
-                self._watch.dead,
-            )
-        yield _family("sse_fast_replayed", "Frames delivered on connect before going live", "counter", self.replayed)
-        yield _family(
-            "sse_fast_topics_refused",
-            "Streams refused for topic patterns past SSE_FAST_MAX_TOPIC_SEGMENTS or SSE_FAST_MAX_TOPICS_BYTES",
-            "counter",
-            self.topics_refused,
+            values["dead_peers"] = self._watch.dead
+        values.update(replayed=self.replayed, topics_refused=self.topics_refused)
+        values.update({f"scheduler_tasks_{key}": 0 for key in _SCHEDULER_COUNTS})
+        for source in [self._broker.counters] if self._broker is not None else []:
+            values.update(source())
+        for source in self._extra:
+            values.update(source())
+        for key, value in values.items():
+            yield _family(key, value)
+        responses = CounterMetricFamily(
+            "sse_fast_http_responses", _help("sse_fast_http_responses_total"), labels=["status"]
         )
-        responses = CounterMetricFamily("sse_fast_http_responses", "HTTP answers by status", labels=["status"])
         for status, count in sorted(self.responses.items()):
             responses.add_metric([str(status)], count)
         yield responses
-        sources = [self._broker.counters] if self._broker is not None else []
-        for source in [*sources, *self._extra]:
-            for name, value in source().items():
-                yield _family(f"sse_fast_{name}", name.replace("_", " "), "gauge", value)
 
 
-def _family(name: str, doc: str, kind: str, value: float) -> GaugeMetricFamily | CounterMetricFamily:
-    if kind == "counter":
-        return CounterMetricFamily(name, doc, value=value)
-    return GaugeMetricFamily(name, doc, value=value)
+class _Own:
+    """This worker's families alone, for the file the other workers read."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.own()
+
+
+def _help(name: str) -> str:
+    return next(doc.help for doc in METRICS if doc.name == name)
+
+
+def _family(key: str, value: float) -> Metric:
+    doc = _BY_KEY.get(key)
+    if doc is None:  # a new counter without a row in METRICS: shown, and tests/test_metrics.py fails on it
+        return GaugeMetricFamily(f"sse_fast_{key}", "undocumented", value=value)
+    if doc.kind == "counter":
+        return CounterMetricFamily(doc.name, doc.help, value=value)
+    return GaugeMetricFamily(doc.name, doc.help, value=value)
+
+
+def _merge(workers: Iterable[tuple[str, Iterable[Metric]]]) -> Iterator[Metric]:
+    """The families of several workers as one, every sample labelled with its worker."""
+    merged: dict[str, Metric] = {}
+    for worker, families in workers:
+        for family in families:
+            into = merged.get(family.name)
+            if into is None:
+                into = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                into.add_sample(sample.name, {**sample.labels, "worker": worker}, sample.value, sample.timestamp)
+    yield from merged.values()
+
+
+class _Share:
+    """The directory where the workers of one server leave their expositions: ``<pid>.prom`` each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path / f"{os.getpid()}.prom"
+        self._ready = False
+        self._refused = False
+
+    def _prepare(self) -> bool:
+        """Make the directory (private to this user); refuse one that another user owns or that is a symlink."""
+        if self._ready or self._refused:
+            return self._ready
+        with contextlib.suppress(FileExistsError):
+            self.path.mkdir(mode=0o700, parents=True)
+        info = self.path.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+            self._refused = True
+            log.warning("not sharing metrics between workers: %s is not a private directory of this user", self.path)
+            return False
+        self._ready = True
+        return True
+
+    def write(self, text: bytes) -> None:
+        try:
+            if not self._prepare():
+                return
+            partial = self._file.with_suffix(".tmp")
+            partial.write_bytes(text)
+            partial.replace(self._file)
+        except OSError as err:  # a full disk must not stop the worker's tick
+            log.warning("could not write this worker's metrics to %s: %s", self.path, err)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.unlink()
+        with contextlib.suppress(OSError):
+            self.path.rmdir()  # the last worker out takes the directory (others' files keep it otherwise)
+
+    def siblings(self) -> Iterator[tuple[str, list[Metric]]]:
+        """The other live workers' last values."""
+        if not self._ready:
+            return
+        now = time.time()
+        for path in sorted(self.path.glob("*.prom")):
+            if path == self._file or not path.stem.isdigit():
+                continue
+            if not _alive(int(path.stem)):
+                with contextlib.suppress(OSError):
+                    path.unlink()  # a worker that died without cleaning up
+                continue
+            try:
+                if now - path.stat().st_mtime > _STALE_SECONDS:
+                    continue
+                text = path.read_text()
+            except OSError:  # it stopped between the listing and the read
+                continue
+            yield path.stem, list(text_string_to_metric_families(text))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -20,6 +20,7 @@ import msgspec
 from sse_fast._core import __version__, validate_topic
 from sse_fast.broker import Accepted, Broker
 from sse_fast.errors import BrokerUnavailable, ErrorBody, TopicError
+from sse_fast.logs import AccessLog
 from sse_fast.models import (
     CLIENT_ID_PATTERN,
     CLIENT_ID_RULE,
@@ -219,6 +220,7 @@ class Api:
         self.admin = AdminService(settings, broker, auth)
         metrics.add_source(self.tickets.store.counters)
         self.limits = PublishLimits(settings)
+        self.access = AccessLog(settings.access_log)
         metrics.add_source(self.limits.counters)
         self.routes = self._routes()
         self._openapi: bytes | None = None
@@ -266,7 +268,25 @@ class Api:
     # -- dispatch --------------------------------------------------------------------------------------------
 
     async def handle(self, req: Request) -> Response | StreamResponse:
-        """Route ``req`` and turn every failure into a JSON error answer; never raises."""
+        """Route ``req`` and turn every failure into a JSON error answer; never raises. The access log, when it is
+        on, records the answer (a stream as 200 when it opens)."""
+        if not self.access.enabled:
+            return await self._answer(req)
+        started = time.perf_counter()
+        answer = await self._answer(req)
+        status = answer.status if isinstance(answer, Response) else 200
+        self.access.record(
+            method=req.method,
+            path=req.path,
+            query=req.query,
+            headers=req.headers,
+            peer=req.client,
+            status=status,
+            started=started,
+        )
+        return answer
+
+    async def _answer(self, req: Request) -> Response | StreamResponse:
         try:
             if req.method == "OPTIONS":
                 return self._preflight(req)
@@ -449,7 +469,10 @@ class Api:
         stamped = self._stamp(envelope, caller)
         self.limits.charge(caller, stamped)
         # Only an id the client chose is deduped (_stamp fills in the others): the broker is told which it is.
-        return await self.broker.publish(stamped, exclude=exclude, chosen_id=bool(envelope.id))
+        started = time.perf_counter()
+        accepted = await self.broker.publish(stamped, exclude=exclude, chosen_id=bool(envelope.id))
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        return accepted
 
     async def _submit(self, caller: Identity, envelope: Envelope) -> Response:
         """A command to the scheduler, paid for like a publish: its task events go into the same log."""

@@ -339,7 +339,7 @@ async function publish(event) {
 
 /**
  * The samples of a Prometheus text exposition without labels, by name (`sse_fast_delivered_total` also as
- * `sse_fast_delivered`).
+ * `sse_fast_delivered`); with several workers, each sample's only label is `worker`, and they are added up.
  * @param {string} text @returns {Map<string, number>}
  */
 export function parseMetrics(text) {
@@ -347,8 +347,8 @@ export function parseMetrics(text) {
   for (const line of text.split("\n")) {
     if (!line || line.startsWith("#")) continue;
     const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
-    if (!match || match[2]) continue;
-    const value = Number(match[3]);
+    if (!match || (match[2] && !/^\{worker="\d+"\}$/.test(match[2]))) continue;
+    const value = Number(match[3]) + (match[2] ? (values.get(match[1]) ?? 0) : 0);
     values.set(match[1], value);
     if (match[1].endsWith("_total")) values.set(match[1].slice(0, -6), value);
   }

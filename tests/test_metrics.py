@@ -1,0 +1,144 @@
+"""``GET /metrics`` of real servers: Prometheus conventions, the README's table, and one scrape for several workers.
+
+Each scrape is parsed with prometheus-client's own parser. Every family must be declared in
+:data:`sse_fast.server.metrics.METRICS` with the type and HELP the scrape shows (so the README's table, generated
+from it, cannot drift from the server), counters must be named ``..._total``, and a 2-worker server on Redis must
+answer, from whichever worker takes the scrape, every worker's values with a ``worker`` label.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from _redis import running_redis
+from _servers import ROOT, Server, running_server
+from sse_fast.server.metrics import METRICS, as_table
+
+FAST = {"SSE_FAST_KEEPALIVE": "2"}
+PUBLISHES = 12
+TABLE = {doc.name: doc for doc in METRICS}
+
+
+def scrape(server: Server) -> list[Metric]:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return list(text_string_to_metric_families(text))
+
+
+def publish(server: Server, count: int) -> None:
+    """``count`` publishes, each on a new connection (so that the kernel spreads them over the workers)."""
+    for i in range(count):
+        body = {"type": "text", "payload": f"m{i}", "topic": "news"}
+        answer = httpx.post(f"{server.url}/api/messages", json=body, headers={"X-Client-Id": "publisher"}, timeout=10)
+        assert answer.status_code == 202, answer.text
+
+
+def exposed_name(family: Metric) -> str:
+    """The family's name as the README lists it: counters with ``_total``."""
+    return f"{family.name}_total" if family.type == "counter" else family.name
+
+
+def total(families: list[Metric], sample_name: str) -> float:
+    return sum(s.value for f in families for s in f.samples if s.name == sample_name)
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not met in {timeout}s: {what}"
+        time.sleep(0.1)  # ok-sleep: polling another process's state with a deadline
+
+
+def check_conventions(families: list[Metric]) -> None:
+    for family in families:
+        name = exposed_name(family)
+        assert name in TABLE, f"{name} is not in sse_fast.server.metrics.METRICS (nor in the README's table)"
+        assert family.type == TABLE[name].kind, name
+        assert family.documentation == TABLE[name].help, name
+        assert family.documentation.strip(), name
+        assert family.documentation not in (family.name, name), name
+        if family.type == "counter":
+            values = [s for s in family.samples if not s.name.endswith("_created")]
+            assert values, name
+            assert all(s.name.endswith("_total") for s in values), name
+        else:
+            assert not name.endswith("_total"), f"{name} ends in _total but is a {family.type}"
+
+
+@pytest.fixture(scope="module")
+def memory_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("metrics"), env=FAST) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("metrics2")
+    with (
+        running_redis(tmp) as redis_server,
+        running_server(tmp, env={**FAST, "SSE_FAST_BROKER": redis_server.url}, extra_args=("--workers", "2")) as srv,
+    ):
+        yield srv
+
+
+def test_every_family_follows_the_conventions_and_the_histograms_fill(memory_server: Server) -> None:
+    before = scrape(memory_server)
+    publish(memory_server, 3)
+    families = scrape(memory_server)
+    check_conventions(families)
+    names = {exposed_name(f) for f in families}
+    assert {"process_resident_memory_bytes", "process_open_fds", "process_max_fds"} <= names
+    assert total(families, "process_resident_memory_bytes") > 1_000_000
+    assert total(families, "process_open_fds") > 0
+    for histogram in ("sse_fast_publish_seconds", "sse_fast_fanout_seconds"):
+        count = total(families, f"{histogram}_count")
+        assert count - total(before, f"{histogram}_count") >= 3, histogram
+        assert total(families, f"{histogram}_sum") > 0, histogram
+        top = [s for f in families for s in f.samples if s.name == f"{histogram}_bucket" and s.labels["le"] == "+Inf"]
+        assert [s.value for s in top] == [count], histogram
+    assert total(families, "sse_fast_published_total") - total(before, "sse_fast_published_total") == 3
+
+
+def test_the_readme_table_is_the_declared_one_and_both_brokers_show_all_of_it(
+    memory_server: Server, two_workers: Server
+) -> None:
+    assert as_table() in (ROOT / "README.md").read_text(), "README's metrics table is stale: paste as_table()"
+    publish(two_workers, 1)
+    shown = {exposed_name(f) for f in scrape(memory_server)} | {exposed_name(f) for f in scrape(two_workers)}
+    assert shown == set(TABLE), f"declared but never shown: {set(TABLE) - shown}"
+
+
+def test_one_scrape_of_two_workers_counts_every_publish(two_workers: Server) -> None:
+    families = scrape(two_workers)
+    check_conventions(families)
+    base = total(families, "sse_fast_published_total")
+    base_timed = total(families, "sse_fast_publish_seconds_count")
+    publish(two_workers, PUBLISHES)
+
+    def counted() -> bool:
+        nonlocal families
+        families = scrape(two_workers)
+        return total(families, "sse_fast_published_total") - base == PUBLISHES
+
+    eventually(counted, f"sse_fast_published_total summed over one scrape grows by {PUBLISHES}")
+    workers = {s.labels["worker"] for f in families for s in f.samples if s.name == "sse_fast_published_total"}
+    assert len(workers) == 2, workers
+    assert total(families, "sse_fast_publish_seconds_count") - base_timed == PUBLISHES
+    rss = [s for f in families for s in f.samples if s.name == "process_resident_memory_bytes"]
+    assert {s.labels["worker"] for s in rss} == workers
+
+
+def test_a_worker_that_stops_takes_its_file_with_it(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    with running_server(tmp_path, env={**FAST, "SSE_FAST_METRICS_DIR": str(shared)}) as srv:
+        eventually(lambda: len(list(shared.glob("*.prom"))) == 1, "the worker's metrics file")
+        families = scrape(srv)
+        assert {s.labels["worker"] for f in families for s in f.samples} == {next(shared.glob("*.prom")).stem}
+        assert srv.stop() == 0
+    assert not shared.exists() or not list(shared.glob("*.prom"))
