@@ -69,6 +69,9 @@ __all__ = [
     "RecentAnswer",
     "RecentMessage",
     "Route",
+    "SubscribedDetail",
+    "SubscriptionsAnswer",
+    "SubscriptionsRequest",
     "SystemPayload",
     "TaskRecord",
     "TasksAnswer",
@@ -234,6 +237,39 @@ class ConnectDetail(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=
     missed: Count
     server_time: Millis
     reason: GapReason | None = None
+
+
+_Pattern = Annotated[
+    str, Meta(min_length=1, max_length=128, description="A topic pattern (`*` one segment, a final `>` one or more).")
+]
+"""A topic pattern as a request names it (the core validates its segments)."""
+
+
+class SubscriptionsRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """``POST /api/subscriptions``: change the topic patterns of one live stream, without reconnecting.
+
+    ``remove`` is applied first, then ``add`` (a pattern in both ends up subscribed); removing a pattern the stream
+    does not have is not an error.
+    """
+
+    connection_id: Annotated[str, Meta(min_length=1, max_length=160, description="`connect.detail.connectionId`.")]
+    add: Annotated[list[_Pattern], Meta(max_length=64)] = []
+    remove: Annotated[list[_Pattern], Meta(max_length=64)] = []
+
+
+class SubscriptionsAnswer(msgspec.Struct, kw_only=True, rename="camel"):
+    """The answer of ``POST /api/subscriptions``: the stream's patterns from now on."""
+
+    connection_id: str
+    topics: list[str]
+
+
+class SubscribedDetail(msgspec.Struct, kw_only=True, rename="camel"):
+    """``detail`` of the ``subscribed`` system event: a live change of the stream's topic patterns."""
+
+    topics: list[str]
+    added: list[str]
+    removed: list[str]
 
 
 class HeartbeatPayload(msgspec.Struct, kw_only=True, rename="camel"):

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import msgspec
 
 from sse_fast._core import CRITICAL, LOW, Delivery, Frame, Hub, encode_comment, encode_json_frame, encode_replay
-from sse_fast.models import ConnectionInfo
+from sse_fast.models import ConnectionInfo, SubscribedDetail
 from sse_fast.settings import Settings
 
 __all__ = ["Connection", "Reservation", "Sink", "Streams", "system_envelope"]
@@ -264,6 +264,21 @@ class Streams:
         self._conns[conn_id] = conn
         self.opened_total += 1
         return conn
+
+    def retopic(self, conn_id: int, topics: tuple[str, ...]) -> bool:
+        """Replace a live stream's topic patterns (``POST /api/subscriptions``; checked by the caller) and tell the
+        stream with a ``system`` ``subscribed`` frame. Frames already queued stay queued: the change applies to
+        what is routed from now on. False for a connection that is not open on this worker."""
+        conn = self._conns.get(conn_id)
+        if conn is None or not self.hub.set_topics(conn_id, topics):
+            return False
+        old, conn.topics = conn.topics, topics
+        detail = SubscribedDetail(
+            topics=list(topics), added=[t for t in topics if t not in old], removed=[t for t in old if t not in topics]
+        )
+        data = system_envelope("subscribed", detail, message_id=self._new_id())
+        self.push(conn_id, Frame(data, event="system", priority=CRITICAL))
+        return True
 
     def public_id(self, conn_id: int) -> str:
         """The connection id shown to clients and admins: unique across the nodes of a cluster."""

@@ -27,7 +27,7 @@ from sse_fast.models import (
     encode_delivered,
 )
 from sse_fast.settings import Settings
-from sse_fast.streams import Streams
+from sse_fast.streams import Connection, Streams
 
 __all__ = ["Broker"]
 
@@ -107,6 +107,38 @@ class Broker(abc.ABC):
         A broker that must await I/O only schedules the publish on the running loop.
         """
         asyncio.get_running_loop().create_task(self.publish(envelope))
+
+    # -- live topic changes (POST /api/subscriptions) ---------------------------------------------------------
+
+    def local_stream(self, connection_id: str) -> Connection | None:
+        """The open stream of this worker with this public id (``<node>.<n>``), else None."""
+        assert self.streams is not None
+        node, _, number = connection_id.rpartition(".")
+        if node != self.streams.node_id or not (number.isascii() and number.isdigit() and len(number) < 20):
+            return None
+        return self.streams.get(int(number))
+
+    async def stream_topics(self, connection_id: str) -> tuple[str, tuple[str, ...]] | None:
+        """``(client_id, topics)`` of a live stream, or None when no such stream is open (a shared broker looks
+        across the cluster)."""
+        conn = self.local_stream(connection_id)
+        return None if conn is None else (conn.client_id, conn.topics)
+
+    async def set_stream_topics(
+        self, connection_id: str, *, expect: tuple[str, ...], topics: tuple[str, ...]
+    ) -> bool | None:
+        """Replace a live stream's patterns with ``topics`` (already checked) if they are still ``expect``.
+
+        True when changed, False when the stream's patterns changed meanwhile (the caller reads them again), None
+        when the stream is not open (any more). A shared broker reaches the node that holds the stream.
+        """
+        conn = self.local_stream(connection_id)
+        if conn is None:
+            return None
+        if conn.topics != expect:
+            return False
+        assert self.streams is not None
+        return self.streams.retopic(conn.id, topics) or None
 
     def encode(self, envelope: Envelope) -> bytes:
         """The envelope as one line of JSON; 413 when its frame could never fit a connection's queue."""

@@ -23,10 +23,10 @@ import httpx
 import msgspec
 
 from sse_fast._core import Decoder
-from sse_fast.client._base import _MAX_ERROR_BODY, _ClientBase, _error_fields, _retry_after, log
+from sse_fast.client._base import _MAX_ERROR_BODY, _answer_error, _ClientBase, _error_fields, _retry_after, log
 from sse_fast.client.dispatch import Subscription
 from sse_fast.errors import AuthError, ConnectionLostError, FrameError
-from sse_fast.models import Envelope
+from sse_fast.models import Envelope, SubscriptionsAnswer
 
 __all__ = ["KEEPALIVE", "State", "backoff_delay"]
 
@@ -42,6 +42,14 @@ _MAX_EVENT: Final = 4 << 20
 _MAX_EXPONENT: Final = 32
 
 _envelope_decoder = msgspec.json.Decoder(Envelope)
+_subscriptions_decoder = msgspec.json.Decoder(SubscriptionsAnswer)
+_RETOPIC_ATTEMPTS: Final = 3
+
+
+def _changed(topics: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...]) -> tuple[str, ...]:
+    """The server's rule for a change, applied locally: ``remove`` first, then ``add``, repeats once, order kept."""
+    kept = tuple(t for t in topics if t not in remove)
+    return kept + tuple(dict.fromkeys(t for t in add if t not in kept))
 
 
 def backoff_delay(
@@ -99,6 +107,8 @@ class _Connection(_ClientBase):
         self._decoder = Decoder(max_line=_MAX_LINE, max_event=_MAX_EVENT)
         self._delivered = False
         self._runner: asyncio.Task[None] | None = None
+        self._opened_topics: tuple[str, ...] = ()  # what the current stream's request asked for
+        self._topics_lock = asyncio.Lock()
 
     # -- connecting ------------------------------------------------------------------------------------------
 
@@ -255,6 +265,7 @@ class _Connection(_ClientBase):
         if self._cursor is not None:
             headers["Last-Event-ID"] = self._cursor
         params = {"clientId": self.client_id} if self.client_id else {}
+        self._opened_topics = self.topics
         if self.topics:
             params["topics"] = ",".join(self.topics)
         timeout = httpx.Timeout(self.connection_timeout, read=self.read_timeout)
@@ -335,10 +346,15 @@ class _Connection(_ClientBase):
         event, detail = payload.get("event"), payload.get("detail")
         if event == "connect" and isinstance(detail, dict):
             self._connect_detail = detail
+            if self._opened_topics != self.topics:  # changed while this stream's request was on its way
+                self._spawn(self._change_topics((), ()))
             reason = detail.get("reason")
             if reason is not None:
                 self._counts["gaps"] += 1
                 log.warning("resume of %s failed (%s): messages may have been lost", self.client_id, reason)
+        elif event == "subscribed" and isinstance(detail, dict) and isinstance(detail.get("topics"), list):
+            # The stream's patterns changed (by this client or an admin): reconnect and resume with them.
+            self.topics = self._opened_topics = tuple(str(t) for t in detail["topics"])
         elif event == "maintenance":
             retry_ms = self._decoder.retry
             if isinstance(detail, dict) and isinstance(detail.get("retryMs"), int):
@@ -346,3 +362,60 @@ class _Connection(_ClientBase):
             self._maintenance_floor = max(0, retry_ms or 0) / 1000
         elif event == "disconnect":
             log.info("server closed the stream of %s: %s", self.client_id, detail)
+
+    # -- live topic changes ----------------------------------------------------------------------------------
+
+    async def subscribe_topics(self, *patterns: str) -> tuple[str, ...]:
+        """Add topic patterns to the live stream without reconnecting (``POST /api/subscriptions``); returns the
+        stream's patterns from now on, which are also those the client reconnects (and resumes) with.
+
+        Raises :class:`~sse_fast.errors.AuthError` for a pattern not granted (403) and
+        :class:`~sse_fast.errors.ServerError` for an invalid one or past the stream's bounds (400). Without a live
+        stream, the patterns are kept for the next connect (which the server checks then).
+        """
+        return await self._change_topics(tuple(patterns), ())
+
+    async def unsubscribe_topics(self, *patterns: str) -> tuple[str, ...]:
+        """Remove topic patterns from the live stream (and from those the client reconnects with); returns the
+        stream's patterns from now on. Patterns the stream does not have are ignored."""
+        return await self._change_topics((), tuple(patterns))
+
+    async def _change_topics(self, add: tuple[str, ...], remove: tuple[str, ...]) -> tuple[str, ...]:
+        """Apply a change to the live stream (again on a stream that replaced it meanwhile), then keep its set."""
+        async with self._topics_lock:  # one change at a time: each starts from the set the last one left
+            wanted = _changed(self.topics, add, remove)
+            for _ in range(_RETOPIC_ATTEMPTS):
+                conn_id = self._connect_detail.get("connectionId") if self._state == "connected" else None
+                if not isinstance(conn_id, str):
+                    break
+                opened = self._opened_topics  # the live stream's set (the server's, when no change raced it)
+                response = await self._post_subscriptions(conn_id, wanted, opened)
+                if response.status_code == 200:
+                    topics = tuple(_subscriptions_decoder.decode(response.content).topics)
+                    if self._connect_detail.get("connectionId") == conn_id:
+                        self.topics = self._opened_topics = topics
+                        return topics
+                    continue  # a new stream opened meanwhile, maybe with the old set: change it too
+                if response.status_code != 404:
+                    raise _answer_error(response.status_code, response.content)
+                if self._connect_detail.get("connectionId") == conn_id:
+                    break  # the stream is gone and no other yet: the next one asks for the new set
+            self.topics = wanted
+            return wanted
+
+    async def _post_subscriptions(
+        self, conn_id: str, wanted: tuple[str, ...], opened: tuple[str, ...]
+    ) -> httpx.Response:
+        body = {
+            "connectionId": conn_id,
+            "add": [t for t in wanted if t not in opened],
+            "remove": [t for t in opened if t not in wanted],
+        }
+        await self._ensure_token()
+        for attempt in range(2):
+            response = await self._http.post(
+                f"{self.base_url}/api/subscriptions", json=body, headers=self._headers, timeout=self.connection_timeout
+            )
+            if response.status_code != 401 or attempt or not await self._refresh_token():
+                break
+        return response

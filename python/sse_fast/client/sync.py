@@ -141,6 +141,11 @@ class SyncClient:
 
     presence = _blocking(Client.presence)
 
+    # -- live topic changes ----------------------------------------------------------------------------------
+
+    subscribe_topics = _blocking(Client.subscribe_topics)
+    unsubscribe_topics = _blocking(Client.unsubscribe_topics)
+
     # -- tasks -----------------------------------------------------------------------------------------------
 
     run_task = _blocking(Client.run_task)

@@ -39,6 +39,8 @@ from sse_fast.models import (
     PresenceScope,
     PublishAnswer,
     ReadyAnswer,
+    SubscriptionsAnswer,
+    SubscriptionsRequest,
     TaskRecord,
     TasksAnswer,
     decode,
@@ -69,6 +71,8 @@ _OPENAPI_DESCRIPTION = (
 )
 _CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
 _MAX_TOPICS = 64
+_RETOPIC_ATTEMPTS: Final = 3
+"""How often ``POST /api/subscriptions`` reads and changes a stream's patterns while other changes race it."""
 PRESENCE_LIMIT: Final = 100
 """How many clients ``GET /api/presence`` lists when ``limit`` is not given."""
 PRESENCE_MAX_LIMIT: Final = 1000
@@ -244,6 +248,9 @@ class Api:
                       {202: BroadcastAnswer, 200: DuplicateAnswer, **_PUBLISH_ERRORS}),
             api_route("POST", "/api/commands", self.command, "Send a command (the scheduler)", Envelope, command),
             api_route("POST", "/api/ack", self.ack, "Acknowledge messages", AckRequest, {200: AckAnswer, 503: _E}),
+            api_route("POST", "/api/subscriptions", self.subscriptions,
+                      "Change the topics of a live stream (its owner or an admin)", SubscriptionsRequest,
+                      {200: SubscriptionsAnswer, 404: _E, 409: _E, 503: _E, 504: _E}),
             api_route("GET", "/api/messages/{id}", self.message_status, "Delivery status of a requireAck message",
                       None, {200: MessageStatus, 404: _E, 503: _E}),
             api_route("GET", "/api/connections", self.connections,
@@ -401,9 +408,12 @@ class Api:
 
     def _topics(self, raw: str, caller: Identity) -> tuple[str, ...]:
         topics = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
-        if len(topics) > _MAX_TOPICS:
-            raise HttpError(400, "too_many_topics", f"at most {_MAX_TOPICS} topics per stream")
         self._topics_bounded(topics)
+        self._granted(topics, caller)
+        return topics
+
+    def _granted(self, topics: tuple[str, ...], caller: Identity) -> None:
+        """Each pattern is valid (400 ``invalid_topic``) and the caller may subscribe to it (403)."""
         for topic in topics:
             try:
                 validate_topic(topic, pattern=True)
@@ -411,7 +421,6 @@ class Api:
                 raise HttpError(400, "invalid_topic", str(err), {"topic": topic}) from None
             if not self.auth.can_subscribe(caller, topic):
                 raise HttpError(403, "topic_not_granted", f"not allowed to subscribe to {topic}", {"topic": topic})
-        return topics
 
     def _topics_bounded(self, topics: tuple[str, ...]) -> None:
         """Refuse patterns whose index would cost more than a small fixed amount (400).
@@ -421,6 +430,8 @@ class Api:
         patterns made one stream cost 2 MB. Segments per pattern and bytes of all patterns together bound it to
         about ``(max_topics_bytes + 64) / 2`` nodes.
         """
+        if len(topics) > _MAX_TOPICS:
+            raise HttpError(400, "too_many_topics", f"at most {_MAX_TOPICS} topics per stream")
         limit = self.settings.max_topic_segments
         for topic in topics:
             if topic.count(".") >= limit:
@@ -433,6 +444,36 @@ class Api:
             self.metrics.topics_refused += 1
             detail = f"a stream's topic patterns total at most {self.settings.max_topics_bytes} characters"
             raise HttpError(400, "topics_too_long", detail, {"length": size})
+
+    async def subscriptions(self, req: Request) -> Response:
+        """``POST /api/subscriptions``: change the topic patterns of one live stream without reconnecting.
+
+        The stream's owner or an admin may; to anyone else the stream does not exist (404 ``unknown_connection``,
+        the same as for an id never issued). Each added pattern is checked as ``GET /sse?topics=`` checks it (400,
+        403), and the resulting set must keep the stream's bounds. The stream (on this worker or, with Redis, on
+        the node that holds it) gets a ``system`` ``subscribed`` frame.
+        """
+        early = self._early_caller(req)
+        body = decode(await req.json_body(self.settings.max_body), SubscriptionsRequest)
+        caller = early or self._caller(req)
+        add = tuple(dict.fromkeys(body.add))
+        self._granted(add, caller)
+        remove = frozenset(body.remove)
+        for _ in range(_RETOPIC_ATTEMPTS):
+            found = await self.broker.stream_topics(body.connection_id)
+            if found is None or not self.auth.owns(caller, found[0]):
+                break
+            kept = tuple(t for t in found[1] if t not in remove)
+            topics = kept + tuple(t for t in add if t not in kept)
+            self._topics_bounded(topics)
+            changed = await self.broker.set_stream_topics(body.connection_id, expect=found[1], topics=topics)
+            if changed is None:
+                break
+            if changed:
+                return json_response(200, SubscriptionsAnswer(connection_id=body.connection_id, topics=list(topics)))
+        else:
+            raise HttpError(409, "subscription_conflict", "the stream's topics kept changing meanwhile; try again")
+        raise HttpError(404, "unknown_connection", "no live stream with this connectionId is yours")
 
     # -- publishing ------------------------------------------------------------------------------------------
 

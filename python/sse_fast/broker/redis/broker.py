@@ -52,7 +52,7 @@ from sse_fast.broker.redis.presence import CONNECTIONS_REFRESH, NODE_TTL, PRESEN
 from sse_fast.broker.redis.pubsub import PubSub
 from sse_fast.broker.rules import Accepted, Mail, Opening, ack_notice
 from sse_fast.broker.tail import RECENT_BYTES, recent_messages
-from sse_fast.errors import BrokerUnavailable
+from sse_fast.errors import BrokerUnavailable, HttpError
 from sse_fast.models import ConnectionInfo, Envelope, RecentMessage, encode_delivered
 from sse_fast.settings import Settings
 from sse_fast.streams import Streams
@@ -75,6 +75,8 @@ POOL_SIZE = 64
 POOL_WAIT = 10.0
 #: Stream openings registered in Redis by one pipeline at most (concurrent openings share a round trip).
 CONNECT_BATCH = 512
+#: Seconds a live topic change waits for the node that holds the stream.
+TOPICS_WAIT = 5.0
 _SEQ_BITS = 20
 
 
@@ -452,6 +454,44 @@ class RedisBroker(Broker):
     async def send_control(self, body: dict[str, Any]) -> None:
         """Publish a control message; the node named ``body["node"]`` acts on it."""
         await self._pubsub.send_control(body)
+
+    # -- live topic changes: the stream may be on another node --------------------------------------------------
+
+    def _remote(self, connection_id: str) -> tuple[str, int] | None:
+        """``(node, conn)`` of a public connection id naming another node (``<node>.<n>``), else None."""
+        node, _, number = connection_id.rpartition(".")
+        if not node or node == self.node_id or len(node) > 64 or not (number.isascii() and number.isdigit()):
+            return None
+        return (node, int(number)) if len(number) < 20 else None
+
+    async def stream_topics(self, connection_id: str) -> tuple[str, tuple[str, ...]] | None:
+        """This node's stream, else another live node's as its row in Redis says."""
+        found = await super().stream_topics(connection_id)
+        remote = self._remote(connection_id) if found is None else None
+        if remote is None:
+            return found
+        row = await self._presence.row(*remote)
+        return None if row is None else (row.client_id, tuple(row.topics))
+
+    async def set_stream_topics(
+        self, connection_id: str, *, expect: tuple[str, ...], topics: tuple[str, ...]
+    ) -> bool | None:
+        """Change this node's stream and its row at once, or ask the node that holds it (over ``sse:control``): a
+        node that does not answer within :data:`TOPICS_WAIT` seconds is 504 ``node_timeout``."""
+        conn = self.local_stream(connection_id)
+        if conn is not None:
+            changed = await super().set_stream_topics(connection_id, expect=expect, topics=topics)
+            if changed:
+                await self._presence.write_row(conn.id)
+            return changed
+        remote = self._remote(connection_id)
+        if remote is None or not await self._presence.node_alive(remote[0]):
+            return None
+        try:
+            return await self._pubsub.retopic(*remote, expect=expect, topics=topics, wait=TOPICS_WAIT)
+        except TimeoutError:
+            message = f"the node that holds stream {connection_id} did not answer within {TOPICS_WAIT:.0f}s"
+            raise HttpError(504, "node_timeout", message) from None
 
     # -- opening a stream ------------------------------------------------------------------------------------
 

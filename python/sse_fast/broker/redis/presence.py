@@ -161,6 +161,20 @@ class Presence:
             pipe.expire(key, NODE_TTL)
         await pipe.execute()
 
+    async def write_row(self, conn_id: int) -> None:
+        """Rewrite one connection's row now (its topics changed), if it is still open."""
+        streams = self._host.streams
+        assert streams is not None
+        conn = streams.get(conn_id)
+        if conn is not None:
+            row = _json.encode(streams.info(conn))
+            await self._host.call(self._host.redis.hset(keys.rows(self._host.node_id), str(conn_id), row))
+
+    async def row(self, node: str, conn_id: int) -> ConnectionInfo | None:
+        """Another node's connection row, while that node is alive (its rows expire with its heartbeat)."""
+        raw = await self._host.call(self._host.redis.hget(keys.rows(node), str(conn_id)))
+        return None if raw is None else _row.decode(raw)
+
     async def refresh(self) -> None:
         """Renew the TTL of the presence set of every client with a connection on this node."""
         pipe = self._host.redis.pipeline(transaction=False)

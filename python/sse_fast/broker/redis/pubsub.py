@@ -4,8 +4,9 @@ Ephemeral messages go over pub/sub (``sse:eph``): no log, no mailbox, no cursor.
 own message to its streams at once; every other node routes it when its listener receives it. ``sse:control``
 carries ``replaced`` closes to the node that holds the connection (sent by
 :meth:`~sse_fast.broker.redis.presence.Presence.enforce_limit`), and task controls and their answers between nodes
-(:mod:`sse_fast.scheduler.redis_registry`, the task registry this broker chooses). Each node listens on both
-channels with one pub/sub connection of its own.
+(:mod:`sse_fast.scheduler.redis_registry`, the task registry this broker chooses), and live topic changes
+(``POST /api/subscriptions``) to the node that holds the stream, answered over the same channel
+(:meth:`PubSub.retopic`). Each node listens on both channels with one pub/sub connection of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,7 @@ from sse_fast._core import Frame
 from sse_fast.broker.redis import keys as keys
 from sse_fast.broker.redis.host import Host
 from sse_fast.broker.redis.host import text as _text
+from sse_fast.errors import HttpError
 from sse_fast.models import Envelope
 
 __all__ = ["PubSub", "Route"]
@@ -45,7 +48,13 @@ class PubSub:
         self._client = client
         self._down = down
         self._closing = False
-        self._control_ops: dict[str, Callable[[dict[str, Any]], None]] = {"close": self._close_replaced}
+        self._control_ops: dict[str, Callable[[dict[str, Any]], None]] = {
+            "close": self._close_replaced,
+            "topics": self._retopic_here,
+            "topics_reply": self._retopic_answered,
+        }
+        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._serving: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         """Let the listener end (the broker is closing; it cancels the listener's task as well)."""
@@ -127,3 +136,46 @@ class PubSub:
     async def send_control(self, body: dict[str, Any]) -> None:
         """Publish a control message; the node named ``body["node"]`` acts on it."""
         await self._host.call(self._host.redis.publish(keys.CONTROL, _json.encode(body)))
+
+    # -- live topic changes on another node --------------------------------------------------------------------
+
+    async def retopic(
+        self, node: str, conn: int, *, expect: tuple[str, ...], topics: tuple[str, ...], wait: float
+    ) -> bool | None:
+        """Ask ``node`` to replace its stream ``conn``'s patterns (as :meth:`Broker.set_stream_topics` answers: True,
+        False when they are no longer ``expect``, None when the stream is gone). Raises ``TimeoutError`` when the node
+        does not answer within ``wait`` seconds."""
+        token = secrets.token_hex(8)
+        future = self._replies[token] = asyncio.get_running_loop().create_future()
+        body = {"op": "topics", "node": node, "from": self._host.node_id, "reply": token, "conn": conn}
+        try:
+            await self.send_control({**body, "expect": list(expect), "topics": list(topics)})
+            answer = await asyncio.wait_for(future, wait)
+        finally:
+            self._replies.pop(token, None)
+        changed = answer.get("changed")
+        return changed if isinstance(changed, bool) else None
+
+    def _retopic_answered(self, body: dict[str, Any]) -> None:
+        future = self._replies.get(str(body.get("reply")))
+        if future is not None and not future.done():
+            future.set_result(body)
+
+    def _retopic_here(self, body: dict[str, Any]) -> None:
+        serving = asyncio.get_running_loop().create_task(self._serve_retopic(body))
+        self._serving.add(serving)
+        serving.add_done_callback(self._serving.discard)
+
+    async def _serve_retopic(self, body: dict[str, Any]) -> None:
+        """Change one of this node's streams as another node asked (it checked the caller), and answer it."""
+        reply: dict[str, Any] = {"op": "topics_reply", "node": body.get("from"), "reply": body.get("reply")}
+        try:
+            expect = tuple(str(t) for t in body.get("expect", ()))
+            topics = tuple(str(t) for t in body.get("topics", ()))
+            public_id = f"{self._host.node_id}.{int(body['conn'])}"
+            reply["changed"] = await self._host.set_stream_topics(public_id, expect=expect, topics=topics)
+        except Exception:  # a malformed control: the asking node times out (504) rather than this node failing
+            log.exception("could not change a stream's topics as asked by node %s", body.get("from"))
+            return
+        with contextlib.suppress(RedisError, OSError, HttpError):
+            await self.send_control(reply)
