@@ -736,3 +736,66 @@ describe("the SDK's dispatcher in Chromium", () => {
     });
   });
 });
+
+describe("live topic changes in Chromium", () => {
+  test("subscribeTopics/unsubscribeTopics change the live stream, and the client reconnects with the new set", async () => {
+    await withServer({ ...JWT_ENV, SSE_FAST_MAX_CONNECTIONS_PER_CLIENT: "1" }, async (server) => {
+      const admin = { Authorization: `Bearer ${jwt({ sub: "ops", admin: true })}` };
+      const send = async (topic, payload) => {
+        const [status] = await server.post("/api/messages", { type: "json", topic, payload }, admin);
+        assert.equal(status, 202);
+      };
+      const row = async () => (await server.get("/api/connections", admin))[1].find((c) => c.clientId === "tara");
+      const token = jwt({ sub: "tara", topics: ["news.>", "sport.*"] });
+      const page = await openPage(browser, server);
+      const changed = await page.evaluate(async (token) => {
+        const c = (window.client = window.sdk.createClient({
+          token,
+          topics: ["news.eu"],
+          shareAcrossTabs: false,
+          reconnectBaseDelay: 50,
+        }));
+        window.seen = [];
+        c.subscribe("json", (m) => window.seen.push(m.payload));
+        await c.connect();
+        const added = await c.subscribeTopics("sport.*");
+        const removed = await c.unsubscribeTopics("news.eu", "never.had");
+        let refused = null;
+        try {
+          await c.subscribeTopics("secret.x");
+        } catch (err) {
+          refused = { auth: err instanceof window.sdk.AuthError, status: err.status };
+        }
+        return { added, removed, refused, topics: c.topics };
+      }, token);
+      assert.deepEqual(changed, {
+        added: ["news.eu", "sport.*"],
+        removed: ["sport.*"],
+        refused: { auth: true, status: 403 },
+        topics: ["sport.*"],
+      });
+      assert.deepEqual((await row()).topics, ["sport.*"]);
+      await send("news.eu", "removed");
+      await send("sport.a", "added");
+      await until(page, () => window.seen.includes("added"), null, "the added topic's message");
+      // Another stream of tara's replaces the page's (the limit is 1): the client reconnects with its new set.
+      const before = await page.evaluate(() => window.client.connectionInfo.connectionId);
+      const intruder = new AbortController();
+      const res = await server.fetch(`${server.url}/sse`, {
+        headers: { Authorization: `Bearer ${token}` },
+        signal: intruder.signal,
+      });
+      assert.equal(res.status, 200);
+      await send("news.eu", "removed-while-away");
+      await send("sport.b", "missed-while-away");
+      intruder.abort();
+      await until(page, (id) => window.client.connectionInfo.connectionId !== id, before, "a new stream");
+      await until(page, () => window.seen.includes("missed-while-away"), null, "the message missed while away");
+      await send("sport.c", "after");
+      await until(page, () => window.seen.includes("after"), null, "the message after the reconnect");
+      assert.deepEqual(await page.evaluate(() => window.seen), ["added", "missed-while-away", "after"]);
+      await waitFor(async () => (await row())?.topics?.join() === "sport.*", 15000, "the new stream's row");
+      await page.close();
+    });
+  });
+});

@@ -396,6 +396,8 @@ export class Client {
   };
   /** @type {Record<string, number>} */
   #byType = {};
+  /** @type {Promise<any>} */
+  #topicsChange = Promise.resolve();
 
   /** @param {ClientOptions} options */
   constructor(options = {}) {
@@ -797,9 +799,59 @@ export class Client {
         this.#counts.gaps++;
         console.warn(`sse-fast: resume failed (${detail.reason}): messages may have been lost`);
       }
+    } else if (event === "subscribed" && Array.isArray(detail?.topics)) {
+      this.#o.topics = detail.topics.map(String); // changed live (by us or an admin): reconnect with these
     } else if (event === "maintenance") {
       this.#maintenance = Math.max(0, detail?.retryMs ?? this.#parser.retry ?? 0);
     }
+  }
+
+  // -- live topic changes --------------------------------------------------------------------------------------
+
+  /** The topic patterns of the stream (those the client reconnects and resumes with). */
+  get topics() {
+    return [...this.#o.topics];
+  }
+
+  /**
+   * Add topic patterns to the live stream without reconnecting (`POST /api/subscriptions`); resolves with the
+   * stream's patterns from now on. Rejects with {@link AuthError} for a pattern not granted (403), with
+   * {@link ServerError} for an invalid one or past the stream's bounds (400). Without a live stream the patterns
+   * are kept for the next connect. With `shareAcrossTabs` the change applies to the stream the tabs share.
+   * @param {...string} patterns @returns {Promise<string[]>}
+   */
+  subscribeTopics(...patterns) {
+    return this.#changeTopics(patterns, []);
+  }
+
+  /**
+   * Remove topic patterns from the live stream (and from those the client reconnects with); resolves with the
+   * stream's patterns from now on. Patterns the stream does not have are ignored.
+   * @param {...string} patterns @returns {Promise<string[]>}
+   */
+  unsubscribeTopics(...patterns) {
+    return this.#changeTopics([], patterns);
+  }
+
+  /** @param {string[]} add @param {string[]} remove @returns {Promise<string[]>} */
+  #changeTopics(add, remove) {
+    const run = async () => {
+      const id = this.#state === "connected" ? this.#info.connectionId : null;
+      const kept = this.#o.topics.filter((t) => !remove.includes(t));
+      const wanted = [...new Set([...kept, ...add])];
+      if (id) {
+        const body = JSON.stringify({ connectionId: id, add, remove });
+        const init = { method: "POST", body, credentials: this.#o.credentials };
+        let res = await fetch(`${this.#url}/api/subscriptions`, { ...init, headers: this.#headers(true) });
+        if (res.status === 401 && (await this.#refresh())) {
+          res = await fetch(`${this.#url}/api/subscriptions`, { ...init, headers: this.#headers(true) });
+        }
+        if (res.ok) return (this.#o.topics = (await res.json()).topics);
+        if (res.status !== 404) throw await errorOf(res);
+      }
+      return (this.#o.topics = wanted); // no live stream (or it just went): the next connect asks for these
+    };
+    return (this.#topicsChange = this.#topicsChange.then(run, run)); // one change at a time, in order
   }
 
   // -- tabs ----------------------------------------------------------------------------------------------------
