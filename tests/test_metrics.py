@@ -134,6 +134,40 @@ def test_one_scrape_of_two_workers_counts_every_publish(two_workers: Server) -> 
     assert {s.labels["worker"] for s in rss} == workers
 
 
+def test_plain_granian_with_two_workers_scrapes_as_one_and_cleans_up(tmp_path: Path) -> None:
+    """``granian --workers 2`` with ``SSE_FAST_WORKERS=2``: the default directory, named after granian's pid under
+    the temp directory, private, and gone once the workers stopped."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with running_redis(tmp_path) as redis_server:
+        env = {**FAST, "SSE_FAST_BROKER": redis_server.url, "SSE_FAST_WORKERS": "2", "TMPDIR": str(scratch)}
+        with running_server(tmp_path, command="granian", env=env, extra_args=("--workers", "2")) as srv:
+            eventually(lambda: len(list(scratch.glob("sse-fast-metrics-*"))) == 1, "the workers' directory")
+            (shared,) = scratch.glob("sse-fast-metrics-*")
+            assert shared.stat().st_mode & 0o777 == 0o700
+            eventually(lambda: len(list(shared.glob("*.prom"))) == 2, "both workers' files")
+            base = total(scrape(srv), "sse_fast_published_total")
+            publish(srv, PUBLISHES)
+            eventually(
+                lambda: total(scrape(srv), "sse_fast_published_total") - base == PUBLISHES,
+                f"sse_fast_published_total summed over one scrape grows by {PUBLISHES}",
+            )
+            assert srv.stop() == 0
+    assert not list(scratch.glob("sse-fast-metrics-*"))
+
+
+def test_sse_fast_serve_removes_the_directory_it_made(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with running_redis(tmp_path) as redis_server:
+        env = {**FAST, "SSE_FAST_BROKER": redis_server.url, "TMPDIR": str(scratch)}
+        with running_server(tmp_path, env=env, extra_args=("--workers", "2")) as srv:
+            (shared,) = scratch.glob("sse-fast-metrics-*")
+            eventually(lambda: len(list(shared.glob("*.prom"))) == 2, "both workers' files")
+            assert srv.stop() == 0
+    assert not list(scratch.glob("sse-fast-metrics-*"))
+
+
 def test_a_worker_that_stops_takes_its_file_with_it(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     with running_server(tmp_path, env={**FAST, "SSE_FAST_METRICS_DIR": str(shared)}) as srv:
