@@ -49,6 +49,10 @@ def exposed_name(family: Metric) -> str:
     return f"{family.name}_total" if family.type == "counter" else family.name
 
 
+def workers_of(families: list[Metric]) -> set[str]:
+    return {s.labels["worker"] for f in families for s in f.samples if s.name == "sse_fast_published_total"}
+
+
 def total(families: list[Metric], sample_name: str) -> float:
     return sum(s.value for f in families for s in f.samples if s.name == sample_name)
 
@@ -133,10 +137,28 @@ def test_one_scrape_of_two_workers_counts_every_publish(two_workers: Server) -> 
         return counts == (made, made)
 
     eventually(counted, f"the publishes and their timings summed over one scrape equal the {made} publishes made")
-    workers = {s.labels["worker"] for f in families for s in f.samples if s.name == "sse_fast_published_total"}
+    workers = workers_of(families)
     assert len(workers) == 2, workers
     rss = [s for f in families for s in f.samples if s.name == "process_resident_memory_bytes"]
     assert {s.labels["worker"] for s in rss} == workers
+
+
+def test_no_worker_counter_goes_back_from_one_scrape_to_the_next(two_workers: Server) -> None:
+    """Scrapes answered by either worker: each worker's series only grows (a fall would read as a counter reset)."""
+    eventually(lambda: len(workers_of(scrape(two_workers))) == 2, "a scrape that shows both workers")
+    seen: dict[tuple[str, str], float] = {}
+    started, rounds = time.monotonic(), 0
+    while rounds < 25 or time.monotonic() - started < 3:  # across several of the workers' once-a-second writes
+        rounds += 1
+        publish(two_workers, 1)
+        for family in scrape(two_workers):
+            if family.type != "counter":
+                continue
+            for sample in family.samples:
+                key = (sample.name, str(sorted(sample.labels.items())))
+                assert sample.value >= seen.get(key, 0.0), f"{key} went back from {seen[key]} to {sample.value}"
+                seen[key] = sample.value
+    assert len({labels for name, labels in seen if name == "sse_fast_published_total"}) == 2
 
 
 def test_plain_granian_with_two_workers_scrapes_as_one_and_cleans_up(tmp_path: Path) -> None:

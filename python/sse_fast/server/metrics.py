@@ -12,7 +12,8 @@ maximum file descriptors: this worker's real limits).
 Several workers: each worker leaves its own exposition in a directory they share (``SSE_FAST_METRICS_DIR``, by
 default one per server under the temp directory) on every tick, and a scrape answers this worker's live values
 and the others' last ones (at most about a second old), every sample labelled ``worker="<pid>"``: one scrape is
-the whole server, and ``sum without (worker) (...)`` adds the workers up.
+the whole server, and ``sum without (worker) (...)`` adds the workers up. The answering worker first writes what it
+shows of itself, so a worker's counters never seem to go back from one scrape to the next, whoever answers.
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ class Metrics(Collector):
     def tick(self, _now: float) -> None:
         """Leave this worker's values for the others (several workers; on the streams' tick)."""
         if self._share is not None:
-            self._share.write(generate_latest(_Own(self)))
+            self._share.write(generate_latest(_Families(list(self.own()))))
 
     def close(self) -> None:
         """Take this worker's values out of the shared directory (it stops)."""
@@ -237,8 +238,11 @@ class Metrics(Collector):
         if self._share is None:
             yield from self.own()
             return
-        workers = [(str(os.getpid()), list(self.own())), *self._share.siblings()]
-        yield from _merge(workers)
+        # What this scrape shows of this worker is what it leaves for the others, written first: whichever worker
+        # answers the next scrape shows this one's values at least as new, so no counter ever seems to go back.
+        own = list(self.own())
+        self._share.write(generate_latest(_Families(own)))
+        yield from _merge([(str(os.getpid()), own), *self._share.siblings()])
 
     def own(self) -> Iterator[Metric]:
         """This worker's families."""
@@ -280,14 +284,14 @@ class Metrics(Collector):
         yield responses
 
 
-class _Own:
-    """This worker's families alone, for the file the other workers read."""
+class _Families:
+    """Families already collected, as a registry for ``generate_latest`` (the file the other workers read)."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
 
     def collect(self) -> Iterator[Metric]:
-        return self._metrics.own()
+        return iter(self._families)
 
 
 def _help(name: str) -> str:
