@@ -8,6 +8,9 @@ answer, from whichever worker takes the scrape, every worker's values with a ``w
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -182,16 +185,24 @@ def test_plain_granian_with_two_workers_scrapes_as_one_and_cleans_up(tmp_path: P
     assert not list(scratch.glob("sse-fast-metrics-*"))
 
 
-def test_sse_fast_serve_removes_the_directory_it_made(tmp_path: Path) -> None:
+def test_sse_fast_serve_removes_the_directory_it_made_and_those_of_killed_servers(tmp_path: Path) -> None:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    killed = scratch / f"sse-fast-metrics-{os.getuid()}-{int(gone.stdout)}-x1"  # its server was SIGKILLed
+    killed.mkdir()
+    (killed / "123.prom").write_text("")
+    alive = scratch / f"sse-fast-metrics-{os.getuid()}-{os.getpid()}-x2"  # a running server's
+    alive.mkdir()
     with running_redis(tmp_path) as redis_server:
         env = {**FAST, "SSE_FAST_BROKER": redis_server.url, "TMPDIR": str(scratch)}
         with running_server(tmp_path, env=env, extra_args=("--workers", "2")) as srv:
-            (shared,) = scratch.glob("sse-fast-metrics-*")
+            assert not killed.exists()
+            (shared,) = set(scratch.glob("sse-fast-metrics-*")) - {alive}
+            assert shared.name.startswith(f"sse-fast-metrics-{os.getuid()}-{srv.proc.pid}-")
             eventually(lambda: len(list(shared.glob("*.prom"))) == 2, "both workers' files")
             assert srv.stop() == 0
-    assert not list(scratch.glob("sse-fast-metrics-*"))
+    assert set(scratch.glob("sse-fast-metrics-*")) == {alive}
 
 
 def test_a_worker_that_stops_takes_its_file_with_it(tmp_path: Path) -> None:

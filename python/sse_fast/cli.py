@@ -13,7 +13,6 @@ import re
 import resource
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -135,8 +134,10 @@ def _metrics_dir(settings: Any) -> Iterator[None]:
     if settings.workers <= 1 or settings.metrics_dir:
         yield
         return
-    path = tempfile.mkdtemp(prefix="sse-fast-metrics-")
-    os.environ["SSE_FAST_METRICS_DIR"] = path
+    from sse_fast.server.metrics import make_shared_dir
+
+    path = make_shared_dir()
+    os.environ["SSE_FAST_METRICS_DIR"] = str(path)
     try:
         yield
     finally:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import stat
 import tempfile
 import time
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from sse_fast.settings import Settings
     from sse_fast.streams import Streams
 
-__all__ = ["METRICS", "MetricDoc", "Metrics", "as_table", "shared_dir"]
+__all__ = ["METRICS", "MetricDoc", "Metrics", "as_table", "make_shared_dir", "shared_dir", "sweep_shared_dirs"]
 
 log = logging.getLogger("sse_fast.metrics")
 
@@ -175,14 +176,39 @@ def as_table() -> str:
 def shared_dir(settings: Settings) -> Path | None:
     """Where the workers of one server leave their metrics for each other, or None with a single worker.
 
-    ``SSE_FAST_METRICS_DIR`` when set; else a private directory named after the parent process (granian's, or
-    ``sse-fast serve``), which all its workers share.
+    ``SSE_FAST_METRICS_DIR`` when set (``sse-fast serve`` sets it to :func:`make_shared_dir`); else, under plain
+    granian, a private directory named after the parent process (granian's), which all its workers share.
     """
     if settings.metrics_dir:
         return Path(settings.metrics_dir)
     if settings.workers <= 1:
         return None
-    return Path(tempfile.gettempdir()) / f"sse-fast-metrics-{os.getuid()}-{os.getppid()}"
+    sweep_shared_dirs()
+    return Path(tempfile.gettempdir()) / f"{_dir_prefix()}{os.getppid()}"
+
+
+def make_shared_dir() -> Path:
+    """A fresh private directory for the workers of the server this process runs (``sse-fast serve``), named
+    after this process; the ones of servers killed before they could remove theirs are removed first."""
+    sweep_shared_dirs()
+    return Path(tempfile.mkdtemp(prefix=f"{_dir_prefix()}{os.getpid()}-"))
+
+
+def sweep_shared_dirs() -> None:
+    """Remove this user's shared directories whose server process is gone (it was killed before it cleaned up)."""
+    prefix = _dir_prefix()
+    for path in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = path.name.removeprefix(prefix).split("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            info = path.lstat()
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _dir_prefix() -> str:
+    return f"sse-fast-metrics-{os.getuid()}-"
 
 
 class Metrics(Collector):
