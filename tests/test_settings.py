@@ -83,6 +83,8 @@ DEFAULTS: dict[str, Any] = {
     "scheduler_pause_timeout": 600.0,
     "admin_recent_max": 200,
     "broker": "memory",
+    "redis_wait_replicas": 0,
+    "redis_wait_timeout": 0.5,
 }
 
 
@@ -189,6 +191,14 @@ PARSED = [
     ("SSE_FAST_BROKER", "redis://localhost:6379/0", "broker", "redis://localhost:6379/0"),
     ("SSE_FAST_BROKER", "rediss://h", "broker", "rediss://h"),
     ("SSE_FAST_BROKER", "unix:///tmp/redis.sock", "broker", "unix:///tmp/redis.sock"),
+    (
+        "SSE_FAST_BROKER",
+        "redis+sentinel://s1:26379,s2:26379/mymaster",
+        "broker",
+        "redis+sentinel://s1:26379,s2:26379/mymaster",
+    ),
+    ("SSE_FAST_REDIS_WAIT_REPLICAS", "1", "redis_wait_replicas", 1),
+    ("SSE_FAST_REDIS_WAIT_TIMEOUT", "0.25", "redis_wait_timeout", 0.25),
 ]
 
 
@@ -272,7 +282,7 @@ def test_bad_overrides_are_reported_with_their_names() -> None:
 # Error messages
 # ---------------------------------------------------------------------------------------------------------------
 
-BROKER = "expected `memory` or a redis://, rediss:// or unix:// URL"
+BROKER = "expected `memory`, a redis://, rediss:// or unix:// URL, or redis+sentinel://"
 API_KEYS = "expected keys of at least 16 characters without whitespace"
 ORIGINS = "expected `*` alone, or origins like https://example.com:8443 (no path)"
 ERRORS = [
@@ -553,3 +563,35 @@ def test_the_readme_settings_table_is_the_generated_one() -> None:
     # print(as_table(markdown=True))"`).
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert settings_mod.as_table(markdown=True) in readme
+
+
+def test_sentinel_urls_are_parsed_into_their_parts() -> None:
+    parts = settings_mod.sentinel_url("redis+sentinel://app:p%40ss@s1:26379,[::1]:26380/mymaster/2")
+    assert parts == settings_mod.SentinelUrl((("s1", 26379), ("::1", 26380)), "mymaster", 2, "app", "p@ss")
+    assert settings_mod.sentinel_url("redis+sentinel://s1:1/m").db == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis+sentinel://", "not a host:port: ''"),
+        ("redis+sentinel://s1:26379", "the service name is missing"),
+        ("redis+sentinel://s1/mymaster", "not a host:port: 's1'"),
+        ("redis+sentinel://s1:26379,/mymaster", "not a host:port: ''"),
+        ("redis+sentinel://s1:99999/mymaster", "not a host:port: 's1:99999'"),
+        ("redis+sentinel://s1:26379/my master", "the service name is missing or not"),
+        ("redis+sentinel://s1:26379/mymaster/x", "the database is not a number: 'x'"),
+    ],
+)
+def test_malformed_sentinel_urls_say_what_is_wrong(url: str, why: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"SSE_FAST_BROKER": url})
+    (problem,) = info.value.problems
+    assert problem.startswith("SSE_FAST_BROKER=")
+    assert "expected redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]" in problem
+    assert why in problem
+
+
+def test_a_sentinel_url_is_shown_without_its_password() -> None:
+    s = Settings.from_env({"SSE_FAST_BROKER": "redis+sentinel://app:hunter2hunter2@s1:26379/m"})
+    assert "broker='redis+sentinel://app:***@s1:26379/m'" in repr(s)

@@ -20,6 +20,7 @@ import os
 import re
 import types
 import typing
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
@@ -30,13 +31,16 @@ from sse_fast.errors import SseFastError
 
 __all__ = [
     "ENV_PREFIX",
+    "SENTINEL_SCHEME",
     "TOOLING_PREFIX",
+    "SentinelUrl",
     "SettingDoc",
     "Settings",
     "SettingsError",
     "as_table",
     "describe",
     "public_key_algorithm",
+    "sentinel_url",
 ]
 
 ENV_PREFIX = "SSE_FAST_"
@@ -51,6 +55,8 @@ _MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least 256 bits; PyJWT
 _MIN_API_KEY = 16
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
+SENTINEL_SCHEME = "redis+sentinel://"
+"""The scheme of a broker found through Redis Sentinel (:func:`sentinel_url`)."""
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
@@ -239,7 +245,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ] = 200
 
     # Broker
-    broker: Annotated[str, _doc("`memory` (one worker) or a `redis://`, `rediss://` or `unix://` URL.")] = "memory"
+    broker: Annotated[
+        str,
+        _doc(
+            "`memory` (one worker), a `redis://`, `rediss://` or `unix://` URL, or "
+            "`redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]` (the primary that Sentinel "
+            "names, followed across failovers)."
+        ),
+    ] = "memory"
+    redis_wait_replicas: Annotated[
+        Count,
+        _doc(
+            "With Redis: replicas a publish waits for (`WAIT`) before it answers; `replicated: false` when they did "
+            "not confirm in time. 0: no wait.",
+            ge=0,
+        ),
+    ] = 0
+    redis_wait_timeout: Annotated[
+        Seconds, _doc("How long a publish waits for `SSE_FAST_REDIS_WAIT_REPLICAS`.", unit="s", gt=0)
+    ] = 0.5
 
     def __post_init__(self) -> None:
         problems = [f"{name}={_shown(name, getattr(self, name))}: {text}" for name, text in _check(self)]
@@ -458,7 +482,7 @@ def _shown(name: str, value: Any) -> str:
 
 def _redact_url(url: str) -> str:
     """``redis://user:password@host`` without the password."""
-    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"^([a-z+]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -529,8 +553,13 @@ def _check_broker(s: Any) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if not isinstance(broker, str):
         return problems
-    if broker != "memory" and not any(broker.startswith(p) and len(broker) > len(p) for p in _BROKER_SCHEMES):
-        problems.append(("broker", "expected `memory` or a redis://, rediss:// or unix:// URL"))
+    if broker.startswith(SENTINEL_SCHEME):
+        try:
+            sentinel_url(broker)
+        except ValueError as exc:
+            problems.append(("broker", str(exc)))
+    elif broker != "memory" and not any(broker.startswith(p) and len(broker) > len(p) for p in _BROKER_SCHEMES):
+        problems.append(("broker", "expected `memory`, a redis://, rediss:// or unix:// URL, or redis+sentinel://"))
     if broker == "memory" and isinstance(s.workers, int) and s.workers > 1:
         problems.append(
             (
@@ -539,6 +568,49 @@ def _check_broker(s: Any) -> list[tuple[str, str]]:
             )
         )
     return problems
+
+
+class SentinelUrl(NamedTuple):
+    """A ``redis+sentinel://`` broker URL, parsed (:func:`sentinel_url`)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+
+
+def sentinel_url(url: str) -> SentinelUrl:
+    """The parts of ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``.
+
+    The user and password are the primary's (and its replicas'); the sentinels are asked without them. Raises
+    ``ValueError`` saying what is wrong ("expected ..."), the message :class:`Settings` reports.
+    """
+    shape = "expected redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]"
+    if not url.startswith(SENTINEL_SCHEME):
+        raise ValueError(shape)
+    rest = url[len(SENTINEL_SCHEME) :]
+    credentials, at, rest = rest.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = credentials.partition(":")
+        username, password = urllib.parse.unquote(user) or None, urllib.parse.unquote(secret) if colon else None
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    sentinels = []
+    for host in hosts.split(","):
+        match = _HOST_PORT.match(host)
+        if match is None or not 0 < int(match[2]) < 65536:
+            raise ValueError(f"{shape} (not a host:port: {host!r})")
+        sentinels.append((match[1].strip("[]"), int(match[2])))
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", service):
+        raise ValueError(f"{shape} (the service name is missing or not [A-Za-z0-9_.-])")
+    if db and not (db.isascii() and db.isdigit() and int(db) < 16384):
+        raise ValueError(f"{shape} (the database is not a number: {db!r})")
+    return SentinelUrl(tuple(sentinels), service, int(db or 0), username, password)
 
 
 def _check_tls(s: Any) -> list[tuple[str, str]]:

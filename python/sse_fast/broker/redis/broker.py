@@ -47,6 +47,7 @@ from sse_fast.broker import rules as rules
 from sse_fast.broker.base import Broker
 from sse_fast.broker.redis import keys as keys
 from sse_fast.broker.redis import scripts as scripts
+from sse_fast.broker.redis.connection import async_client, sync_client
 from sse_fast.broker.redis.host import text as _text
 from sse_fast.broker.redis.presence import CONNECTIONS_REFRESH, NODE_TTL, PRESENCE_TTL, Presence
 from sse_fast.broker.redis.pubsub import PubSub
@@ -126,12 +127,9 @@ class RedisBroker(Broker):
         }
         # Bounded, and callers wait for a free connection: a burst of calls neither opens a connection each nor
         # fails with ``Too many connections`` (which would read as Redis being down and refuse every stream).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options
-        )
-        self._redis = aioredis.Redis.from_pool(pool)
-        self._reader = aioredis.Redis.from_url(self.url, **options)
-        self._pubsub_client = aioredis.Redis.from_url(self.url, **{**options, "socket_timeout": None})
+        self._redis: aioredis.Redis = async_client(self.url, pool_size=POOL_SIZE, pool_wait=POOL_WAIT, **options)
+        self._reader: aioredis.Redis = async_client(self.url, **options)
+        self._pubsub_client: aioredis.Redis = async_client(self.url, **{**options, "socket_timeout": None})
         # The collaborators read this broker's node id and streams when they use them: attach() sets both later.
         self._presence = Presence(self)
         self._pubsub = PubSub(self, self._pubsub_client, down=self._down)
@@ -176,7 +174,7 @@ class RedisBroker(Broker):
         deadline = time.monotonic() + 10
         while True:
             try:
-                with redis.Redis.from_url(self.url, socket_timeout=3, socket_connect_timeout=2) as client:
+                with sync_client(self.url, socket_timeout=3, socket_connect_timeout=2) as client:
                     epoch, floor = client.eval(scripts.INIT, 2, keys.EPOCH, keys.FLOOR, secrets.token_hex(4))
                     try:
                         last = client.xinfo_stream(keys.LOG)["last-generated-id"]
