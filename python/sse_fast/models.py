@@ -138,8 +138,9 @@ Priority = Annotated[int, Meta(ge=0, le=3, description="LOW 0, NORMAL 1, HIGH 2,
 Millis = Annotated[int, Meta(ge=0, description="Milliseconds since the epoch.")]
 Count = Annotated[int, Meta(ge=0)]
 Percent = Annotated[float, Meta(ge=0, le=100)]
-GapReason = Literal["unknown_cursor", "expired"]
-"""Why a resume could not replay everything after the client's cursor (PROTOCOL.md section 2)."""
+GapReason = Literal["unknown_cursor", "expired", "failover"]
+"""Why a resume could not replay everything after the client's cursor (PROTOCOL.md section 2; ``failover``: Redis
+Sentinel promoted a replica since the cursor was issued, docs/protocol.md)."""
 DeliveryStatus = Literal["pending", "delivered", "acked", "expired"]
 """Where a ``requireAck`` message stands (PROTOCOL.md section 5)."""
 

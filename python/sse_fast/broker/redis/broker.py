@@ -79,6 +79,7 @@ CONNECT_BATCH = 512
 #: Seconds a live topic change waits for the node that holds the stream.
 TOPICS_WAIT = 5.0
 _SEQ_BITS = 20
+_INIT_KEYS = (keys.EPOCH, keys.FLOOR, keys.PRIMARY, keys.FAILOVER)
 
 
 def cursor_seq(entry_id: bytes | str) -> int:
@@ -116,7 +117,7 @@ class RedisBroker(Broker):
         super().__init__(settings)
         self.url = settings.broker
         self.node_id = node_id or secrets.token_hex(3)
-        self.epoch, self._floor, self._last_id = self._bootstrap()
+        self.epoch, self._floor, self._failover, self._last_id = self._bootstrap()
         self._last_seq = max(cursor_seq(self._last_id), self._floor)
         options: dict[str, Any] = {
             "socket_connect_timeout": 2.0,
@@ -166,8 +167,9 @@ class RedisBroker(Broker):
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    def _bootstrap(self) -> tuple[str, int, bytes]:
-        """The epoch, the floor and the log's last id, read once at construction (blocking, retried for 10 s).
+    def _bootstrap(self) -> tuple[str, int, int, bytes]:
+        """The epoch, the floor, the last failover's floor and the log's last id, read once at construction (blocking,
+        retried for 10 s).
 
         The epoch must be known before the first stream: it is the prefix of every ``id:`` line the hub writes.
         """
@@ -175,12 +177,13 @@ class RedisBroker(Broker):
         while True:
             try:
                 with sync_client(self.url, socket_timeout=3, socket_connect_timeout=2) as client:
-                    epoch, floor = client.eval(scripts.INIT, 2, keys.EPOCH, keys.FLOOR, secrets.token_hex(4))
+                    epoch, floor, failover = client.eval(scripts.INIT, 4, *_INIT_KEYS, secrets.token_hex(4))
                     try:
                         last = client.xinfo_stream(keys.LOG)["last-generated-id"]
                     except ResponseError:  # no log yet
                         last = b"0-0"
-                    return _text(epoch), int(floor) << _SEQ_BITS, last if isinstance(last, bytes) else last.encode()
+                    last = last if isinstance(last, bytes) else last.encode()
+                    return _text(epoch), int(floor) << _SEQ_BITS, int(failover or 0) << _SEQ_BITS, last
             except redis.ConnectionError as err:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"cannot reach Redis at {self.url}: {err}") from err
@@ -375,36 +378,41 @@ class RedisBroker(Broker):
             except (RedisError, OSError) as err:
                 self._down(err)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                # Capped low: the reader's reconnect is what ends the 503s, and after a Sentinel failover the new
+                # primary should be found within a fraction of a second of its promotion.
+                backoff = min(backoff * 2, 0.25)
             except Exception:  # a bug in routing one entry must not stop the node's fan-out
                 log.exception("the Redis reader failed; continuing")
                 await asyncio.sleep(backoff)
 
     async def _reconnect(self) -> None:
-        """Redis answers again: check the epoch and the floor; a new floor means Redis lost its data."""
-        epoch, floor = await self._redis.eval(scripts.INIT, 2, keys.EPOCH, keys.FLOOR, self.epoch)
+        """Redis answers again: check the epoch and the floor; a new floor means Redis lost its data, or a replica
+        took over (a failover: :data:`scripts.INIT` raised the floor and says so)."""
+        epoch, floor, failover = await self._redis.eval(scripts.INIT, 4, *_INIT_KEYS, self.epoch)
         self.reconnects += not self._up
         if _text(epoch) != self.epoch:
             log.error("Redis holds epoch %s, this worker %s: restart the worker", _text(epoch), self.epoch)
         new_floor = int(floor) << _SEQ_BITS
+        self._failover = int(failover or 0) << _SEQ_BITS
         if new_floor != self._floor:
-            self._reset(new_floor)
+            self._reset(new_floor, "failover" if new_floor == self._failover else "broker_reset")
         await self._heartbeat()
         if not self._up:
             log.warning("Redis reachable again; resuming from log id %s", _text(self._last_id))
         self._up = True
 
-    def _reset(self, floor: int) -> None:
-        """Redis came back without its data: what the log held is gone, and this node's streams may have missed
-        entries that were appended before the crash. Close them, so that each client resumes from its cursor and
-        is told ``expired`` (it lost messages) instead of silently missing them."""
+    def _reset(self, floor: int, reason: str) -> None:
+        """Redis came back without its data, or a replica that may lack the last writes took over (``reason``
+        ``failover``): this node's streams may have missed entries that were appended before. Close them, so that
+        each client resumes from its cursor and is told ``expired`` or ``failover`` (it may have lost messages)
+        instead of silently missing them."""
         self.resets += 1
         self._floor = floor
         self._last_seq = max(self._last_seq, floor)
         assert self.streams is not None
-        log.error("Redis lost its data (new log floor); closing %d stream(s) so that they resume", len(self.streams))
+        log.error("Redis: new log floor (%s); closing %d stream(s) so that they resume", reason, len(self.streams))
         for conn in self.streams.connections():
-            self.streams.close(conn.id, "broker_reset")
+            self.streams.close(conn.id, reason)
 
     def _route(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         assert self.streams is not None
@@ -616,7 +624,7 @@ class RedisBroker(Broker):
         if since is None:
             return "unknown_cursor"
         if since < floor:
-            return "expired"
+            return "failover" if floor == self._failover else "expired"
         if isinstance(info, BaseException):  # no log yet: nothing was ever issued after the floor
             return None if since == floor else "unknown_cursor"
         last = cursor_seq(info.get("last-generated-id", b"0-0"))

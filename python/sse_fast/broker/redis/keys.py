@@ -18,6 +18,7 @@ __all__ = [
     "CONTROL",
     "EPHEMERAL",
     "EPOCH",
+    "FAILOVER",
     "FLOOR",
     "LOG",
     "LOG_BYTES",
@@ -27,6 +28,7 @@ __all__ = [
     "MAILBOX_SIZES",
     "NODES",
     "NODE_PREFIX",
+    "PRIMARY",
     "TASKS_ALL",
     "TRIMMED",
     "ack",
@@ -48,6 +50,10 @@ LOG_BYTES: Final = "sse:log:bytes"
 #: The log's epoch (a random token: the first part of every cursor) and its floor (the seq it starts from).
 EPOCH: Final = "sse:epoch"
 FLOOR: Final = "sse:floor"
+#: The primary the cluster last saw (``<run_id> <replid>``), and the floor the last failover set (a failover raises
+#: the floor: cursors below it are ``failover``, not ``expired``).
+PRIMARY: Final = "sse:primary"
+FAILOVER: Final = "sse:failover"
 #: Pub/sub channels: ephemeral messages, and controls between nodes (``replaced`` closes, task controls).
 EPHEMERAL: Final = "sse:eph"
 CONTROL: Final = "sse:control"

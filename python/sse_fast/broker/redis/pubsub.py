@@ -79,7 +79,7 @@ class PubSub:
             except (RedisError, OSError) as err:
                 self._down(err)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 0.25)  # as the reader: find a promoted primary quickly
             except Exception:
                 log.exception("the Redis listener failed; continuing")
             finally:

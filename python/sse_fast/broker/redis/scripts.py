@@ -11,14 +11,36 @@ from __future__ import annotations
 
 __all__ = ["ACK", "CONNECT", "DUE", "INIT", "MARK_DELIVERED", "PUBLISH", "REISSUE", "TRIM_LOG"]
 
-# Creates the epoch and the floor once; returns them. The floor is one below the first seq Redis can still issue.
+# Creates the epoch and the floor once; returns them, with the floor the last failover set (or false). The floor is
+# one below the first seq Redis can still issue. KEYS: epoch, floor, primary, failover.
+#
+# A failover raises the floor: when the primary is no longer the one the cluster last saw (its run_id) and it is a
+# replica of that one that took over (its master_replid2 is the old primary's replid), the old primary's last writes
+# may never have reached it (replication is asynchronous), and no cursor from before can show that it holds every
+# write after it. So every cursor from before the change is below the new floor (``failover``), and each node that
+# sees the floor move closes its streams. A primary restarted with its own data (a new run_id, no replid2 of the old
+# one) keeps the floor: what it lost, if anything, is what its persistence lost. ``INFO`` works in a script.
 INIT = """
 local t = redis.call('TIME')
 local floor = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local info = redis.call('INFO', 'server') .. redis.call('INFO', 'replication')
+local primary = string.match(info, 'run_id:(%x+)') .. ' ' .. string.match(info, 'master_replid:(%x+)')
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   redis.call('SET', KEYS[2], floor)
+  redis.call('DEL', KEYS[4])
+else
+  local known = redis.call('GET', KEYS[3])
+  if known and known ~= primary then
+    local run_id, replid = string.match(known, '^(%x+) (%x+)$')
+    local took_over = string.match(info, 'master_replid2:(%x+)') == replid
+    if run_id ~= string.match(primary, '^%x+') and took_over then
+      redis.call('SET', KEYS[2], floor)
+      redis.call('SET', KEYS[4], floor)
+    end
+  end
 end
-return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
+redis.call('SET', KEYS[3], primary)
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('GET', KEYS[4])}
 """
 
 _LIVE = """
