@@ -3,7 +3,9 @@ to the node that runs the task, and ``GET /api/connections`` for the whole clust
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,8 +211,11 @@ async def test_connections_list_the_whole_cluster_and_forget_a_dead_node(tmp_pat
             eventually(lambda: {r["clientId"] for r in connection_rows(a)} == {"on-a", "on-b"}, timeout=25)
             assert {r["clientId"] for r in connection_rows(b)} == {"on-a", "on-b"}
             refused = call(a, "POST", f"/api/tasks/{task_id}/cancel", "someone")
-            assert error(refused) == (503, "task_node_unavailable")
-            assert refused.headers["retry-after"] == "5"
+            if error(refused) == (503, "task_node_unavailable"):
+                assert refused.headers["retry-after"] == "5"
+            else:  # a survivor has marked C's tasks failed already (worker_lost, within 2 s of the heartbeat's end)
+                assert error(refused) == (409, "task_finished")
+                assert call(a, "GET", f"/api/tasks/{task_id}", "someone").json()["error"].startswith("worker_lost")
         # Streams that close leave the list at once.
         eventually(lambda: connection_rows(a) == [] and connection_rows(b) == [], timeout=5)
 
@@ -246,3 +251,79 @@ async def test_the_task_indexes_drop_ids_when_their_records_expire(tmp_path: Pat
             assert client.zcard("sse:tasks:c:dora") == 5
             eventually(lambda: not any(client.exists(f"sse:task:{task_id}") for task_id in ids))
             eventually(lambda: client.zcard("sse:tasks:all") == 0 and client.zcard("sse:tasks:c:dora") == 0)
+
+
+def execute_as(server: Server, who: str, command_id: str, task: str, **params: Any) -> httpx.Response:
+    body = {
+        "type": "command",
+        "payload": {"commandId": command_id, "action": "execute", "task": task, "params": params},
+    }
+    return call(server, "POST", "/api/commands", who, body)
+
+
+async def test_a_repeated_command_id_is_one_task_on_every_node(cluster: list[Server]) -> None:
+    """Issue 18, item 3: the dedupe of ``commandId`` was per worker, so a retry that reached another node ran twice."""
+    a, b, c = cluster
+    first = execute_as(a, "erin", "cmd-once", "sleep", seconds=0.01)
+    assert first.status_code == 202, first.text
+    task_id = first.json()["taskId"]
+    for server in (b, c, a):
+        again = execute_as(server, "erin", "cmd-once", "sleep", seconds=0.01)
+        assert again.status_code == 200, again.text
+        assert (again.json()["taskId"], again.json()["duplicate"]) == (task_id, True)
+    # Another client's commandId is its own.
+    assert execute_as(b, "frank", "cmd-once", "sleep", seconds=0.01).status_code == 202
+    # Two nodes receiving the same commandId at once create one task.
+    for round_ in range(5):
+        command_id = f"cmd-race-{round_}"
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            send = functools.partial(execute_as, who="erin", command_id=command_id, task="sleep", seconds=0.01)
+            answers = list(pool.map(send, cluster))
+        assert sorted(r.status_code for r in answers) == [200, 200, 202], [r.text for r in answers]
+        assert len({r.json()["taskId"] for r in answers}) == 1
+    listed = call(c, "GET", "/api/tasks", "erin").json()["tasks"]
+    assert sorted(t["commandId"] for t in listed) == ["cmd-once", *(f"cmd-race-{i}" for i in range(5))]
+
+
+async def test_a_refused_execute_leaves_its_command_id_free_for_a_retry(cluster: list[Server]) -> None:
+    a, b, _ = cluster
+    refused = execute_as(a, "gina", "cmd-retry", "no-such-handler")
+    assert error(refused) == (400, "unknown_task")
+    retried = execute_as(b, "gina", "cmd-retry", "sleep", seconds=0.01)
+    assert retried.status_code == 202, retried.text
+
+
+async def test_the_tasks_of_a_dead_node_fail_with_worker_lost(tmp_path: Path) -> None:
+    """Issue 18, item 3: the records of a SIGKILLed node's tasks said ``running`` until they expired (300 s)."""
+    env = {"SSE_FAST_SCHEDULER_RETENTION": "120"}
+    with running_redis(tmp_path) as redis_server, nodes(tmp_path, redis_server.url, 3, **env) as (a, b, c):
+        async with open_stream(a.url, client_id="hal") as stream:
+            await stream.wait_for(lambda s: bool(s.system("connect")))
+            running = execute(c, "hal", "probe-narrow", hold=600)
+            waiting = execute(c, "hal", "probe-narrow", hold=600)  # concurrency=1: pending behind the first
+            survivor = execute(b, "hal", "sleep", seconds=600)
+            eventually(lambda: status(a, running, "hal") == "running")
+            assert status(a, waiting, "hal") == "pending"
+            killed = time.monotonic()
+            kill_node(c)
+            # NODE_TTL (15 s) for the heartbeat to expire, then LOST_CHECK (2 s) and a tick: 25 s is generous.
+            eventually(lambda: status(b, running, "hal") == status(b, waiting, "hal") == "failed", timeout=40)
+            took = time.monotonic() - killed
+            for task_id in (running, waiting):
+                record = call(a, "GET", f"/api/tasks/{task_id}", "hal").json()
+                assert record["error"].startswith("worker_lost: node "), record
+                assert record["completedAt"] is not None
+                assert error(call(b, "POST", f"/api/tasks/{task_id}/cancel", "hal")) == (409, "task_finished")
+            await stream.wait_for(lambda s: all("task_failed" in events(s, t) for t in (running, waiting)), timeout=10)
+            failed = [e["payload"] for e in stream.envelopes("command") if e["payload"].get("event") == "task_failed"]
+            assert {p["taskId"] for p in failed} == {running, waiting}
+            assert all(p["reason"] == "worker_lost" and p["willRetry"] is False for p in failed)
+            assert status(a, survivor, "hal") == "running"  # the live node's task is left alone
+            with redis_server.client() as client:
+                assert 0 < client.ttl(f"sse:task:{running}") <= 120  # finished: the retention
+                assert client.scard("sse:tasks:nodes") == 1  # B's (C's left with its tasks)
+            # Exactly one node took them: still one event per task once both survivors have looked again (every 2 s).
+            eventually(lambda: time.monotonic() - killed > took + 5, timeout=10)
+            failed_again = [e for e in stream.envelopes("command") if e["payload"].get("event") == "task_failed"]
+            assert len(failed_again) == 2, failed_again
+            assert call(a, "POST", f"/api/tasks/{survivor}/cancel", "hal").status_code == 200

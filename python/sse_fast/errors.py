@@ -136,7 +136,8 @@ class ValidationFailure(HttpError, ValueError):
 class SchedulerError(HttpError):
     """A refused scheduler request: ``unknown_task`` (400, ``detail.task`` the name asked for), ``invalid_params``
     (422), ``queue_full`` (429, ``retry_after`` seconds), ``task_not_found`` (404), ``task_finished`` (409),
-    ``not_paused`` (409), ``shutting_down`` (503); across Redis nodes also ``task_node_unavailable`` (503) and
+    ``not_paused`` (409), ``shutting_down`` (503); across Redis nodes also ``task_node_unavailable`` (503),
+    ``command_pending`` (503: a repeated ``commandId`` still being accepted on another node) and
     ``task_node_timeout`` (504)."""
 
     @classmethod

@@ -553,9 +553,11 @@ class Scheduler:
         timeout_ms: int | None = None,
         command_id: str | None = None,
         require_ack: bool = False,
+        task_id: str | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Queue a task; returns its record as submitted and whether it is new (False: the same ``command_id``
-        from the same client was submitted before, and this is that task).
+        from the same client was submitted before, and this is that task). ``task_id``: the id the task gets (a
+        shared registry chooses it before it claims the ``command_id`` across nodes); a new one when None.
 
         Raises :class:`SchedulerError`: ``unknown_task``, ``invalid_params``, ``queue_full``, ``client_queue_full``,
         ``shutting_down``.
@@ -588,7 +590,7 @@ class Scheduler:
         if timeout_ms is not None:
             timeout = timeout_ms / 1000 if timeout is None else min(timeout, timeout_ms / 1000)
         t = _Task(
-            id=new_message_id(),
+            id=task_id or new_message_id(),
             command_id=command_id,
             client_id=client_id,
             spec=spec,
@@ -609,6 +611,17 @@ class Scheduler:
         self._enqueue(t)
         self._dispatch()
         return record, True
+
+    def submitted(self, client_id: str, command_id: str) -> str | None:
+        """The id of the task this scheduler holds for ``(client_id, command_id)``, if any."""
+        return self._by_command.get((client_id, command_id))
+
+    def lost(self, record: TaskRecord) -> None:
+        """Tell the task's client that another node's task ended with its node (``task_failed``, ``worker_lost``):
+        ``record`` is the final record, as the node that noticed the death wrote it."""
+        fields = {"error": record.error, "reason": "worker_lost", "attempt": record.attempts, "willRetry": False}
+        payload = {"event": "task_failed", "taskId": record.task_id, "status": record.status, **fields}
+        self._send(self._envelope("command", record.client_id, payload, record.priority, record.command_id))
 
     def get(self, task_id: str) -> TaskRecord:
         """The record of a task (``task_not_found`` when unknown or dropped)."""

@@ -11,6 +11,16 @@ owner's (200, 202, 404, 409). The owner does not answer within the wait (it died
 504 ``task_node_timeout``; its heartbeat key is gone (dead for up to 15 s): 503 ``task_node_unavailable``. A
 pending task stays pending on the node that accepted it: no node takes over another node's queue.
 
+A node that dies takes its tasks with it: once its heartbeat key has expired (``NODE_TTL``, 15 s after its last
+beat), the first surviving node to look (every :data:`LOST_CHECK` seconds) marks its live records ``failed`` with
+the error ``worker_lost`` and sends their clients ``task_failed`` (reason ``worker_lost``). A script takes the dead
+node's tasks atomically, so exactly one node does it, however many notice.
+
+A ``commandId`` is one task in the cluster: ``execute`` claims ``(client, commandId)`` with ``SET NX`` before its
+task exists, so a repeat on any node (or two nodes receiving it at once) answers the first one's task as a
+duplicate. The claim lives as long as the task's record (it is rewritten with it) and is dropped when the submit is
+refused (``queue_full``...), so that the client may retry it.
+
 Keys, all bounded:
 
 - ``sse:task:<id>``, a hash ``{rec: the TaskRecord as JSON, node: the node that runs it}``; ``EXPIRE`` the
@@ -19,6 +29,10 @@ Keys, all bounded:
 - ``sse:tasks:c:<client>`` and ``sse:tasks:all``, sorted sets of task ids by ``createdAt``, trimmed to the
   scheduler's ``retention_count`` newest and ``EXPIRE``d; the node that wrote a finished record drops its id
   from both when the record expires (the retention), and ids whose hash expired are dropped when read.
+- ``sse:cmd:<client>:<commandId>``, the task id of that ``execute``; the same ``EXPIRE`` as the task's hash.
+- ``sse:tasks:n:<node>``, the ids of a node's live tasks (a set, ``EXPIRE`` :data:`LIVE_TTL`), and
+  ``sse:tasks:nodes``, the nodes that have such a set: where the tasks of a dead node are found. Bounded by the
+  node's live tasks, and by the live nodes (a dead node leaves it when its tasks are taken).
 """
 
 from __future__ import annotations
@@ -34,16 +48,18 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from redis.exceptions import RedisError
 
+from sse_fast._core import NORMAL
 from sse_fast.broker.redis import keys as keys
+from sse_fast.broker.redis import scripts as scripts
 from sse_fast.errors import HttpError
-from sse_fast.models import TaskRecord
+from sse_fast.models import TaskRecord, new_message_id
 from sse_fast.scheduler.core import Scheduler, SchedulerError
 from sse_fast.scheduler.registry import LocalTaskRegistry
 
 if TYPE_CHECKING:
     from sse_fast.broker.redis.broker import RedisBroker
 
-__all__ = ["LIVE_REFRESH", "LIVE_TTL", "RedisTaskRegistry"]
+__all__ = ["LIVE_REFRESH", "LIVE_TTL", "LOST_CHECK", "RedisTaskRegistry"]
 
 log = logging.getLogger("sse_fast.redis")
 
@@ -53,6 +69,10 @@ LIVE_TTL: Final = 300
 LIVE_REFRESH: Final = 60
 #: Seconds a pause or resume waits for the owner's answer (a cancel waits ``cancel_grace`` more).
 CONTROL_WAIT: Final = 5.0
+#: Seconds between a node's looks for dead nodes' tasks (a dead node's tasks fail within NODE_TTL + this + 1 s).
+LOST_CHECK: Final = 2.0
+#: The error of a task whose node died (its record's ``error`` starts with it; the event's ``reason`` is it).
+WORKER_LOST: Final = "worker_lost"
 _FINISHED: Final = frozenset({"completed", "failed", "cancelled", "timed_out"})
 _json = msgspec.json.Encoder()
 _record = msgspec.json.Decoder(TaskRecord)
@@ -77,6 +97,10 @@ class RedisTaskRegistry(LocalTaskRegistry):
         # limits are read from the settings after this registry exists, and a maxlen would drop ids silently).
         self._expiring: collections.deque[tuple[float, str, str]] = collections.deque()  # bounded (see above)
         self._unindexing: asyncio.Task[None] | None = None
+        self._reaping: asyncio.Task[None] | None = None
+        self._last_reap = time.monotonic()
+        self._release = broker.redis.register_script(scripts.RELEASE_COMMAND)
+        self._take_lost = broker.redis.register_script(scripts.TAKE_LOST_TASKS)
         scheduler.watch(self._changed)
         broker.on_control("task", self._on_control)
         broker.on_control("task_reply", self._on_reply)
@@ -119,10 +143,19 @@ class RedisTaskRegistry(LocalTaskRegistry):
         pipe = self.broker.redis.pipeline(transaction=False)
         node = self.broker.node_id
         for record in records:
-            key = keys.task(record.task_id)
+            key, finished = keys.task(record.task_id), record.status in _FINISHED
+            ttl = max(1, int(s.retention)) if finished else LIVE_TTL
             pipe.hset(key, mapping={"rec": _json.encode(record), "node": node})
-            pipe.expire(key, max(1, int(s.retention)) if record.status in _FINISHED else LIVE_TTL)
-            if record.status in _FINISHED and len(self._expiring) < s.retention_count:  # past it: retention_count
+            pipe.expire(key, ttl)
+            pipe.set(keys.command(record.client_id, record.command_id), record.task_id, ex=ttl)
+            if finished:
+                pipe.srem(keys.tasks_on(node), record.task_id)
+            else:
+                pipe.sadd(keys.tasks_on(node), record.task_id)
+                pipe.expire(keys.tasks_on(node), LIVE_TTL)
+                pipe.sadd(keys.TASK_NODES, node)
+                pipe.expire(keys.TASK_NODES, index_ttl)
+            if finished and len(self._expiring) < s.retention_count:  # past it: retention_count
                 self._expiring.append((time.monotonic() + max(1, int(s.retention)), record.task_id, record.client_id))
             for index in (keys.tasks_of(record.client_id), keys.TASKS_ALL):
                 pipe.zadd(index, {record.task_id: record.created_at})
@@ -141,6 +174,34 @@ class RedisTaskRegistry(LocalTaskRegistry):
         due = bool(self._expiring) and self._expiring[0][0] <= time.monotonic()
         if due and (self._unindexing is None or self._unindexing.done()) and self.broker.ready():
             self._unindexing = asyncio.get_running_loop().create_task(self._unindex())
+        reap = time.monotonic() - self._last_reap >= LOST_CHECK and (self._reaping is None or self._reaping.done())
+        if reap and self.broker.ready():
+            self._last_reap = time.monotonic()
+            self._reaping = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        """Fail the live tasks of the nodes whose heartbeat expired (``worker_lost``), and tell their clients."""
+        prefixes = [keys.node(""), keys.tasks_on(""), keys.task("")]
+        try:
+            taken = await self.broker.call(self._take_lost(keys=[keys.TASK_NODES], args=prefixes))
+        except (RedisError, OSError, HttpError) as err:
+            log.warning("could not look for the tasks of dead nodes: %s", err)
+            return
+        lost = []
+        for i in range(0, len(taken), 3):
+            node, record = taken[i].decode(), _record.decode(taken[i + 2])
+            if record.status in _FINISHED:
+                continue
+            error = f"{WORKER_LOST}: node {node} stopped (its heartbeat expired) while the task was {record.status}"
+            lost.append(msgspec.structs.replace(record, status="failed", error=error, completed_at=_now_ms()))
+        if not lost:
+            return
+        log.warning("marked %d task(s) of dead node(s) failed (%s)", len(lost), WORKER_LOST)
+        for record in lost:
+            self._dirty[record.task_id] = record
+        await self.flush()
+        for record in lost:
+            self.scheduler.lost(record)
 
     async def _unindex(self) -> None:
         """Drop the ids of expired records from the indexes (best effort: a failure leaves them to the read path)."""
@@ -154,6 +215,54 @@ class RedisTaskRegistry(LocalTaskRegistry):
             await self.broker.call(pipe.execute())
         except (RedisError, OSError, HttpError) as err:
             log.warning("could not drop expired task ids from the indexes: %s", err)
+
+    # -- submitting --------------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        client_id: str,
+        task: str,
+        params: dict[str, Any] | None = None,
+        *,
+        priority: int = NORMAL,
+        timeout_ms: int | None = None,
+        command_id: str | None = None,
+        require_ack: bool = False,
+    ) -> tuple[TaskRecord, bool]:
+        """Claim ``(client, commandId)`` in Redis, then queue the task here; a repeat (from any node) answers the
+        claimed task as a duplicate."""
+        options: dict[str, Any] = {"priority": priority, "timeout_ms": timeout_ms, "require_ack": require_ack}
+        if command_id is None or self.scheduler.submitted(client_id, command_id) is not None:
+            return self.scheduler.submit(client_id, task, params, command_id=command_id, **options)
+        task_id, key = new_message_id(), keys.command(client_id, command_id)
+        deadline = time.monotonic() + CONTROL_WAIT
+        while not await self.broker.call(self.broker.redis.set(key, task_id, nx=True, ex=LIVE_TTL)):
+            known = await self._claimed(key, deadline)
+            if known is not None:
+                return known, False
+        try:
+            return self.scheduler.submit(client_id, task, params, command_id=command_id, task_id=task_id, **options)
+        except SchedulerError:
+            await self.broker.call(self._release(keys=[key], args=[task_id]))  # refused: the client may retry it
+            raise
+
+    async def _claimed(self, key: str, deadline: float) -> TaskRecord | None:
+        """The record of the task that claimed ``key``; None when the claim is gone (its submit was refused). The
+        claimer writes the record right after its submit: until then, wait for it (up to ``deadline``)."""
+        while True:
+            claim = await self.broker.call(self.broker.redis.get(key))
+            if claim is None:
+                return None
+            task_id = claim.decode() if isinstance(claim, bytes) else str(claim)
+            if self.scheduler.has(task_id):
+                return self.scheduler.get(task_id)
+            rec = await self.broker.call(self.broker.redis.hget(keys.task(task_id), "rec"))
+            if rec is not None:
+                return _record.decode(rec)
+            if time.monotonic() > deadline:
+                message = "a task for this commandId is being submitted on another node"
+                raise SchedulerError(503, "command_pending", message, {"taskId": task_id}, retry_after=1)
+            await asyncio.sleep(0.02)  # ok-sleep: the claimer's record is one write away
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -218,6 +327,9 @@ class RedisTaskRegistry(LocalTaskRegistry):
     async def _relay(self, task_id: str, action: str, wait: float) -> tuple[TaskRecord, bool]:
         """Send ``action`` to the node that runs the task; its answer (or its refusal, raised)."""
         record, node = await self._lookup(task_id)
+        if record.status in _FINISHED:  # ended (its node may be gone: worker_lost): nothing to relay
+            message = f"task {task_id} has {record.status} already"
+            raise SchedulerError(409, "task_finished", message, {"status": record.status})
         if node == self.broker.node_id:  # this node ran it, and has dropped it since
             raise SchedulerError(404, "task_not_found", f"no task {task_id!r} (dropped after retention)")
         if not await self.broker.node_alive(node):
@@ -270,3 +382,7 @@ class RedisTaskRegistry(LocalTaskRegistry):
             reply["error"] = [err.status, err.code, err.message, err.detail, err.retry_after]
         with contextlib.suppress(RedisError, OSError, HttpError):
             await self.broker.send_control(reply)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

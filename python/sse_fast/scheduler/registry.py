@@ -14,7 +14,9 @@ A task runs on the node that accepted its ``execute``, from submit to end (it is
 from __future__ import annotations
 
 import abc
+from typing import Any
 
+from sse_fast._core import NORMAL
 from sse_fast.models import TaskRecord
 from sse_fast.scheduler.core import Scheduler
 
@@ -27,6 +29,29 @@ class TaskRegistry(abc.ABC):
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+
+    async def submit(
+        self,
+        client_id: str,
+        task: str,
+        params: dict[str, Any] | None = None,
+        *,
+        priority: int = NORMAL,
+        timeout_ms: int | None = None,
+        command_id: str | None = None,
+        require_ack: bool = False,
+    ) -> tuple[TaskRecord, bool]:
+        """Queue a task on this node's scheduler (:meth:`Scheduler.submit`): its record, and whether it is new (False:
+        this client's ``command_id`` was submitted before, on this node or, with a shared registry, on any)."""
+        return self.scheduler.submit(
+            client_id,
+            task,
+            params,
+            priority=priority,
+            timeout_ms=timeout_ms,
+            command_id=command_id,
+            require_ack=require_ack,
+        )
 
     @abc.abstractmethod
     async def get(self, task_id: str) -> TaskRecord:

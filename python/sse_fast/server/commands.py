@@ -8,8 +8,8 @@ go up to the routes, which answer them; a command with ``requireAck`` gets its `
 =========================================  ============================  ============================================
 request                                    answer                        notes
 =========================================  ============================  ============================================
-``execute``                                202 ``{success, taskId,        a repeated ``commandId`` (same client)
-                                           status: "pending"}``          answers 200 with ``duplicate: true``
+``execute``                                202 ``{success, taskId,        a repeated ``commandId`` (same client, any
+                                           status: "pending"}``          node) answers 200 with ``duplicate: true``
 ``cancel`` / ``POST .../cancel``           200 ``{..., "cancelled"}``    after the handler's cleanup has run
 ``pause`` / ``POST .../pause``             200 paused, or 202 running    202: it pauses at its next checkpoint
 ``resume`` / ``POST .../resume``           200 ``{..., status}``         ``running``, or ``pending`` (waits a slot)
@@ -71,7 +71,7 @@ class CommandService:
     async def _command(self, caller: Identity, command: CommandPayload, priority: int, require_ack: bool) -> Response:
         if command.action == "execute":
             assert command.task is not None  # CommandPayload checks it
-            record, new = self.scheduler.submit(
+            record, new = await self.registry.submit(
                 caller.client_id,
                 command.task,
                 command.params,

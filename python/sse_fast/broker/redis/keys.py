@@ -30,8 +30,10 @@ __all__ = [
     "NODE_PREFIX",
     "PRIMARY",
     "TASKS_ALL",
+    "TASK_NODES",
     "TRIMMED",
     "ack",
+    "command",
     "dedupe",
     "mailbox",
     "node",
@@ -39,6 +41,7 @@ __all__ = [
     "rows",
     "task",
     "tasks_of",
+    "tasks_on",
 ]
 
 #: The replay log and the fan-out: one Redis Stream.
@@ -75,12 +78,19 @@ MAILBOX_SIZES: Final = "sse:mbsize"
 MAILBOX_BYTES: Final = "sse:mbbytes"
 #: Every task's id, a sorted set by ``createdAt``.
 TASKS_ALL: Final = "sse:tasks:all"
+#: The nodes that hold live tasks, a set (each node's ids in :func:`tasks_on`): where a dead node's tasks are found.
+TASK_NODES: Final = "sse:tasks:nodes"
 
 
 def ack(message_id: str) -> str:
     """A requireAck message's state: ``{env, status, attempts, exclude, by, n}``. (The publish script finds the
     message id again by cutting :data:`ACK_PREFIX`, 8 characters, off this key.)"""
     return ACK_PREFIX + message_id
+
+
+def command(client_id: str, command_id: str) -> str:
+    """The task id of a client's ``execute`` with ``command_id``: one task per ``(client, commandId)`` in a cluster."""
+    return "sse:cmd:" + rules.dedupe_key(client_id, command_id)
 
 
 def dedupe(source: str, message_id: str) -> str:
@@ -116,3 +126,8 @@ def task(task_id: str) -> str:
 def tasks_of(client_id: str) -> str:
     """A client's task ids, a sorted set by ``createdAt`` (``c:`` keeps it apart from :data:`TASKS_ALL`)."""
     return "sse:tasks:c:" + client_id
+
+
+def tasks_on(node_id: str) -> str:
+    """The ids of the live tasks a node runs, a set (``n:`` keeps it apart from :func:`tasks_of`)."""
+    return "sse:tasks:n:" + node_id

@@ -9,7 +9,18 @@ test keeps the two equal (``mailbox_overflow`` and ``mailboxes_overflow`` are th
 
 from __future__ import annotations
 
-__all__ = ["ACK", "CONNECT", "DUE", "INIT", "MARK_DELIVERED", "PUBLISH", "REISSUE", "TRIM_LOG"]
+__all__ = [
+    "ACK",
+    "CONNECT",
+    "DUE",
+    "INIT",
+    "MARK_DELIVERED",
+    "PUBLISH",
+    "REISSUE",
+    "RELEASE_COMMAND",
+    "TAKE_LOST_TASKS",
+    "TRIM_LOG",
+]
 
 # Creates the epoch and the floor once; returns them, with the floor the last failover set (or false). The floor is
 # one below the first seq Redis can still issue. KEYS: epoch, floor, primary, failover.
@@ -330,4 +341,35 @@ return ids
 MARK_DELIVERED = """
 if redis.call('HGET', KEYS[1], 'status') == 'pending' then redis.call('HSET', KEYS[1], 'status', 'delivered') end
 return 0
+"""
+
+# Drops a client's claim of a commandId, when it is still the claim of this task (a submit refused after its claim).
+RELEASE_COMMAND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# Takes the live tasks of the dead nodes: for each node in KEYS[1] (the nodes with live tasks) whose heartbeat key
+# (ARGV[1] .. node) is gone, drops its set of live task ids (ARGV[2] .. node) and the node, and returns
+# {node, task id, record, ...} for the records still there (ARGV[3] .. id). Atomic: one caller takes each dead node's
+# tasks, however many nodes notice the death at once.
+TAKE_LOST_TASKS = """
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. node) == 0 then
+    for _, id in ipairs(redis.call('SMEMBERS', ARGV[2] .. node)) do
+      local rec = redis.call('HGET', ARGV[3] .. id, 'rec')
+      if rec then
+        out[#out + 1] = node
+        out[#out + 1] = id
+        out[#out + 1] = rec
+      end
+    end
+    redis.call('DEL', ARGV[2] .. node)
+    redis.call('SREM', KEYS[1], node)
+  end
+end
+return out
 """
