@@ -25,6 +25,8 @@ class RedisServer:
     persistent: bool = False
     #: The port of the primary this server replicates (a replica), else None.
     replica_of: int | None = None
+    #: Run as a Redis Cluster node (``--cluster-enabled yes``): what sse-fast refuses at start.
+    cluster: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,6 +44,10 @@ class RedisServer:
         args += ["--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"]
         if self.replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        if self.cluster:
+            # The cluster bus port defaults to port + 10000, past 65535 for most free ports: choose one too.
+            args += ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
+            args += ["--cluster-config-file", f"nodes-{self.port}.conf"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from _redis import RedisServer
 from _servers import BIN, free_port, running_server
 from sse_fast.cli import ExitCode, _render, main
 from sse_fast.models import Envelope
@@ -330,3 +331,19 @@ def test_serve_sizes_granian_for_streams_per_worker_process() -> None:
     assert one["backpressure"] == two["backpressure"] > 19_000
     assert two["backlog"] >= 2 * 19_000 or two["backlog"] == 65_535
     assert serve_options(512, 1)["backpressure"] == 1024
+
+
+async def test_serve_refuses_a_redis_cluster_node_with_the_broker_code(tmp_path: Path) -> None:
+    """Issue 18, item 3: one global log cannot be sharded; a Redis Cluster is refused at start, with words."""
+    server = RedisServer(tmp_path, cluster=True)
+    try:
+        server.start()
+        with server.client() as client:
+            assert client.info("cluster")["cluster_enabled"] == 1
+        port = free_port()
+        code, _, err = await run("serve", "--port", str(port), "--broker", server.url)
+        assert code == ExitCode.BROKER == 6, err
+        assert "is a Redis Cluster node (cluster_enabled:1)" in err
+        assert "Traceback" not in err
+    finally:
+        server.kill()

@@ -55,6 +55,8 @@ class ExitCode(enum.IntEnum):
     """The server refused the credentials (401, 403)."""
     REFUSED = 5
     """The server refused the request (any other error answer: 400, 413, 422, 429, 503...)."""
+    BROKER = 6
+    """``serve``: the Redis at ``SSE_FAST_BROKER`` cannot be used (a Redis Cluster node)."""
 
 
 _EXIT_DOC = {
@@ -63,6 +65,7 @@ _EXIT_DOC = {
     ExitCode.NETWORK: "network: server unreachable or no answer within --timeout",
     ExitCode.AUTH: "auth: credentials refused (401, 403)",
     ExitCode.REFUSED: "refused: any other error answer (400, 422, 429, 503...)",
+    ExitCode.BROKER: "broker: serve's Redis cannot be used (a Redis Cluster node)",
 }
 
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
@@ -123,8 +126,31 @@ def _serve(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     log_config = logs.dictconfig(settings.log_level, settings.log_format)
     logging.config.dictConfig(log_config)
+    refusal = _broker_refusal(settings.broker)
+    if refusal is not None:
+        print(f"sse-fast: {refusal}", file=sys.stderr)
+        return ExitCode.BROKER
     with _metrics_dir(settings):
         return _run_granian(settings, interface_given, log_config)
+
+
+def _broker_refusal(url: str) -> str | None:
+    """Why the Redis at ``url`` cannot serve as the broker (a Redis Cluster node), or None. An unreachable Redis is
+    not refused here: the workers wait for it at start (10 s) and say so themselves."""
+    if url == "memory":
+        return None
+    import redis
+
+    from sse_fast.broker.redis.connection import ClusterRefused, refuse_cluster, sync_client
+
+    try:
+        with sync_client(url, socket_timeout=3, socket_connect_timeout=2) as client:
+            refuse_cluster(client)
+    except ClusterRefused as err:
+        return str(err)
+    except redis.RedisError:
+        return None
+    return None
 
 
 @contextlib.contextmanager

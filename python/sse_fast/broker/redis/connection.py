@@ -18,7 +18,7 @@ from redis.sentinel import Sentinel as SyncSentinel
 
 from sse_fast.settings import SENTINEL_SCHEME, SentinelUrl, sentinel_url
 
-__all__ = ["async_client", "sync_client"]
+__all__ = ["ClusterRefused", "async_client", "refuse_cluster", "sync_client"]
 
 #: Timeouts for asking a sentinel (each one asked in turn until one names the primary).
 _SENTINEL_KWARGS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
@@ -51,6 +51,25 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     sentinel = SyncSentinel(list(parts.sentinels), sentinel_kwargs=dict(_SENTINEL_KWARGS))  # type: ignore[no-untyped-call]
     client: redis.Redis = sentinel.master_for(parts.service, **_auth(parts), **options)  # type: ignore[no-untyped-call]
     return client
+
+
+class ClusterRefused(RuntimeError):
+    """The server at ``SSE_FAST_BROKER`` is a Redis Cluster node: sse-fast needs one Redis (with replicas, Sentinel)."""
+
+
+def refuse_cluster(client: redis.Redis) -> None:
+    """Raise :class:`ClusterRefused` when ``client``'s server runs in cluster mode (``INFO cluster``).
+
+    The log is one Redis Stream that every publish appends to and every node reads, and the scripts touch keys of
+    many families at once: a cluster would have to hold all of them in one hash slot, on one shard. Refused at
+    start, with words, rather than failing later with ``CROSSSLOT`` or ``MOVED`` on the first publish.
+    """
+    if client.info("cluster").get("cluster_enabled") in (1, "1"):
+        raise ClusterRefused(
+            "the Redis at SSE_FAST_BROKER is a Redis Cluster node (cluster_enabled:1): sse-fast needs one Redis "
+            "primary, optionally with replicas and Sentinel (redis+sentinel://); its log is one stream that cannot "
+            "be sharded"
+        )
 
 
 def _auth(parts: SentinelUrl) -> dict[str, Any]:
