@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 
 from _servers import BIN, Server, running_server
 from sse_fast.logs import JSON_KEYS, REDACTED
@@ -23,6 +24,8 @@ JWT = {"SSE_FAST_AUTH": "jwt", "SSE_FAST_JWT_SECRET": SECRET}
 QUERY_TOKEN = "qs-token-0123456789abcdef"
 BEARER = "bearer-token-0123456789abcdef"
 TICKET = "ticket-0123456789abcdef"
+ACCESS_TOKEN = "access-token-0123456789abcdef"
+API_KEY = "api-key-0123456789abcdef"
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): ")
 
 
@@ -86,26 +89,74 @@ def test_the_access_log_redacts_every_credential(tmp_path: Path) -> None:
         assert answer.status_code == 401
         assert httpx.get(f"{srv.url}/sse", params={"ticket": TICKET, "clientId": "bob"}).status_code == 401
         assert httpx.get(f"{srv.url}/healthz", headers={"X-Client-Id": "carol"}).status_code == 200
+        credentials = {"topic": "a", "access_token": ACCESS_TOKEN, "API_KEY": API_KEY}
+        assert httpx.get(f"{srv.url}/api/presence", params=credentials).status_code == 401
 
         def access() -> list[dict[str, Any]]:
             # After start_server's own /healthz polls (without X-Client-Id).
             lines = [line for line in json_lines(srv) if line["logger"] == "sse_fast.access"]
             return lines[next(i for i, line in enumerate(lines) if line["path"].startswith("/sse")) :]
 
-        eventually(lambda: len(access()) == 4, "four access lines")
+        eventually(lambda: len(access()) == 5, "five access lines")
         output = srv.log()
-    for secret in (QUERY_TOKEN, BEARER, TICKET, SECRET):
+    for secret in (QUERY_TOKEN, BEARER, TICKET, SECRET, ACCESS_TOKEN, API_KEY):
         assert secret not in output
-    stream, publish, ticket, health = access()
+    stream, publish, ticket, health, presence = access()
     assert stream["method"] == "GET"
     assert stream["path"] == f"/sse?clientId=alice&token={REDACTED}"
     assert stream["status"] == 401
-    assert stream["client_id"] == "alice"
+    assert stream["client_id"] == "-"  # refused: it names alice, but nobody was identified
     assert stream["duration_ms"] >= 0
     assert REDACTED in stream["message"]
     assert (publish["method"], publish["path"], publish["status"]) == ("POST", "/api/messages", 401)
     assert ticket["path"] == f"/sse?ticket={REDACTED}&clientId=bob"
-    assert (health["status"], health["client_id"]) == (200, "carol")
+    assert (health["status"], health["client_id"]) == (200, "-")  # an open route has no caller
+    assert presence["path"] == f"/api/presence?topic=a&access_token={REDACTED}&API_KEY={REDACTED}"
+
+
+def test_the_access_log_names_the_identified_caller_never_the_claimed_one(tmp_path: Path) -> None:
+    env = {**JWT, "SSE_FAST_LOG_FORMAT": "json"}
+    bob = jwt.encode({"sub": "bob", "topics": ["orders.bob"]}, SECRET, algorithm="HS256")
+    with running_server(tmp_path, env=env, extra_args=("--access-log",)) as srv:
+        eventually(ready(srv), "the worker's startup line")
+        as_bob = {"Authorization": f"Bearer {bob}"}
+        presence = f"{srv.url}/api/presence"
+        assert httpx.get(presence, params={"topic": "orders.bob"}, headers=as_bob).status_code == 200
+        impersonating = {**as_bob, "X-Client-Id": "alice"}
+        assert httpx.get(presence, params={"topic": "orders.bob"}, headers=impersonating).status_code == 403
+        assert httpx.get(presence, params={"topic": "orders.alice"}, headers=as_bob).status_code == 403
+
+        def access() -> list[dict[str, Any]]:
+            lines = [line for line in json_lines(srv) if line["logger"] == "sse_fast.access"]
+            return [line for line in lines if line["path"].startswith("/api/presence")]
+
+        eventually(lambda: len(access()) == 3, "three access lines")
+    assert [(line["status"], line["client_id"]) for line in access()] == [(200, "bob"), (403, "-"), (403, "bob")]
+
+
+def test_the_access_log_is_written_whatever_the_log_level(tmp_path: Path) -> None:
+    with running_server(tmp_path, extra_args=("--access-log", "--log-level", "error")) as srv:
+        assert httpx.get(f"{srv.url}/readyz").status_code == 200
+        eventually(lambda: "GET /readyz 200 " in srv.log(), "the access line at --log-level error")
+        lines = srv.log().splitlines()
+    assert not [line for line in lines if " INFO sse_fast: " in line], "other INFO lines stay off at error"
+
+
+def test_no_path_can_forge_a_line_in_the_unhandled_error_log(tmp_path: Path) -> None:
+    # The hook of _hooked_app fails on /api/messages/{id}: a 500 by design, logged with the request's path. A carriage
+    # return ends a line as surely as a line feed (which Starlette's mount refuses with a 404 before sse-fast).
+    forged = "2099-01-01 00:00:00,000 INFO sse_fast.access: FORGED LINE"
+    with running_server(tmp_path, command="granian", interface="asgi", app="_hooked_app:app") as srv:
+        url = f"{srv.url}/events/api/messages/x%0D" + forged.replace(" ", "%20")
+        answer = httpx.get(url)
+        assert (answer.status_code, answer.json()["code"]) == (500, "internal_error")
+        eventually(lambda: "unhandled error in GET " in srv.log(), "the error line")
+        lines = srv.log().splitlines()
+    (line,) = [line for line in lines if "unhandled error in GET " in line]
+    assert line.endswith(
+        "unhandled error in GET /api/messages/x%0D2099-01-01%2000:00:00,000%20INFO%20sse_fast.access:%20FORGED%20LINE"
+    )
+    assert not [line for line in lines if line.startswith("2099-01-01")]
 
 
 def test_no_input_can_forge_an_access_line(tmp_path: Path) -> None:

@@ -235,3 +235,39 @@ async def test_sigterm_sends_maintenance_and_the_host_exits_cleanly(tmp_path: Pa
             await stream.wait_for(lambda s: bool(s.system("maintenance")))
             assert stream.system("maintenance")[0]["payload"]["detail"]
         assert "Traceback" not in server.log()
+
+
+# -- a hook that rules on the path (tests/_hooked_app.py) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hooked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(
+        tmp_path_factory.mktemp("hooked"), command="granian", interface="asgi", app="_hooked_app:app"
+    ) as srv:
+        yield srv
+
+
+def seen(server: Server) -> list[dict[str, str]]:
+    """What the hook of _hooked_app saw so far (path and route), oldest first."""
+    answer = httpx.get(f"{server.url}/seen")
+    assert answer.status_code == 200
+    return list(answer.json())
+
+
+def test_the_hook_sees_the_path_the_router_answers_so_a_path_rule_holds(hooked: Server) -> None:
+    before = len(seen(hooked))
+    for path in ("/api/admin/recent", "//api/admin/recent/", "/api/admin/recent//", "///api/admin/recent"):
+        assert error_of(httpx.get(f"{hooked.url}/events{path}"), 401) == "unauthenticated", path
+    assert httpx.get(f"{hooked.url}/events//api/presence/", params={"topic": "a"}).status_code == 200
+    assert seen(hooked)[before:] == [
+        *[{"path": "/api/admin/recent", "route": "/api/admin/recent"}] * 4,
+        {"path": "/api/presence", "route": "/api/presence"},
+    ]
+
+
+def test_the_hook_is_not_asked_for_the_open_routes(hooked: Server) -> None:
+    before = len(seen(hooked))
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/sdk/sse-fast.js", "/admin"):
+        assert httpx.get(f"{hooked.url}/events{path}").status_code == 200, path
+    assert seen(hooked)[before:] == []  # as the README says: these answer whoever asks

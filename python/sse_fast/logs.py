@@ -6,9 +6,11 @@ for ``granian --log-config``. Under plain ``granian sse_fast.app:app``, :func:`i
 :mod:`sse_fast.app` is imported) gives sse-fast's loggers a handler when the host configured none, so that its
 INFO lines are not lost; a host's own configuration is left alone.
 
-The access log (``SSE_FAST_ACCESS_LOG``) is sse-fast's, not granian's: it knows the clientId, and it redacts what
-is a credential. The values of ``token`` and ``ticket`` in the query become ``REDACTED``; no header is printed (so
-neither is ``Authorization``); the path and query are percent-encoded, so no input can forge a line.
+The access log (``SSE_FAST_ACCESS_LOG``) is sse-fast's, not granian's: it knows who the caller turned out to be,
+and it redacts what is a credential. The values of the query parameters in :data:`CREDENTIAL_PARAMS` become
+``REDACTED`` (:func:`redact`, the one rule, which :func:`sse_fast.server.auth.redact_query` applies too); no header
+is printed (so neither is ``Authorization``); the path and query are percent-encoded, so no input can forge a line.
+Every other line that shows a request's path shows it through :func:`quoted_path`, for the same reason.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import datetime
 import logging
 import logging.config
-import re
 import time
 from collections.abc import Mapping
 from typing import Any, Final, Literal
@@ -24,9 +25,19 @@ from urllib.parse import quote, urlencode
 
 import msgspec
 
-from sse_fast.models import CLIENT_ID_PATTERN
-
-__all__ = ["JSON_KEYS", "LOG_FORMATS", "REDACTED", "AccessLog", "JsonFormatter", "dictconfig", "install"]
+__all__ = [
+    "CREDENTIAL_PARAMS",
+    "JSON_KEYS",
+    "LOG_FORMATS",
+    "REDACTED",
+    "AccessLog",
+    "JsonFormatter",
+    "dictconfig",
+    "install",
+    "is_credential",
+    "quoted_path",
+    "redact",
+]
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("text", "json")
@@ -36,8 +47,9 @@ TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JSON_KEYS: Final = ("time", "level", "logger", "message")
 """The keys of every JSON line, granian's and sse-fast's (an access line adds its own fields after them)."""
 REDACTED: Final = "REDACTED"
-_SECRET_PARAMS: Final = frozenset({"token", "ticket"})
-_CLIENT_ID: Final = re.compile(CLIENT_ID_PATTERN)
+"""What a credential's value becomes in a log line."""
+CREDENTIAL_PARAMS: Final = frozenset({"token", "access_token", "ticket", "api_key"})
+"""The query parameters whose values are credentials (names compared case-insensitively): never logged."""
 _PATH_SAFE: Final = "/:@!$&'()*+,;=-._~"
 _json = msgspec.json.Encoder()
 
@@ -81,6 +93,8 @@ def dictconfig(level: str, log_format: LogFormat, *, access: bool = False) -> di
             "_granian": {"handlers": ["sse_fast"], "level": upper, "propagate": False},
             "granian.access": {"handlers": ["sse_fast"], "level": "INFO" if access else "CRITICAL", "propagate": False},
             # httpx logs one INFO line per request: noise, useful only when debugging.
+            # Its lines exist only when SSE_FAST_ACCESS_LOG is on, and then they are wanted whatever the level.
+            "sse_fast.access": {"level": "INFO"},
             "httpx": {"level": "DEBUG" if upper == "DEBUG" else "WARNING"},
             "httpcore": {"level": "DEBUG" if upper == "DEBUG" else "WARNING"},
         },
@@ -114,21 +128,22 @@ class AccessLog:
         method: str,
         path: str,
         query: Mapping[str, str],
-        headers: Mapping[str, str],
+        caller: str | None,
         peer: str,
         status: int,
         started: float,
     ) -> None:
-        """Log one answered request (``started``: its ``time.perf_counter()`` on arrival)."""
-        target = quote(path, safe=_PATH_SAFE)
+        """Log one answered request (``started``: its ``time.perf_counter()`` on arrival; ``caller``: the clientId
+        the server identified it as, None when it identified none: refused, or a route without a caller)."""
+        target = quoted_path(path)
         if query:
-            target += "?" + urlencode({k: REDACTED if k.lower() in _SECRET_PARAMS else v for k, v in query.items()})
+            target += "?" + urlencode(redact(query))
         fields = {
             "method": quote(method, safe=""),
             "path": target,
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            "client_id": _client_id(query, headers),
+            "client_id": caller or "-",
             "peer": quote(peer, safe=":[]."),
         }
         self._log.info(
@@ -138,7 +153,17 @@ class AccessLog:
         )
 
 
-def _client_id(query: Mapping[str, str], headers: Mapping[str, str]) -> str:
-    """The clientId the request names (query or ``X-Client-Id``; a token's subject is not read here), else ``-``."""
-    named = query.get("clientId") or headers.get("x-client-id") or ""
-    return named if _CLIENT_ID.fullmatch(named) else "-"
+def is_credential(name: str) -> bool:
+    """Whether the query parameter ``name`` (decoded) carries a credential (:data:`CREDENTIAL_PARAMS`)."""
+    return name.lower() in CREDENTIAL_PARAMS
+
+
+def redact(query: Mapping[str, str]) -> dict[str, str]:
+    """``query`` (decoded) with the value of every credential replaced by :data:`REDACTED`."""
+    return {name: REDACTED if is_credential(name) else value for name, value in query.items()}
+
+
+def quoted_path(path: str) -> str:
+    """``path`` (decoded) percent-encoded for a log line: no control character or space survives it, so a
+    path cannot end a line or forge the next one."""
+    return quote(path, safe=_PATH_SAFE)

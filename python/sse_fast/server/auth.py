@@ -32,6 +32,7 @@ import msgspec
 from sse_fast._core import topic_matches, validate_topic
 from sse_fast.broker.rules import RESERVED_SOURCES, Acker
 from sse_fast.errors import AuthFailure, TopicError
+from sse_fast.logs import REDACTED, is_credential
 from sse_fast.models import CLIENT_ID_PATTERN, CLIENT_ID_RULE
 from sse_fast.settings import Settings, public_key_algorithm
 
@@ -48,6 +49,7 @@ __all__ = [
     "Authenticator",
     "Identity",
     "can_subscribe",
+    "canonical_path",
     "check_publish",
     "check_subscribe",
     "owns",
@@ -63,7 +65,6 @@ SERVER: Final = "server"
 
 _CLIENT_ID = re.compile(CLIENT_ID_PATTERN[1:-1])
 _EVERYTHING = (">",)
-_REDACTED_PARAMS = frozenset({"token", "access_token", "ticket"})
 _RESERVED_NAMES = ", ".join(sorted(RESERVED_SOURCES))
 
 
@@ -103,8 +104,12 @@ SERVER_IDENTITY: Final = _API_KEY_IDENTITY
 class AuthRequest:
     """What an auth hook sees of a request: the same for every route, whichever interface carried it.
 
-    ``path`` is the path inside sse-fast (``/sse``, ``/api/messages``); ``root_path`` the prefix it is mounted at
-    (``/events``; empty when not mounted). ``headers`` have lower-case names; ``query`` and ``cookies`` keep one value
+    ``path`` is the path inside sse-fast as the router reads it (``/sse``, ``/api/messages/m1``): canonical, with the
+    empty segments at either end dropped (``//api/presence/`` is ``/api/presence``), so a rule on the path sees the
+    route that will answer; ``route`` is the template of that route (``/api/messages/{id}``), the surer thing to
+    match on. ``root_path`` is the prefix sse-fast is mounted at (``/events``; empty when not mounted). The open
+    routes (``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``, the SDK and the admin page's files) have no
+    caller: the hook is not called for them. ``headers`` have lower-case names; ``query`` and ``cookies`` keep one value
     per name (the last). ``client`` is the peer's ``host:port``. The body is not offered: the hook runs before it
     is read, and a refused caller's body is never read.
     """
@@ -116,6 +121,7 @@ class AuthRequest:
     query: Mapping[str, str]
     cookies: Mapping[str, str]
     client: str
+    route: str = ""
 
 
 AuthHook: TypeAlias = Callable[[AuthRequest], Identity | Awaitable[Identity | None] | None]
@@ -212,35 +218,43 @@ class Authenticator:
 
     def caller(self, req: Request, body_source: str | None = None) -> Identity:
         """The identity of an HTTP API request: the hook's when one is set (see :meth:`resolve`), else
-        :meth:`api_identity`."""
+        :meth:`api_identity`. It is kept on ``req.caller`` (the access log's client)."""
         if self.hook is not None:
-            return _hooked(req, req.headers.get("x-client-id"), req.query.get("clientId"))
-        return self.api_identity(req.headers, req.query, body_source)
+            identity = _hooked(req, req.headers.get("x-client-id"), req.query.get("clientId"))
+        else:
+            identity = self.api_identity(req.headers, req.query, body_source)
+        req.caller = identity
+        return identity
 
     def stream_caller(self, req: Request) -> Identity:
-        """The identity of a ``GET /sse`` request: the hook's when one is set, else :meth:`stream_identity`."""
+        """The identity of a ``GET /sse`` request: the hook's when one is set, else :meth:`stream_identity`; kept on
+        ``req.caller``."""
         if self.hook is not None:
-            return _hooked(req, req.query.get("clientId"))
-        return self.stream_identity(req.headers, req.query)
+            identity = _hooked(req, req.query.get("clientId"))
+        else:
+            identity = self.stream_identity(req.headers, req.query)
+        req.caller = identity
+        return identity
 
-    async def resolve(self, req: Request) -> None:
+    async def resolve(self, req: Request, route: str = "") -> None:
         """Call the hook (when set) for ``req`` and keep its answer on ``req.identity``, for :meth:`caller`.
 
         Called once per request, before its handler and before its body is read, for every route that has a
-        caller (not for the open ones: ``/healthz``, the SDK...). An exception from the hook, or an answer that is
-        not a valid :class:`Identity`, fails the request with 500 (logged); an :class:`AuthFailure` it raises is
-        answered as it is.
+        caller (not for the open ones: ``/healthz``, the SDK...); ``route`` is the template of the route it matched.
+        An exception from the hook, or an answer that is not a valid :class:`Identity`, fails the request with 500
+        (logged); an :class:`AuthFailure` it raises is answered as it is.
         """
         if self.hook is None:
             return
         view = AuthRequest(
             method=req.method,
-            path=req.path,
+            path=canonical_path(req.path),
             root_path=req.root_path,
             headers=req.headers,
             query=req.query,
             cookies=parse_cookies(req.headers.get("cookie", "")),
             client=req.client,
+            route=route,
         )
         answer = self.hook(view)
         if inspect.isawaitable(answer):
@@ -493,12 +507,18 @@ def owns(identity: Identity, owner: str) -> bool:
     return identity.admin or identity.client_id == owner
 
 
+def canonical_path(path: str) -> str:
+    """``path`` as the router reads it: the empty segments at either end dropped (``//api/x/`` is ``/api/x``)."""
+    return "/" + path.strip("/")
+
+
 def redact_query(query_string: str) -> str:
-    """``query_string`` with the values of ``token`` (and ``access_token``) replaced, for logging."""
+    """``query_string`` (raw) with the value of every credential replaced, for logging: the access log's rule
+    (:func:`sse_fast.logs.redact`), applied to names as the server decodes them."""
     parts = []
     for part in query_string.split("&"):
         name, sep, value = part.partition("=")
-        if sep and value and unquote_plus(name).lower() in _REDACTED_PARAMS:
-            part = f"{name}=[redacted]"
+        if sep and value and is_credential(unquote_plus(name)):
+            part = f"{name}={REDACTED}"
         parts.append(part)
     return "&".join(parts)

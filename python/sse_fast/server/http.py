@@ -137,10 +137,22 @@ class Request:
 
     ``path`` is the path inside sse-fast; ``root_path`` the prefix it is mounted at (ASGI's ``root_path``; empty when
     not mounted). ``identity`` is what the auth hook said of the caller, when there is a hook
-    (:meth:`sse_fast.server.auth.Authenticator.resolve`).
+    (:meth:`sse_fast.server.auth.Authenticator.resolve`); ``caller`` who the request was identified as, once a
+    route did (the access log's client), whatever the auth.
     """
 
-    __slots__ = ("_chunks", "client", "headers", "identity", "method", "path", "path_params", "query", "root_path")
+    __slots__ = (
+        "_chunks",
+        "caller",
+        "client",
+        "headers",
+        "identity",
+        "method",
+        "path",
+        "path_params",
+        "query",
+        "root_path",
+    )
 
     def __init__(
         self,
@@ -161,6 +173,7 @@ class Request:
         self.root_path = root_path
         self.path_params: dict[str, str] = {}
         self.identity: Identity | None = None
+        self.caller: Identity | None = None
         self._chunks = chunks
 
     async def body(self, limit: int) -> bytes:

@@ -20,7 +20,7 @@ import msgspec
 from sse_fast._core import __version__, validate_topic
 from sse_fast.broker import Accepted, Broker
 from sse_fast.errors import BrokerUnavailable, ErrorBody, TopicError
-from sse_fast.logs import AccessLog
+from sse_fast.logs import AccessLog, quoted_path
 from sse_fast.models import (
     CLIENT_ID_PATTERN,
     CLIENT_ID_RULE,
@@ -50,7 +50,7 @@ from sse_fast.models import (
 )
 from sse_fast.models import Route as Operation
 from sse_fast.server.admin import AdminService
-from sse_fast.server.auth import Authenticator, Identity
+from sse_fast.server.auth import Authenticator, Identity, canonical_path
 from sse_fast.server.commands import CommandService
 from sse_fast.server.handshake import Handshake, cursor_of
 from sse_fast.server.http import HttpError, Request, Response, Route, StreamResponse, api_route, json_response
@@ -286,7 +286,7 @@ class Api:
             method=req.method,
             path=req.path,
             query=req.query,
-            headers=req.headers,
+            caller=req.caller.client_id if req.caller is not None else None,
             peer=req.client,
             status=status,
             started=started,
@@ -301,13 +301,13 @@ class Api:
         except HttpError as err:  # every refusal, whichever module raised it (sse_fast.errors)
             answer = _error_answer(err)
         except Exception:
-            log.exception("unhandled error in %s %s", req.method, req.path)
+            log.exception("unhandled error in %s %s", req.method, quoted_path(req.path))
             answer = _error_answer(HttpError(500, "internal_error", "the server failed to handle this request"))
         answer.headers.extend(self._cors(req))
         return answer
 
     async def _dispatch(self, req: Request) -> Response | StreamResponse:
-        segments = req.path.strip("/").split("/")
+        segments = canonical_path(req.path)[1:].split("/")
         allowed: list[str] = []
         for route in self.routes:
             params = route.match(segments)
@@ -318,7 +318,7 @@ class Api:
                 continue
             req.path_params = params
             if route.security != ():  # the open routes (health, the SDK...) have no caller: no auth hook for them
-                await self.auth.resolve(req)
+                await self.auth.resolve(req, route.path)
             return await route.handler(req)
         if allowed:
             allow = ", ".join(sorted(set(allowed)))
@@ -382,7 +382,7 @@ class Api:
         """``GET /sse``: authenticate, check topics and capacity, then open the stream."""
         ticket = req.query.get("ticket")
         if ticket:  # a one-time ticket (server/tickets.py) stands for the token it was exchanged for
-            caller = await self.tickets.stream_identity(ticket, req.query.get("clientId"))
+            caller = req.caller = await self.tickets.stream_identity(ticket, req.query.get("clientId"))
         else:
             caller = self.auth.stream_caller(req)
         topics = self._topics(req.query.get("topics", ""), caller)
