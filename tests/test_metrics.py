@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from _redis import running_redis
 from _servers import ROOT, Server, running_server
-from sse_fast.server.metrics import METRICS, as_table
+from sse_fast.server.metrics import METRICS, Metrics, as_table, make_shared_dir
 
 FAST = {"SSE_FAST_KEEPALIVE": "2"}
 PUBLISHES = 12
@@ -171,6 +171,7 @@ def test_plain_granian_with_two_workers_scrapes_as_one_and_cleans_up(tmp_path: P
     scratch.mkdir()
     with running_redis(tmp_path) as redis_server:
         env = {**FAST, "SSE_FAST_BROKER": redis_server.url, "SSE_FAST_WORKERS": "2", "TMPDIR": str(scratch)}
+        env["XDG_RUNTIME_DIR"] = ""  # else the directory goes there
         with running_server(tmp_path, command="granian", env=env, extra_args=("--workers", "2")) as srv:
             eventually(lambda: len(list(scratch.glob("sse-fast-metrics-*"))) == 1, "the workers' directory")
             (shared,) = scratch.glob("sse-fast-metrics-*")
@@ -195,7 +196,7 @@ def test_sse_fast_serve_removes_the_directory_it_made_and_those_of_killed_server
     alive = scratch / f"sse-fast-metrics-{os.getuid()}-{os.getpid()}-x2"  # a running server's
     alive.mkdir()
     with running_redis(tmp_path) as redis_server:
-        env = {**FAST, "SSE_FAST_BROKER": redis_server.url, "TMPDIR": str(scratch)}
+        env = {**FAST, "SSE_FAST_BROKER": redis_server.url, "TMPDIR": str(scratch), "XDG_RUNTIME_DIR": ""}
         with running_server(tmp_path, env=env, extra_args=("--workers", "2")) as srv:
             assert not killed.exists()
             (shared,) = set(scratch.glob("sse-fast-metrics-*")) - {alive}
@@ -213,3 +214,87 @@ def test_a_worker_that_stops_takes_its_file_with_it(tmp_path: Path) -> None:
         assert {s.labels["worker"] for f in families for s in f.samples} == {next(shared.glob("*.prom")).stem}
         assert srv.stop() == 0
     assert not shared.exists() or not list(shared.glob("*.prom"))
+
+
+def gauge(families: list[Metric], name: str) -> list[float]:
+    return [s.value for f in families for s in f.samples if s.name == name]
+
+
+def test_tickets_held_is_never_counted_twice(two_workers: Server) -> None:
+    """With Redis every worker sees the one ticket store: its gauge is a cluster gauge, which is not summed (the
+    per-worker ``sse_fast_tickets_held``, summed, would count each ticket once per worker that issued one)."""
+
+    def issue() -> None:
+        answer = httpx.post(f"{two_workers.url}/api/tickets", headers={"X-Client-Id": "alice"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+
+    issued = 0
+    while True:  # until both workers issued some, each on a new connection (the kernel spreads them)
+        issue()
+        issued += 1
+        families = scrape(two_workers)
+        by = [s for f in families for s in f.samples if s.name == "sse_fast_tickets_issued_total" and s.value > 0]
+        if len(by) == 2:
+            break
+        assert issued < 200, "every ticket went to one worker"
+    families = scrape(two_workers)
+    assert sum(gauge(families, "sse_fast_tickets_held")) <= issued  # the README's sum without (worker)
+    assert max(gauge(families, "sse_fast_cluster_tickets_held")) == issued  # the worker that issued the last one
+
+
+def test_nothing_planted_in_or_in_place_of_the_shared_directory_is_followed(tmp_path: Path) -> None:
+    shared, moved, elsewhere = tmp_path / "shared", tmp_path / "moved", tmp_path / "elsewhere"
+    forged = tmp_path / "forged.prom"
+    forged.write_text("sse_fast_published_total 99\n")
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    metrics = Metrics(share=shared)
+    metrics.tick(0)
+    own = f"{os.getpid()}.prom"
+    assert (shared / own).is_file()
+    assert shared.stat().st_mode & 0o777 == 0o700
+    (shared / f"{os.getppid()}.prom").symlink_to(forged)  # a live worker's name, pointing outside
+    (shared / f"{os.getpid()}.tmp").symlink_to(victim)  # the name the old code wrote before renaming
+    families = list(metrics.collect())
+    assert {s.labels["worker"] for f in families for s in f.samples} == {str(os.getpid())}
+    assert gauge(families, "sse_fast_metrics_shared") == [1]
+    assert victim.read_text() == "precious"
+    shared.rename(moved)  # the directory swapped for a symlink to another one after it was checked
+    elsewhere.mkdir(mode=0o700)
+    shared.symlink_to(elsewhere)
+    metrics.tick(0)
+    assert list(elsewhere.iterdir()) == []
+    assert (moved / own).is_file()
+    metrics.close()
+    assert not (moved / own).exists()
+    assert shared.is_symlink()  # what replaced the directory is not removed either
+    assert elsewhere.is_dir()
+
+
+def test_a_worker_that_cannot_share_shows_it_in_a_gauge(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)  # e.g. planted by another user at the predictable name
+    with running_server(tmp_path, env={**FAST, "SSE_FAST_METRICS_DIR": str(link)}) as srv:
+        assert gauge(scrape(srv), "sse_fast_metrics_shared") == [0]
+        assert "not sharing metrics between workers" in srv.log()
+    assert list(real.iterdir()) == []
+    with running_server(tmp_path, env={**FAST, "SSE_FAST_METRICS_DIR": str(real)}) as srv:
+        assert gauge(scrape(srv), "sse_fast_metrics_shared") == [1]
+
+
+def test_the_default_directory_is_under_the_runtime_directory_when_there_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    made = make_shared_dir()
+    assert made.parent == runtime
+    made.rmdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # tempfile caches $TMPDIR: read it again
+    made = make_shared_dir()
+    assert made.parent == tmp_path

@@ -14,6 +14,13 @@ default one per server under the temp directory) on every tick, and a scrape ans
 and the others' last ones (at most about a second old), every sample labelled ``worker="<pid>"``: one scrape is
 the whole server, and ``sum without (worker) (...)`` adds the workers up. The answering worker first writes what it
 shows of itself, so a worker's counters never seem to go back from one scrape to the next, whoever answers.
+
+The directory is opened once, without following a symlink, and must be a directory of this user that nobody else
+may write to; every file in it is then written and read through that descriptor, never following a symlink, and
+written to a fresh name first then renamed into place, so nothing planted in it or in place of it is followed.
+The default directories are under ``$XDG_RUNTIME_DIR`` (private to the user) when it exists, else the temp directory.
+A worker that cannot share (the directory refused, or a write failed) says so once in the log and shows
+``sse_fast_metrics_shared 0``: its scrapes show it alone.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -70,6 +78,7 @@ _REDIS = " (Redis broker)"
 
 METRICS: Final[tuple[MetricDoc, ...]] = (
     # The hub and the streams of this worker
+    _g("metrics_shared", "1 while this worker shares its metrics with the others (or runs alone), 0 when it cannot"),
     _g("connections", "Open SSE connections on this worker"),
     _g("clients", "Distinct clients with an open connection on this worker"),
     _g("queued_frames", "Frames waiting in this worker's connection queues"),
@@ -123,7 +132,8 @@ METRICS: Final[tuple[MetricDoc, ...]] = (
     _c("broker_resets", "Times Redis came back without its data: streams closed to resume (told expired)" + _REDIS),
     _c("broker_lagged", "Times this worker's reader fell behind the trimmed log (disconnect reason lagged)" + _REDIS),
     # Stream tickets and publish limits
-    _g("tickets_held", "Stream tickets waiting to be used (with Redis, cluster-wide as last seen)"),
+    _g("tickets_held", "Stream tickets waiting to be used on this worker" + _MEMORY),
+    _g("cluster_tickets_held", "Stream tickets waiting to be used in the cluster, as this worker last saw" + _REDIS),
     _c("tickets_issued", "Stream tickets issued"),
     _c("tickets_redeemed", "Stream tickets used to open a stream"),
     _c("tickets_refused", "Stream tickets refused because SSE_FAST_TICKETS_MAX were held (429 too_many_tickets)"),
@@ -177,27 +187,28 @@ def shared_dir(settings: Settings) -> Path | None:
     """Where the workers of one server leave their metrics for each other, or None with a single worker.
 
     ``SSE_FAST_METRICS_DIR`` when set (``sse-fast serve`` sets it to :func:`make_shared_dir`); else, under plain
-    granian, a private directory named after the parent process (granian's), which all its workers share.
+    granian, a private directory named after the parent process (granian's), which all its workers share, under
+    :func:`_base_dir`.
     """
     if settings.metrics_dir:
         return Path(settings.metrics_dir)
     if settings.workers <= 1:
         return None
     sweep_shared_dirs()
-    return Path(tempfile.gettempdir()) / f"{_dir_prefix()}{os.getppid()}"
+    return _base_dir() / f"{_dir_prefix()}{os.getppid()}"
 
 
 def make_shared_dir() -> Path:
     """A fresh private directory for the workers of the server this process runs (``sse-fast serve``), named
     after this process; the ones of servers killed before they could remove theirs are removed first."""
     sweep_shared_dirs()
-    return Path(tempfile.mkdtemp(prefix=f"{_dir_prefix()}{os.getpid()}-"))
+    return Path(tempfile.mkdtemp(prefix=f"{_dir_prefix()}{os.getpid()}-", dir=_base_dir()))
 
 
 def sweep_shared_dirs() -> None:
     """Remove this user's shared directories whose server process is gone (it was killed before it cleaned up)."""
     prefix = _dir_prefix()
-    for path in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+    for path in _base_dir().glob(f"{prefix}*"):
         pid = path.name.removeprefix(prefix).split("-")[0]
         if not pid.isdigit() or _alive(int(pid)):
             continue
@@ -209,6 +220,19 @@ def sweep_shared_dirs() -> None:
 
 def _dir_prefix() -> str:
     return f"sse-fast-metrics-{os.getuid()}-"
+
+
+def _base_dir() -> Path:
+    """Where the default directories go: ``$XDG_RUNTIME_DIR`` when it is a directory of this user (no other user can
+    create names in it), else the temp directory (``$TMPDIR``, ``/tmp``), where :class:`_Share` refuses a name that
+    another user took first."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        with contextlib.suppress(OSError):
+            info = os.stat(runtime)
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+                return Path(runtime)
+    return Path(tempfile.gettempdir())
 
 
 class Metrics(Collector):
@@ -295,6 +319,7 @@ class Metrics(Collector):
         if self._watch is not None:
             values["dead_peers"] = self._watch.dead
         values.update(replayed=self.replayed, topics_refused=self.topics_refused)
+        values["metrics_shared"] = 1 if self._share is None or self._share.working else 0
         values.update({f"scheduler_tasks_{key}": 0 for key in _SCHEDULER_COUNTS})
         for source in [self._broker.counters] if self._broker is not None else []:
             values.update(source())
@@ -347,63 +372,116 @@ def _merge(workers: Iterable[tuple[str, Iterable[Metric]]]) -> Iterator[Metric]:
 
 
 class _Share:
-    """The directory where the workers of one server leave their expositions: ``<pid>.prom`` each."""
+    """The directory where the workers of one server leave their expositions: ``<pid>.prom`` each.
+
+    It is opened once (:meth:`_prepare`) and then used only through its descriptor: a name planted in it, or the
+    directory replaced by another one or by a symlink after the check, is never followed.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = path / f"{os.getpid()}.prom"
-        self._ready = False
+        self._name = f"{os.getpid()}.prom"
+        self._fd: int | None = None
         self._refused = False
+        self._failed = False
 
-    def _prepare(self) -> bool:
-        """Make the directory (private to this user); refuse one that another user owns or that is a symlink."""
-        if self._ready or self._refused:
-            return self._ready
-        with contextlib.suppress(FileExistsError):
-            self.path.mkdir(mode=0o700, parents=True)
-        info = self.path.lstat()
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-            self._refused = True
-            log.warning("not sharing metrics between workers: %s is not a private directory of this user", self.path)
-            return False
-        self._ready = True
-        return True
+    @property
+    def working(self) -> bool:
+        """False when the directory is refused, and while writes fail."""
+        return self._prepare() is not None and not self._failed
+
+    def _prepare(self) -> int | None:
+        """The directory's descriptor: made private to this user when missing, refused (None, said once) when it is
+        a symlink, not a directory, another user's, or writable by others."""
+        if self._fd is not None or self._refused:
+            return self._fd
+        try:
+            with contextlib.suppress(FileExistsError):
+                self.path.mkdir(mode=0o700, parents=True)
+            fd: int | None = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # not allowed, a symlink (ELOOP), not a directory (ENOTDIR), or gone
+            fd = None
+        if fd is not None:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022:
+                self._fd = fd
+                return fd
+            os.close(fd)
+        self._refused = True
+        log.warning("not sharing metrics between workers: %s is not a private directory of this user", self.path)
+        return None
 
     def write(self, text: bytes) -> None:
+        """Leave ``text`` as this worker's file: written under a fresh name (``O_EXCL``), then renamed over it."""
         try:
-            if not self._prepare():
+            fd = self._prepare()
+            if fd is None:
                 return
-            partial = self._file.with_suffix(".tmp")
-            partial.write_bytes(text)
-            partial.replace(self._file)
+            partial = f".{os.getpid()}-{secrets.token_hex(6)}.tmp"
+            out = os.open(
+                partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd
+            )
+            try:
+                with os.fdopen(out, "wb") as file:
+                    file.write(text)
+                os.replace(partial, self._name, src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(partial, dir_fd=fd)
+                raise
         except OSError as err:  # a full disk must not stop the worker's tick
-            log.warning("could not write this worker's metrics to %s: %s", self.path, err)
+            if not self._failed:
+                log.warning("could not write this worker's metrics to %s: %s", self.path, err)
+            self._failed = True
+            return
+        self._failed = False
 
     def remove(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
         with contextlib.suppress(OSError):
-            self._file.unlink()
+            os.unlink(self._name, dir_fd=fd)
         with contextlib.suppress(OSError):
-            self.path.rmdir()  # the last worker out takes the directory (others' files keep it otherwise)
+            # The last worker out takes the directory (others' files keep it otherwise), if it is still the one opened.
+            if os.lstat(self.path).st_ino == os.fstat(fd).st_ino:
+                self.path.rmdir()
+        os.close(fd)
 
     def siblings(self) -> Iterator[tuple[str, list[Metric]]]:
         """The other live workers' last values."""
-        if not self._ready:
+        fd = self._fd
+        if fd is None:
             return
         now = time.time()
-        for path in sorted(self.path.glob("*.prom")):
-            if path == self._file or not path.stem.isdigit():
+        for name in sorted(os.listdir(fd)):
+            stem, dot, suffix = name.removeprefix(".").partition(".")
+            pid = stem.split("-")[0]
+            if name == self._name or dot != "." or suffix not in ("prom", "tmp") or not pid.isdigit():
                 continue
-            if not _alive(int(path.stem)):
+            if not _alive(int(pid)):
                 with contextlib.suppress(OSError):
-                    path.unlink()  # a worker that died without cleaning up
+                    os.unlink(name, dir_fd=fd)  # a worker that died without cleaning up (or while writing)
                 continue
-            try:
-                if now - path.stat().st_mtime > _STALE_SECONDS:
-                    continue
-                text = path.read_text()
-            except OSError:  # it stopped between the listing and the read
+            if suffix == "tmp" or not stem.isdigit():
                 continue
-            yield path.stem, list(text_string_to_metric_families(text))
+            text = _read(fd, name, now)
+            if text is not None:
+                yield stem, list(text_string_to_metric_families(text))
+
+
+def _read(dir_fd: int, name: str, now: float) -> str | None:
+    """The regular file ``name`` in ``dir_fd`` (never through a symlink), unless rewritten more than
+    :data:`_STALE_SECONDS` ago; None when it is not there (its worker stopped between the listing and the read)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode) or now - info.st_mtime > _STALE_SECONDS:
+                return None
+            return file.read().decode(errors="replace")
+    except OSError:
+        return None
 
 
 def _alive(pid: int) -> bool:

@@ -18,7 +18,7 @@ import abc
 import secrets
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import TYPE_CHECKING, Annotated, ClassVar, Final
 
 import msgspec
 from msgspec import Meta
@@ -64,6 +64,9 @@ class TicketAnswer(msgspec.Struct, kw_only=True, rename="camel"):
 class TicketStore(abc.ABC):
     """Where tickets wait to be used: bounded (``SSE_FAST_TICKETS_MAX``), each valid ``SSE_FAST_TICKET_TTL``."""
 
+    held_metric: ClassVar[str] = "tickets_held"
+    """The gauge of :attr:`held`: this worker's own store (summed over the workers), or the cluster's."""
+
     def __init__(self, settings: Settings) -> None:
         self.ttl = settings.ticket_ttl
         self.limit = settings.tickets_max
@@ -94,7 +97,7 @@ class TicketStore(abc.ABC):
     def counters(self) -> dict[str, int]:
         """For ``/metrics``: tickets held (as last seen), issued, redeemed, and refused because the store was full."""
         return {
-            "tickets_held": self.held,
+            self.held_metric: self.held,
             "tickets_issued": self.issued,
             "tickets_redeemed": self.redeemed,
             "tickets_refused": self.refused,
@@ -142,6 +145,8 @@ class MemoryTickets(TicketStore):
 
 class RedisTickets(TicketStore):
     """The Redis broker's store: a ticket issued on one node opens a stream on any node of the cluster."""
+
+    held_metric = "cluster_tickets_held"  # every worker sees the one store: a cluster gauge, never summed
 
     def __init__(self, settings: Settings, broker: RedisBroker) -> None:
         super().__init__(settings)
