@@ -13,6 +13,11 @@ on first use (a request or a publish) and :meth:`SseFast.lifespan` is how the ho
 get their ``maintenance`` notice, the broker is closed); entering it also starts the worker at once. The admin page
 (``/admin``) loads its files by absolute path and works only at the root, not under a prefix.
 
+The auth hook decides who calls every route that has a caller; it sees the canonical path inside sse-fast and the
+route's template (:class:`~sse_fast.server.auth.AuthRequest`). It is not asked for the open routes, which answer
+whoever reaches them under the mount: ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``, the SDK and the
+admin page's files. A host that wants them private refuses them itself (a middleware on the prefix, or the proxy).
+
 The publishes go straight to the broker in the host's process, as the ``server`` identity of an ``X-API-Key``
 caller (an admin, not rate limited), with the HTTP API's validation: bad input raises a ``ValueError``
 (:class:`~sse_fast.errors.TopicError` for a topic, ``ValidationFailure`` for the rest, with the code and the message

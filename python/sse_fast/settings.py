@@ -97,7 +97,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ] = "text"
     access_log: Annotated[
         bool,
-        _doc("Log every request (method, path, status, duration, clientId) with `token` and `ticket` redacted."),
+        _doc("Log every request (method, path, status, duration, clientId) with credentials redacted."),
     ] = False
     metrics_dir: Annotated[
         str | None,
