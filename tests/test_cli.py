@@ -18,8 +18,11 @@ import pytest
 
 from _redis import RedisServer
 from _servers import BIN, free_port, running_server
+from sse_fast.broker.redis import RedisBroker
+from sse_fast.broker.redis.connection import ClusterRefused
 from sse_fast.cli import ExitCode, _render, main
 from sse_fast.models import Envelope
+from sse_fast.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -345,5 +348,8 @@ async def test_serve_refuses_a_redis_cluster_node_with_the_broker_code(tmp_path:
         assert code == ExitCode.BROKER == 6, err
         assert "is a Redis Cluster node (cluster_enabled:1)" in err
         assert "Traceback" not in err
+        # A worker started without the CLI (plain granian) refuses in its bootstrap, with the same words.
+        with pytest.raises(ClusterRefused, match=r"is a Redis Cluster node \(cluster_enabled:1\)"):
+            RedisBroker(Settings(broker=server.url))
     finally:
         server.kill()
