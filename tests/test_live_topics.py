@@ -128,11 +128,74 @@ async def test_patterns_are_checked_against_the_callers_grants(nodes: list[Serve
         publish(asked, "news.eu", "still")
         await received(stream, "still")
         assert stream.system("subscribed") == []
-        # An admin (an API key) may add anything, to anyone's stream.
-        response = change(asked, conn, ADMIN, add=["secret.x"])
-        assert response.json()["topics"] == ["news.eu", "secret.x"], response.text
-        publish(asked, "secret.x", "admin-added")
+        # An admin (an API key) may change anyone's stream, within what its owner may subscribe to.
+        response = change(asked, conn, ADMIN, add=["sport.x"])
+        assert response.json()["topics"] == ["news.eu", "sport.x"], response.text
+        publish(asked, "sport.x", "admin-added")
         await received(stream, "admin-added")
+
+
+async def test_added_topics_must_be_granted_to_the_streams_owner(nodes: list[Server]) -> None:
+    # Regression (review finding 1): the set a change leaves is the one the owner's SDK reconnects with, so a pattern
+    # its own identity may not subscribe to would make that reconnect a fatal 403. The holder checks the grants the
+    # stream was opened with, whoever asks: an admin, or the owner with a token of wider grants.
+    holder, asked = nodes
+    opened_with = bearer("alice", topics=["news.>"])
+    async with open_stream(holder.url, client_id="", topics="news.eu", headers=opened_with) as stream:
+        conn = await connected(stream)
+        refused = change(asked, conn, ADMIN, add=["news.uk", "secret.x"])
+        assert error_of(refused) == (403, "topic_not_granted")
+        assert refused.json()["detail"] == {"topic": "secret.x"}
+        assert error_of(change(asked, conn, bearer("alice"), add=["sport.x"])) == (403, "topic_not_granted")
+        publish(asked, "news.eu", "unchanged")
+        await received(stream, "unchanged")
+        assert stream.system("subscribed") == []
+        assert (row(holder, conn) or {}).get("topics") == ["news.eu"]
+        # Within the owner's grants, the admin's change applies; the owner reconnects with it and is accepted.
+        assert change(asked, conn, ADMIN, add=["news.uk"]).json()["topics"] == ["news.eu", "news.uk"]
+    async with open_stream(asked.url, client_id="", topics="news.eu,news.uk", headers=opened_with) as again:
+        await connected(again)
+
+
+async def test_a_change_that_changes_nothing_sends_no_frame(nodes: list[Server]) -> None:
+    # Regression (review finding 13): no subscribed event with added [] and removed [].
+    holder, asked = nodes
+    async with open_stream(holder.url, client_id="", topics="news.eu,sport.*", headers=bearer("alice")) as stream:
+        conn = await connected(stream)
+        for body in ({"add": ["news.eu"]}, {"remove": ["never.had"]}, {"add": ["news.eu"], "remove": ["news.eu"]}, {}):
+            response = change(asked, conn, bearer("alice"), **body)
+            assert response.json() == {"connectionId": conn, "topics": ["news.eu", "sport.*"]}, (body, response.text)
+        assert change(asked, conn, bearer("alice"), add=["news.uk"]).status_code == 200  # a real change, as a marker
+        await stream.wait_for(lambda s: bool(s.system("subscribed")))
+        publish(asked, "news.uk", "after")
+        await received(stream, "after")
+        details = [e["payload"]["detail"] for e in stream.system("subscribed")]
+        assert details == [{"topics": ["news.eu", "sport.*", "news.uk"], "added": ["news.uk"], "removed": []}]
+
+
+async def test_concurrent_changes_asked_of_every_node_all_apply(nodes: list[Server]) -> None:
+    # Regression (review finding 6): a change is computed by the node that holds the stream from the stream's own
+    # patterns, not from a connection row read elsewhere (which may be stale: 409 subscription_conflict).
+    holder, asked = nodes
+    async with open_stream(holder.url, client_id="", topics="news.eu", headers=bearer("alice")) as stream:
+        conn = await connected(stream)
+        added = [f"sport.s{i}" for i in range(40)]
+        async with httpx.AsyncClient(timeout=15) as http:
+            answers = await asyncio.gather(
+                *(
+                    http.post(
+                        f"{(asked, asked, asked, holder)[i % 4].url}/api/subscriptions",
+                        json={"connectionId": conn, "add": [topic], "remove": ["news.eu"]},
+                        headers=bearer("alice"),
+                    )
+                    for i, topic in enumerate(added)
+                )
+            )
+        assert [a.status_code for a in answers] == [200] * len(added), [a.text for a in answers]
+        final = max((a.json()["topics"] for a in answers), key=len)
+        assert sorted(final) == sorted(added)
+        await wait_until(lambda: sorted((row(asked, conn) or {}).get("topics", [])) == sorted(added), "every change")
+        await stream.wait_for(lambda s: len(s.system("subscribed")) == len(added))
 
 
 async def test_someone_elses_stream_is_unknown(nodes: list[Server]) -> None:

@@ -6,12 +6,14 @@ import asyncio
 from typing import Any
 
 import msgspec
+import pytest
 
 from sse_fast import Decoder
 from sse_fast.broker.memory import MemoryBroker
+from sse_fast.errors import HttpError
 from sse_fast.models import Envelope, new_message_id
 from sse_fast.settings import Settings
-from sse_fast.streams import Streams
+from sse_fast.streams import Streams, parse_public_id
 
 
 class RecordingSink:
@@ -86,3 +88,33 @@ async def test_a_failing_tick_job_stops_neither_the_ticker_nor_the_other_jobs(ca
     finally:
         streams.stop()
     assert "a bug in one job" in caplog.text
+
+
+def test_public_connection_ids_are_read_back_by_one_parser() -> None:
+    streams = Streams(Settings(), id_prefix="e-", node_id="a1b2.c3", new_id=new_message_id)
+    assert parse_public_id(streams.public_id(42)) == ("a1b2.c3", 42)  # the node id may hold dots: the last one splits
+    assert parse_public_id("n." + "9" * 19) == ("n", int("9" * 19))
+    for malformed in ("", "7", ".7", "n.", "n.x1", "n.-1", "n.+1", "n.١", "n." + "9" * 20, "x" * 65 + ".1"):
+        assert parse_public_id(malformed) is None, malformed
+    assert parse_public_id("x" * 64 + ".1") == ("x" * 64, 1)
+
+
+async def test_a_live_change_keeps_within_the_streams_own_grants_and_skips_no_ops() -> None:
+    settings = Settings()
+    streams = Streams(settings, id_prefix="e-", node_id="n", new_id=new_message_id)
+    streams._loop = asyncio.get_running_loop()
+    sink = RecordingSink()
+    conn = streams.open("alice", ("news.eu",), sink, grants=lambda pattern: pattern.startswith("news."))
+    with pytest.raises(HttpError) as refused:
+        streams.change_topics(conn.id, add=("secret.x",), remove=frozenset())
+    assert (refused.value.status, refused.value.code, refused.value.detail) == (
+        403,
+        "topic_not_granted",
+        {"topic": "secret.x"},
+    )
+    assert streams.change_topics(conn.id, add=("news.eu",), remove=frozenset({"never.had"})) == ("news.eu",)
+    assert streams.change_topics(conn.id, add=("news.eu",), remove=frozenset({"news.eu"})) == ("news.eu",)
+    assert streams.change_topics(conn.id, add=("news.uk",), remove=frozenset({"news.eu"})) == ("news.uk",)
+    assert streams.change_topics(conn.id + 1, add=("news.uk",), remove=frozenset()) is None
+    await asyncio.sleep(0)  # ok-sleep: one loop turn, for the writer to flush the queued frame
+    assert sink.data.count(b'"subscribed"') == 1

@@ -22,15 +22,27 @@ from typing import Any, Protocol
 import msgspec
 
 from sse_fast._core import CRITICAL, LOW, Delivery, Frame, Hub, encode_comment, encode_json_frame, encode_replay
+from sse_fast.errors import HttpError, ValidationFailure
 from sse_fast.models import ConnectionInfo, SubscribedDetail
 from sse_fast.settings import Settings
 
-__all__ = ["Connection", "Reservation", "Sink", "Streams", "system_envelope"]
+__all__ = ["MAX_TOPICS", "Connection", "Reservation", "Sink", "Streams", "parse_public_id", "system_envelope"]
 
 log = logging.getLogger("sse_fast.streams")
 
 _KEEPALIVE = encode_comment("keepalive")
 _json = msgspec.json.Encoder()
+MAX_TOPICS = 64
+"""The most topic patterns one stream holds."""
+
+
+def parse_public_id(connection_id: str) -> tuple[str, int] | None:
+    """``(node, conn)`` of a public connection id (``<node>.<n>``, :meth:`Streams.public_id`), else None: the one
+    parser of these ids (a node id is 1 to 64 characters, ``n`` a decimal of at most 19 digits)."""
+    node, _, number = connection_id.rpartition(".")
+    if not 0 < len(node) <= 64 or not (number.isascii() and number.isdigit() and len(number) < 20):
+        return None
+    return node, int(number)
 
 
 class Sink(Protocol):
@@ -48,12 +60,23 @@ class Sink(Protocol):
 class Connection:
     """One live stream. Small on purpose: tens of thousands of these live in one worker."""
 
-    __slots__ = ("blocked", "client_id", "connected_at", "id", "last_active", "replaying", "sink", "topics")
+    __slots__ = ("blocked", "client_id", "connected_at", "grants", "id", "last_active", "replaying", "sink", "topics")
 
-    def __init__(self, conn_id: int, client_id: str, topics: tuple[str, ...], sink: Sink, now: float) -> None:
+    def __init__(
+        self,
+        conn_id: int,
+        client_id: str,
+        topics: tuple[str, ...],
+        sink: Sink,
+        now: float,
+        grants: Callable[[str], bool] | None = None,
+    ) -> None:
         self.id = conn_id
         self.client_id = client_id
         self.topics = topics
+        # Whether the identity the stream was opened with may subscribe to a pattern (None: to any): a live change
+        # keeps within them, whoever asks for it, so that the owner's reconnect with the new set is not refused.
+        self.grants = grants
         self.sink = sink
         self.connected_at = now
         self.last_active = now
@@ -252,18 +275,64 @@ class Streams:
             self._expiries = [entry for entry in heap if entry[1] in conns]
             heapq.heapify(self._expiries)
 
-    def open(self, client_id: str, topics: tuple[str, ...], sink: Sink) -> Connection:
-        """Register a stream. Past the per-client limit, the client's oldest stream is closed as ``replaced``."""
+    def open(
+        self, client_id: str, topics: tuple[str, ...], sink: Sink, *, grants: Callable[[str], bool] | None = None
+    ) -> Connection:
+        """Register a stream (``grants``: the patterns its identity may subscribe to, see :meth:`change_topics`).
+        Past the per-client limit, the client's oldest stream is closed as ``replaced``."""
         existing = self.hub.connections_of(client_id)
         excess = len(existing) - self.settings.max_connections_per_client + 1
         for old in existing[: max(0, excess)]:
             self.closed_replaced += 1
             self.close(old, "replaced")
         conn_id = self.hub.add(client_id, topics)
-        conn = Connection(conn_id, client_id, topics, sink, time.time())
+        conn = Connection(conn_id, client_id, topics, sink, time.time(), grants)
         self._conns[conn_id] = conn
         self.opened_total += 1
         return conn
+
+    def bound_topics(self, topics: tuple[str, ...]) -> None:
+        """Refuse patterns whose index would cost more than a small fixed amount (400), for ``GET /sse?topics=`` and
+        live changes alike.
+
+        Every segment of a subscribed pattern is a node of the hub's topic trie (about 600 bytes when no other
+        stream shares it), and the core only bounds a pattern's length (128 characters, up to 64 segments): 64 such
+        patterns made one stream cost 2 MB. Segments per pattern and bytes of all patterns together bound it to
+        about ``(max_topics_bytes + 64) / 2`` nodes.
+        """
+        if len(topics) > MAX_TOPICS:
+            raise ValidationFailure(400, "too_many_topics", f"at most {MAX_TOPICS} topics per stream")
+        limit = self.settings.max_topic_segments
+        for topic in topics:
+            if topic.count(".") >= limit:
+                detail = {"topic": topic[:128]}
+                raise ValidationFailure(400, "topic_too_deep", f"a topic pattern has at most {limit} segments", detail)
+        size = sum(len(t) for t in topics)
+        if size > self.settings.max_topics_bytes:
+            detail_text = f"a stream's topic patterns total at most {self.settings.max_topics_bytes} characters"
+            raise ValidationFailure(400, "topics_too_long", detail_text, {"length": size})
+
+    def change_topics(self, conn_id: int, *, add: tuple[str, ...], remove: frozenset[str]) -> tuple[str, ...] | None:
+        """Change a live stream's patterns (``POST /api/subscriptions``, whoever asked and wherever they asked):
+        ``remove`` first, then ``add`` (valid patterns, the asker's grants already checked). Each added pattern must
+        be one the stream's own identity may subscribe to (403 ``topic_not_granted``: else its owner's next
+        reconnect, which sends the new set, would be refused), and the new set must keep :meth:`bound_topics`.
+        Applied by :meth:`retopic` unless nothing changes. Answers the stream's patterns from now on; None when it
+        is not open on this worker."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return None
+        kept = tuple(t for t in conn.topics if t not in remove)
+        added = tuple(t for t in add if t not in kept)
+        for topic in added:
+            if conn.grants is not None and topic not in conn.topics and not conn.grants(topic):
+                message = f"the stream's owner {conn.client_id} is not allowed to subscribe to {topic}"
+                raise HttpError(403, "topic_not_granted", message, {"topic": topic})
+        topics = kept + added
+        if frozenset(topics) == frozenset(conn.topics):
+            return conn.topics  # nothing changes: no frame, and the stream keeps its order
+        self.bound_topics(topics)
+        return topics if self.retopic(conn_id, topics) else None
 
     def retopic(self, conn_id: int, topics: tuple[str, ...]) -> bool:
         """Replace a live stream's topic patterns (``POST /api/subscriptions``; checked by the caller) and tell the
@@ -281,7 +350,8 @@ class Streams:
         return True
 
     def public_id(self, conn_id: int) -> str:
-        """The connection id shown to clients and admins: unique across the nodes of a cluster."""
+        """The connection id shown to clients and admins: unique across the nodes of a cluster (read back by
+        :func:`parse_public_id`)."""
         return f"{self.node_id}.{conn_id}"
 
     def remove(self, conn_id: int) -> None:

@@ -27,7 +27,7 @@ from sse_fast.models import (
     encode_delivered,
 )
 from sse_fast.settings import Settings
-from sse_fast.streams import Connection, Streams
+from sse_fast.streams import Connection, Streams, parse_public_id
 
 __all__ = ["Broker"]
 
@@ -113,32 +113,29 @@ class Broker(abc.ABC):
     def local_stream(self, connection_id: str) -> Connection | None:
         """The open stream of this worker with this public id (``<node>.<n>``), else None."""
         assert self.streams is not None
-        node, _, number = connection_id.rpartition(".")
-        if node != self.streams.node_id or not (number.isascii() and number.isdigit() and len(number) < 20):
+        parsed = parse_public_id(connection_id)
+        if parsed is None or parsed[0] != self.streams.node_id:
             return None
-        return self.streams.get(int(number))
+        return self.streams.get(parsed[1])
 
-    async def stream_topics(self, connection_id: str) -> tuple[str, tuple[str, ...]] | None:
-        """``(client_id, topics)`` of a live stream, or None when no such stream is open (a shared broker looks
-        across the cluster)."""
+    async def stream_owner(self, connection_id: str) -> str | None:
+        """The clientId of a live stream, or None when no such stream is open (a shared broker looks across the
+        cluster)."""
         conn = self.local_stream(connection_id)
-        return None if conn is None else (conn.client_id, conn.topics)
+        return None if conn is None else conn.client_id
 
-    async def set_stream_topics(
-        self, connection_id: str, *, expect: tuple[str, ...], topics: tuple[str, ...]
-    ) -> bool | None:
-        """Replace a live stream's patterns with ``topics`` (already checked) if they are still ``expect``.
-
-        True when changed, False when the stream's patterns changed meanwhile (the caller reads them again), None
-        when the stream is not open (any more). A shared broker reaches the node that holds the stream.
-        """
+    async def change_stream_topics(
+        self, connection_id: str, *, add: tuple[str, ...], remove: frozenset[str]
+    ) -> tuple[str, ...] | None:
+        """Change a live stream's patterns where it is held (:meth:`Streams.change_topics`: remove, then add, within
+        its owner's grants and its bounds, raising their 400 and 403); the stream's patterns from now on, or None
+        when it is not open (any more). A shared broker reaches the node that holds the stream, which applies the
+        change by this same method."""
         conn = self.local_stream(connection_id)
         if conn is None:
             return None
-        if conn.topics != expect:
-            return False
         assert self.streams is not None
-        return self.streams.retopic(conn.id, topics) or None
+        return self.streams.change_topics(conn.id, add=add, remove=remove)
 
     def encode(self, envelope: Envelope) -> bytes:
         """The envelope as one line of JSON; 413 when its frame could never fit a connection's queue."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Final, cast
 
 from sse_fast._core import encode_json_frame, encode_retry
@@ -53,9 +54,18 @@ class Handshake:
         self.streams = streams
         self.metrics = metrics
 
-    async def open(self, client_id: str, topics: tuple[str, ...], cursor: str | None, sink: Sink) -> int:
-        """Open a stream on ``sink`` for ``client_id``; returns its connection id."""
-        conn = self.streams.open(client_id, topics, sink)
+    async def open(
+        self,
+        client_id: str,
+        topics: tuple[str, ...],
+        cursor: str | None,
+        sink: Sink,
+        *,
+        grants: Callable[[str], bool] | None = None,
+    ) -> int:
+        """Open a stream on ``sink`` for ``client_id`` (``grants``: the patterns its identity may subscribe to, which
+        a live change keeps within; None: any); returns its connection id."""
+        conn = self.streams.open(client_id, topics, sink, grants=grants)
         conn.blocked = True  # live frames routed to it while the broker answers wait until the opening is written
         try:
             opening = await self.broker.open_stream(client_id, topics, cursor, conn_id=conn.id)

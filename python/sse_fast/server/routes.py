@@ -9,6 +9,7 @@ whether RSGI or ASGI carries the request.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -70,9 +71,8 @@ _OPENAPI_DESCRIPTION = (
     "`{error, code, detail}` with the codes of section 7."
 )
 _CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
-_MAX_TOPICS = 64
-_RETOPIC_ATTEMPTS: Final = 3
-"""How often ``POST /api/subscriptions`` reads and changes a stream's patterns while other changes race it."""
+_TOPICS_REFUSED: Final = frozenset({"topic_too_deep", "topics_too_long"})
+"""The refusals of :meth:`Streams.bound_topics` that ``sse_fast_topics_refused_total`` counts."""
 PRESENCE_LIMIT: Final = 100
 """How many clients ``GET /api/presence`` lists when ``limit`` is not given."""
 PRESENCE_MAX_LIMIT: Final = 1000
@@ -250,7 +250,7 @@ class Api:
             api_route("POST", "/api/ack", self.ack, "Acknowledge messages", AckRequest, {200: AckAnswer, 503: _E}),
             api_route("POST", "/api/subscriptions", self.subscriptions,
                       "Change the topics of a live stream (its owner or an admin)", SubscriptionsRequest,
-                      {200: SubscriptionsAnswer, 404: _E, 409: _E, 503: _E, 504: _E}),
+                      {200: SubscriptionsAnswer, 404: _E, 503: _E, 504: _E}),
             api_route("GET", "/api/messages/{id}", self.message_status, "Delivery status of a requireAck message",
                       None, {200: MessageStatus, 404: _E, 503: _E}),
             api_route("GET", "/api/connections", self.connections,
@@ -396,7 +396,8 @@ class Api:
             raise HttpError(503, "server_full", "too many connections", headers=[("retry-after", "5")])
 
         async def open_stream(sink: Sink) -> int:
-            opening = self.handshake.open(caller.client_id, topics, cursor, sink)
+            grants = None if caller.admin else functools.partial(self.auth.can_subscribe, caller)
+            opening = self.handshake.open(caller.client_id, topics, cursor, sink, grants=grants)
             # The slot passes to the connection: Handshake.open registers it before its first await.
             slot.release()
             conn_id = await opening
@@ -423,56 +424,39 @@ class Api:
                 raise HttpError(403, "topic_not_granted", f"not allowed to subscribe to {topic}", {"topic": topic})
 
     def _topics_bounded(self, topics: tuple[str, ...]) -> None:
-        """Refuse patterns whose index would cost more than a small fixed amount (400).
-
-        Every segment of a subscribed pattern is a node of the hub's topic trie (about 600 bytes when no other
-        stream shares it), and the core only bounds a pattern's length (128 characters, up to 64 segments): 64 such
-        patterns made one stream cost 2 MB. Segments per pattern and bytes of all patterns together bound it to
-        about ``(max_topics_bytes + 64) / 2`` nodes.
-        """
-        if len(topics) > _MAX_TOPICS:
-            raise HttpError(400, "too_many_topics", f"at most {_MAX_TOPICS} topics per stream")
-        limit = self.settings.max_topic_segments
-        for topic in topics:
-            if topic.count(".") >= limit:
-                self.metrics.topics_refused += 1
-                raise HttpError(
-                    400, "topic_too_deep", f"a topic pattern has at most {limit} segments", {"topic": topic[:128]}
-                )
-        size = sum(len(t) for t in topics)
-        if size > self.settings.max_topics_bytes:
-            self.metrics.topics_refused += 1
-            detail = f"a stream's topic patterns total at most {self.settings.max_topics_bytes} characters"
-            raise HttpError(400, "topics_too_long", detail, {"length": size})
+        """:meth:`Streams.bound_topics` (400), each refusal counted."""
+        try:
+            self.streams.bound_topics(topics)
+        except HttpError as err:
+            self.metrics.topics_refused += err.code in _TOPICS_REFUSED
+            raise
 
     async def subscriptions(self, req: Request) -> Response:
         """``POST /api/subscriptions``: change the topic patterns of one live stream without reconnecting.
 
         The stream's owner or an admin may; to anyone else the stream does not exist (404 ``unknown_connection``,
         the same as for an id never issued). Each added pattern is checked as ``GET /sse?topics=`` checks it (400,
-        403), and the resulting set must keep the stream's bounds. The stream (on this worker or, with Redis, on
-        the node that holds it) gets a ``system`` ``subscribed`` frame.
+        403) against the caller's grants; the node that holds the stream then applies the change to the stream's
+        own patterns (:meth:`Broker.change_stream_topics`), within the grants of the identity the stream was opened
+        with (403 ``topic_not_granted``) and the stream's bounds (400). A change that changes something gets a
+        ``system`` ``subscribed`` frame on the stream.
         """
         early = self._early_caller(req)
         body = decode(await req.json_body(self.settings.max_body), SubscriptionsRequest)
         caller = early or self._caller(req)
         add = tuple(dict.fromkeys(body.add))
         self._granted(add, caller)
-        remove = frozenset(body.remove)
-        for _ in range(_RETOPIC_ATTEMPTS):
-            found = await self.broker.stream_topics(body.connection_id)
-            if found is None or not self.auth.owns(caller, found[0]):
-                break
-            kept = tuple(t for t in found[1] if t not in remove)
-            topics = kept + tuple(t for t in add if t not in kept)
-            self._topics_bounded(topics)
-            changed = await self.broker.set_stream_topics(body.connection_id, expect=found[1], topics=topics)
-            if changed is None:
-                break
-            if changed:
+        owner = await self.broker.stream_owner(body.connection_id)
+        if owner is not None and self.auth.owns(caller, owner):
+            try:
+                topics = await self.broker.change_stream_topics(
+                    body.connection_id, add=add, remove=frozenset(body.remove)
+                )
+            except HttpError as err:
+                self.metrics.topics_refused += err.code in _TOPICS_REFUSED
+                raise
+            if topics is not None:
                 return json_response(200, SubscriptionsAnswer(connection_id=body.connection_id, topics=list(topics)))
-        else:
-            raise HttpError(409, "subscription_conflict", "the stream's topics kept changing meanwhile; try again")
         raise HttpError(404, "unknown_connection", "no live stream with this connectionId is yours")
 
     # -- publishing ------------------------------------------------------------------------------------------

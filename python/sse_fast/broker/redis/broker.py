@@ -56,7 +56,7 @@ from sse_fast.broker.tail import RECENT_BYTES, recent_messages
 from sse_fast.errors import BrokerUnavailable, HttpError
 from sse_fast.models import ConnectionInfo, Envelope, RecentMessage, encode_delivered
 from sse_fast.settings import Settings
-from sse_fast.streams import Streams
+from sse_fast.streams import Streams, parse_public_id
 
 __all__ = ["RedisBroker", "cursor_seq", "stream_id"]
 
@@ -466,36 +466,38 @@ class RedisBroker(Broker):
 
     def _remote(self, connection_id: str) -> tuple[str, int] | None:
         """``(node, conn)`` of a public connection id naming another node (``<node>.<n>``), else None."""
-        node, _, number = connection_id.rpartition(".")
-        if not node or node == self.node_id or len(node) > 64 or not (number.isascii() and number.isdigit()):
-            return None
-        return (node, int(number)) if len(number) < 20 else None
+        parsed = parse_public_id(connection_id)
+        return None if parsed is None or parsed[0] == self.node_id else parsed
 
-    async def stream_topics(self, connection_id: str) -> tuple[str, tuple[str, ...]] | None:
-        """This node's stream, else another live node's as its row in Redis says."""
-        found = await super().stream_topics(connection_id)
-        remote = self._remote(connection_id) if found is None else None
+    async def stream_owner(self, connection_id: str) -> str | None:
+        """This node's stream's owner, else another live node's as its row in Redis says (a stream's owner never
+        changes, so the row cannot be stale about it)."""
+        owner = await super().stream_owner(connection_id)
+        remote = self._remote(connection_id) if owner is None else None
         if remote is None:
-            return found
+            return owner
         row = await self._presence.row(*remote)
-        return None if row is None else (row.client_id, tuple(row.topics))
+        return None if row is None else row.client_id
 
-    async def set_stream_topics(
-        self, connection_id: str, *, expect: tuple[str, ...], topics: tuple[str, ...]
-    ) -> bool | None:
-        """Change this node's stream and its row at once, or ask the node that holds it (over ``sse:control``): a
-        node that does not answer within :data:`TOPICS_WAIT` seconds is 504 ``node_timeout``."""
+    async def change_stream_topics(
+        self, connection_id: str, *, add: tuple[str, ...], remove: frozenset[str]
+    ) -> tuple[str, ...] | None:
+        """Change this node's stream and its row at once, or send ``{add, remove}`` to the node that holds it (over
+        ``sse:control``), which applies them by this same method and answers the new set or the refusal: the change
+        is computed from the stream's own patterns, never from a row that may be stale. A node that does not answer
+        within :data:`TOPICS_WAIT` seconds is 504 ``node_timeout``."""
         conn = self.local_stream(connection_id)
         if conn is not None:
-            changed = await super().set_stream_topics(connection_id, expect=expect, topics=topics)
-            if changed:
+            before = conn.topics
+            topics = await super().change_stream_topics(connection_id, add=add, remove=remove)
+            if topics is not None and topics is not before:  # unchanged, it is the stream's own tuple
                 await self._presence.write_row(conn.id)
-            return changed
+            return topics
         remote = self._remote(connection_id)
         if remote is None or not await self._presence.node_alive(remote[0]):
             return None
         try:
-            return await self._pubsub.retopic(*remote, expect=expect, topics=topics, wait=TOPICS_WAIT)
+            return await self._pubsub.retopic(*remote, add=add, remove=remove, wait=TOPICS_WAIT)
         except TimeoutError:
             message = f"the node that holds stream {connection_id} did not answer within {TOPICS_WAIT:.0f}s"
             raise HttpError(504, "node_timeout", message) from None

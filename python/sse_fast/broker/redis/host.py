@@ -47,7 +47,7 @@ class Host(Protocol):
     async def call(self, awaitable: Awaitable[_T]) -> _T:
         """One Redis call that fails fast (503 when Redis is unreachable)."""
 
-    async def set_stream_topics(
-        self, connection_id: str, *, expect: tuple[str, ...], topics: tuple[str, ...]
-    ) -> bool | None:
-        """Replace a live stream's patterns (:meth:`~sse_fast.broker.Broker.set_stream_topics`)."""
+    async def change_stream_topics(
+        self, connection_id: str, *, add: tuple[str, ...], remove: frozenset[str]
+    ) -> tuple[str, ...] | None:
+        """Change a live stream's patterns (:meth:`~sse_fast.broker.Broker.change_stream_topics`)."""

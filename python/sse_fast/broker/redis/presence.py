@@ -4,7 +4,10 @@
 ``sse:node:<node>`` key (refreshed every tick, 15 s TTL) exists, so the connections of a dead node stop counting
 within 15 s. ``sse:conns:<node>`` is a hash of the node's connections (the rows of ``GET /api/connections``):
 written when a stream opens, deleted when it closes, rewritten with fresh queue stats every
-:data:`CONNECTIONS_REFRESH` seconds, and expiring with the node's heartbeat.
+:data:`CONNECTIONS_REFRESH` seconds, and expiring with the node's heartbeat. This node's writes of its rows (the
+refresh, one row's rewrite, the deletion of closed ones) go out one at a time, each taken from the streams as they
+are when it goes out: pooled connections would let an older snapshot land after a newer write (a row showing old
+topics, or a closed stream's row written back after its deletion).
 
 A stream's member and row are written by the broker's connect pipeline (one round trip with the rest of the
 opening, :meth:`~sse_fast.broker.redis.RedisBroker.open_stream`); :class:`Presence` keeps them alive, withdraws
@@ -46,6 +49,7 @@ class Presence:
         self._host = host
         self._members: dict[int, str] = {}  # conn id -> client id, for presence
         self._gone: list[tuple[int, str]] = []
+        self._rows_lock = asyncio.Lock()  # this node's row writes, in order (see the module's docstring)
         self.cluster_connections = 0
         self.cluster_nodes = 0
 
@@ -78,7 +82,8 @@ class Presence:
                 for conn_id, client_id in gone:
                     pipe.zrem(keys.presence(client_id), self.member(conn_id))
                 pipe.hdel(keys.rows(self._host.node_id), *(str(conn_id) for conn_id, _ in gone))
-                await pipe.execute()
+                async with self._rows_lock:
+                    await pipe.execute()
             except (RedisError, OSError):
                 self._gone.extend(gone)  # retried on the next tick
 
@@ -153,22 +158,24 @@ class Presence:
         streams = self._host.streams
         assert streams is not None
         key = keys.rows(self._host.node_id)
-        rows = {str(conn.id): _json.encode(streams.info(conn)) for conn in streams.connections()}
-        pipe = self._host.redis.pipeline(transaction=True)
-        pipe.delete(key)
-        if rows:
-            pipe.hset(key, mapping=rows)  # type: ignore[arg-type]
-            pipe.expire(key, NODE_TTL)
-        await pipe.execute()
+        async with self._rows_lock:
+            rows = {str(conn.id): _json.encode(streams.info(conn)) for conn in streams.connections()}
+            pipe = self._host.redis.pipeline(transaction=True)
+            pipe.delete(key)
+            if rows:
+                pipe.hset(key, mapping=rows)  # type: ignore[arg-type]
+                pipe.expire(key, NODE_TTL)
+            await pipe.execute()
 
     async def write_row(self, conn_id: int) -> None:
         """Rewrite one connection's row now (its topics changed), if it is still open."""
         streams = self._host.streams
         assert streams is not None
-        conn = streams.get(conn_id)
-        if conn is not None:
-            row = _json.encode(streams.info(conn))
-            await self._host.call(self._host.redis.hset(keys.rows(self._host.node_id), str(conn_id), row))
+        async with self._rows_lock:
+            conn = streams.get(conn_id)
+            if conn is not None:
+                row = _json.encode(streams.info(conn))
+                await self._host.call(self._host.redis.hset(keys.rows(self._host.node_id), str(conn_id), row))
 
     async def row(self, node: str, conn_id: int) -> ConnectionInfo | None:
         """Another node's connection row, while that node is alive (its rows expire with its heartbeat)."""

@@ -140,21 +140,27 @@ class PubSub:
     # -- live topic changes on another node --------------------------------------------------------------------
 
     async def retopic(
-        self, node: str, conn: int, *, expect: tuple[str, ...], topics: tuple[str, ...], wait: float
-    ) -> bool | None:
-        """Ask ``node`` to replace its stream ``conn``'s patterns (as :meth:`Broker.set_stream_topics` answers: True,
-        False when they are no longer ``expect``, None when the stream is gone). Raises ``TimeoutError`` when the node
-        does not answer within ``wait`` seconds."""
+        self, node: str, conn: int, *, add: tuple[str, ...], remove: frozenset[str], wait: float
+    ) -> tuple[str, ...] | None:
+        """Ask ``node`` to change its stream ``conn``'s patterns (remove, then add), as
+        :meth:`Broker.change_stream_topics` answers there: the new set, None when the stream is gone, or the
+        refusal it raised (its status, code and detail), raised here. Raises ``TimeoutError`` when the node does
+        not answer within ``wait`` seconds."""
         token = secrets.token_hex(8)
         future = self._replies[token] = asyncio.get_running_loop().create_future()
         body = {"op": "topics", "node": node, "from": self._host.node_id, "reply": token, "conn": conn}
         try:
-            await self.send_control({**body, "expect": list(expect), "topics": list(topics)})
+            await self.send_control({**body, "add": list(add), "remove": sorted(remove)})
             answer = await asyncio.wait_for(future, wait)
         finally:
             self._replies.pop(token, None)
-        changed = answer.get("changed")
-        return changed if isinstance(changed, bool) else None
+        refused = answer.get("error")
+        if isinstance(refused, dict):
+            raise HttpError(
+                int(refused["status"]), str(refused["code"]), str(refused["message"]), refused.get("detail")
+            )
+        topics = answer.get("topics")
+        return tuple(str(t) for t in topics) if isinstance(topics, list) else None
 
     def _retopic_answered(self, body: dict[str, Any]) -> None:
         future = self._replies.get(str(body.get("reply")))
@@ -167,13 +173,17 @@ class PubSub:
         serving.add_done_callback(self._serving.discard)
 
     async def _serve_retopic(self, body: dict[str, Any]) -> None:
-        """Change one of this node's streams as another node asked (it checked the caller), and answer it."""
+        """Change one of this node's streams as another node asked (it checked the caller), and answer it: the new
+        set, or the refusal of the change (the stream owner's grants, the bounds)."""
         reply: dict[str, Any] = {"op": "topics_reply", "node": body.get("from"), "reply": body.get("reply")}
         try:
-            expect = tuple(str(t) for t in body.get("expect", ()))
-            topics = tuple(str(t) for t in body.get("topics", ()))
+            add = tuple(str(t) for t in body.get("add", ()))
+            remove = frozenset(str(t) for t in body.get("remove", ()))
             public_id = f"{self._host.node_id}.{int(body['conn'])}"
-            reply["changed"] = await self._host.set_stream_topics(public_id, expect=expect, topics=topics)
+            topics = await self._host.change_stream_topics(public_id, add=add, remove=remove)
+            reply["topics"] = None if topics is None else list(topics)
+        except HttpError as err:
+            reply["error"] = {"status": err.status, "code": err.code, "message": err.message, "detail": err.detail}
         except Exception:  # a malformed control: the asking node times out (504) rather than this node failing
             log.exception("could not change a stream's topics as asked by node %s", body.get("from"))
             return
