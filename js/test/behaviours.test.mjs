@@ -798,4 +798,58 @@ describe("live topic changes in Chromium", () => {
       await page.close();
     });
   });
+
+  test("a change made while a reconnect is on its way reaches the stream that request opens", async () => {
+    await withServer({ ...JWT_ENV, SSE_FAST_MAX_CONNECTIONS_PER_CLIENT: "1" }, async (server) => {
+      const admin = { Authorization: `Bearer ${jwt({ sub: "ops", admin: true })}` };
+      const send = async (topic, payload) => {
+        const [status] = await server.post("/api/messages", { type: "json", topic, payload }, admin);
+        assert.equal(status, 202);
+      };
+      const row = async () => (await server.get("/api/connections", admin))[1].find((c) => c.clientId === "tara");
+      const token = jwt({ sub: "tara", topics: ["news.>", "sport.*"] });
+      const page = await openPage(browser, server);
+      await page.evaluate(async (token) => {
+        const c = (window.client = window.sdk.createClient({
+          token,
+          topics: ["news.eu"],
+          shareAcrossTabs: false,
+          reconnectBaseDelay: 50,
+        }));
+        window.seen = [];
+        c.subscribe("json", (m) => window.seen.push(m.payload));
+        await c.connect();
+      }, token);
+      const before = await page.evaluate(() => window.client.connectionInfo.connectionId);
+      // Hold the next stream request (built with the old set) until the change has been made.
+      const held = [];
+      let hold = true;
+      await page.route(/\/sse\?/, (route) => (hold ? held.push(route) : route.continue()));
+      const intruder = new AbortController();
+      const res = await server.fetch(`${server.url}/sse`, {
+        headers: { Authorization: `Bearer ${token}` },
+        signal: intruder.signal,
+      });
+      assert.equal(res.status, 200); // replaces the page's stream (the limit is 1): the SDK reconnects
+      await waitFor(async () => held.length > 0, 15000, "the reconnect's request");
+      assert.match(held[0].request().url(), /topics=news\.eu/);
+      const topics = await page.evaluate(async () => {
+        await window.client.subscribeTopics("sport.*");
+        return window.client.unsubscribeTopics("news.eu");
+      });
+      assert.deepEqual(topics, ["sport.*"]);
+      intruder.abort();
+      hold = false;
+      for (const route of held) await route.continue();
+      await until(page, (id) => window.client.connectionInfo.connectionId !== id, before, "a new stream");
+      // The stream opened with news.eu; the SDK applies the change to it.
+      await waitFor(async () => (await row())?.topics?.join() === "sport.*", 15000, "the change on the new stream");
+      assert.deepEqual(await page.evaluate(() => window.client.topics), ["sport.*"]);
+      await send("news.eu", "removed");
+      await send("sport.a", "added");
+      await until(page, () => window.seen.includes("added"), null, "the added topic's message");
+      assert.deepEqual(await page.evaluate(() => window.seen), ["added"]);
+      await page.close();
+    });
+  });
 });

@@ -278,6 +278,9 @@ class Stop extends Error {}
 /** @param {any} m @returns {m is Message} */
 const isEnvelope = (m) => m !== null && typeof m === "object" && typeof m.type === "string";
 
+/** Whether two lists of distinct patterns hold the same ones. @param {string[]} a @param {string[]} b */
+const same = (a, b) => a.length === b.length && a.every((t) => b.includes(t));
+
 /**
  * @typedef {object} Outgoing
  * @property {string} path
@@ -398,6 +401,11 @@ export class Client {
   #byType = {};
   /** @type {Promise<any>} */
   #topicsChange = Promise.resolve();
+  /**
+   * The patterns the live stream holds, as its request asked or a change set them (null in a tab that listens).
+   * @type {string[] | null}
+   */
+  #opened = null;
 
   /** @param {ClientOptions} options */
   constructor(options = {}) {
@@ -644,6 +652,7 @@ export class Client {
     const q = new URLSearchParams();
     if (this.#o.clientId) q.set("clientId", this.#o.clientId);
     if (this.#o.topics.length) q.set("topics", this.#o.topics.join(","));
+    this.#opened = [...this.#o.topics];
     return q;
   }
 
@@ -795,12 +804,17 @@ export class Client {
     const { event, detail } = m.payload ?? {};
     if (event === "connect" && detail) {
       this.#info = detail;
+      const opened = this.#opened;
+      if (opened && !same(opened, this.#o.topics)) {
+        // changed while this stream's request was on its way: apply the change to this stream too
+        this.#changeTopics([], []).catch((err) => console.warn("sse-fast: topics not changed:", err));
+      }
       if (detail.reason) {
         this.#counts.gaps++;
         console.warn(`sse-fast: resume failed (${detail.reason}): messages may have been lost`);
       }
     } else if (event === "subscribed" && Array.isArray(detail?.topics)) {
-      this.#o.topics = detail.topics.map(String); // changed live (by us or an admin): reconnect with these
+      this.#setTopics(detail.topics.map(String)); // changed live (by us or an admin): reconnect with these
     } else if (event === "maintenance") {
       this.#maintenance = Math.max(0, detail?.retryMs ?? this.#parser.retry ?? 0);
     }
@@ -836,22 +850,35 @@ export class Client {
   /** @param {string[]} add @param {string[]} remove @returns {Promise<string[]>} */
   #changeTopics(add, remove) {
     const run = async () => {
-      const id = this.#state === "connected" ? this.#info.connectionId : null;
-      const kept = this.#o.topics.filter((t) => !remove.includes(t));
-      const wanted = [...new Set([...kept, ...add])];
-      if (id) {
-        const body = JSON.stringify({ connectionId: id, add, remove });
+      const wanted = [...new Set([...this.#o.topics.filter((t) => !remove.includes(t)), ...add])];
+      for (let i = 0; i < 3; i++) {
+        const id = this.#state === "connected" ? this.#info.connectionId : null;
+        if (!id) break;
+        const had = this.#opened ?? this.#o.topics; // the live stream's set (a listening tab: the last it heard)
+        const change = { add: wanted.filter((t) => !had.includes(t)), remove: had.filter((t) => !wanted.includes(t)) };
+        const body = JSON.stringify({ connectionId: id, ...change });
         const init = { method: "POST", body, credentials: this.#o.credentials };
         let res = await fetch(`${this.#url}/api/subscriptions`, { ...init, headers: this.#headers(true) });
         if (res.status === 401 && (await this.#refresh())) {
           res = await fetch(`${this.#url}/api/subscriptions`, { ...init, headers: this.#headers(true) });
         }
-        if (res.ok) return (this.#o.topics = (await res.json()).topics);
+        if (res.ok) {
+          const { topics } = await res.json();
+          if (this.#info.connectionId === id) return this.#setTopics(topics);
+          continue; // a new stream opened meanwhile, maybe with the old set: change it too
+        }
         if (res.status !== 404) throw await errorOf(res);
+        if (this.#info.connectionId === id) break; // the stream is gone and no other yet
       }
-      return (this.#o.topics = wanted); // no live stream (or it just went): the next connect asks for these
+      return (this.#o.topics = wanted); // no live stream: the next connect asks for these
     };
     return (this.#topicsChange = this.#topicsChange.then(run, run)); // one change at a time, in order
+  }
+
+  /** The live stream's patterns, as the server said. @param {string[]} topics */
+  #setTopics(topics) {
+    if (this.#opened) this.#opened = topics;
+    return (this.#o.topics = topics);
   }
 
   // -- tabs ----------------------------------------------------------------------------------------------------
