@@ -233,10 +233,27 @@ def test_the_openapi_document_describes_it(server: Server) -> None:
     assert {"topic", "scope", "limit"} <= {p["name"] for p in operation["parameters"] if p["in"] == "query"}
     ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok == {"$ref": "#/components/schemas/PresenceAnswer"}
-    assert {"400", "401", "403", "503"} <= set(operation["responses"])
+    assert {"400", "401", "403", "429", "503"} <= set(operation["responses"])
     schema = document["components"]["schemas"]["PresenceAnswer"]
     live = presence(server, "topic=doc.t").json()
     assert set(live) == set(schema["properties"]) == set(schema["required"])
+
+
+def test_a_client_is_rate_limited_admins_are_not(tmp_path: Path) -> None:
+    # Regression (review finding 4): each answer walks every connection row, and one topic grant is enough to ask.
+    env = JWT | {"SSE_FAST_PRESENCE_RATE": "0.01", "SSE_FAST_PRESENCE_BURST": "3"}  # a token per 100 s: no refill here
+    with running_server(tmp_path, env=env) as srv:
+        reader, other = token("reader", topics=["rl.*"]), token("other", topics=["rl.*"])
+        assert [presence(srv, "topic=rl.x", reader).status_code for _ in range(3)] == [200] * 3
+        refused = presence(srv, "topic=rl.x&scope=node", reader)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["code"] == "rate_limited"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert presence(srv, "topic=rl.x", other).status_code == 200  # per client
+        assert {presence(srv, "topic=rl.x").status_code for _ in range(10)} == {200}  # an admin token
+        metrics = httpx.get(f"{srv.url}/metrics", timeout=10).text
+        assert "sse_fast_presence_rate_limited_total 1.0" in metrics
+        assert "sse_fast_presence_limit_clients 2.0" in metrics
 
 
 # -- the scan behind scope=cluster, in process on both brokers ------------------------------------------------

@@ -216,6 +216,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     publish_limit_clients: Annotated[
         Count, _doc("Clients whose publish rate a worker tracks at once (the least recently active forgotten).", gt=0)
     ] = 100_000
+    presence_rate: Annotated[
+        float,
+        _doc(
+            "`GET /api/presence` requests per second one client may make, sustained (0: no limit); past it 429.", ge=0
+        ),
+    ] = 2.0
+    presence_burst: Annotated[Count, _doc("`GET /api/presence` requests one client may make at once.", gt=0)] = 10
 
     # Scheduler (section 4)
     scheduler_concurrency: Annotated[Count, _doc("Tasks running at once per worker.", gt=0)] = 5

@@ -20,6 +20,11 @@ keeps a client on one worker keeps it to one share). A worker tracks at most ``S
 callers; past it the least recently active one is forgotten. A bucket left alone for ``burst / rate`` seconds is
 full again anyway, so forgetting the least recently active costs nothing unless that many clients are publishing
 within that time, and then a forgotten client starts again with full buckets.
+
+Presence (``GET /api/presence``) is limited the same way by :class:`PresenceLimits`: any caller with one topic
+grant may ask, and each answer walks every connection row of the node or cluster (about 25 ms per 100,000 rows, on
+the event loop), so one client may ask ``SSE_FAST_PRESENCE_RATE`` times a second (burst
+``SSE_FAST_PRESENCE_BURST``) per worker; the same callers are exempt, and as many clients are tracked.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from sse_fast.models import Envelope
 from sse_fast.server.auth import Identity
 from sse_fast.settings import Settings
 
-__all__ = ["PublishLimits"]
+__all__ = ["PresenceLimits", "PublishLimits"]
 
 _encode: Final = msgspec.json.Encoder().encode
 
@@ -123,3 +128,47 @@ class PublishLimits:
             "publish_limit_clients": len(self._buckets),
             "publish_limit_forgotten": self.forgotten,
         }
+
+
+class PresenceLimits:
+    """The presence buckets of one worker (requests only), keyed by clientId, in least-recently-used order."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = settings.presence_rate
+        self.burst = settings.presence_burst
+        self.max_clients = settings.publish_limit_clients
+        self._jwt = settings.auth == "jwt"
+        self._clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self.refused = 0
+
+    def charge(self, caller: Identity) -> None:
+        """Spend one request from the caller's bucket, or raise 429 ``rate_limited`` (with ``Retry-After``) and spend
+        nothing. API keys and JWT admins are not limited (as :meth:`PublishLimits.trusted`)."""
+        if not self.rate or caller.kind == "api_key" or (self._jwt and caller.admin):
+            return
+        now = self._clock()
+        bucket = self._buckets.get(caller.client_id)
+        if bucket is None:
+            bucket = self._buckets[caller.client_id] = _Bucket(self.burst, 0, now)
+            if len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(caller.client_id)
+            bucket.messages = min(self.burst, bucket.messages + (now - bucket.at) * self.rate)
+            bucket.at = now
+        if bucket.messages < 1:
+            self.refused += 1
+            seconds = max(1, math.ceil((1 - bucket.messages) / self.rate))
+            raise HttpError(
+                429,
+                "rate_limited",
+                f"this client asks for presence faster than its limit allows; retry in {seconds} s",
+                {"limit": "presence", "retryAfter": seconds},
+                retry_after=seconds,
+            )
+        bucket.messages -= 1
+
+    def counters(self) -> dict[str, int]:
+        """For ``/metrics``: refusals and the buckets held."""
+        return {"presence_rate_limited": self.refused, "presence_limit_clients": len(self._buckets)}

@@ -140,6 +140,8 @@ METRICS: Final[tuple[MetricDoc, ...]] = (
     _c("publish_rate_limited", "Publishes refused by the per-client rate limits (429 rate_limited)"),
     _g("publish_limit_clients", "Per-client rate-limit buckets held"),
     _c("publish_limit_forgotten", "Rate-limit buckets forgotten past SSE_FAST_PUBLISH_LIMIT_CLIENTS"),
+    _c("presence_rate_limited", "Presence requests refused by the per-client rate limit (429 rate_limited)"),
+    _g("presence_limit_clients", "Per-client presence rate-limit buckets held"),
     # The scheduler
     _g("scheduler_running", "Tasks running"),
     _g("scheduler_waiting", "Tasks waiting for a slot"),

@@ -55,7 +55,7 @@ from sse_fast.server.auth import Authenticator, Identity, canonical_path
 from sse_fast.server.commands import CommandService
 from sse_fast.server.handshake import Handshake, cursor_of
 from sse_fast.server.http import HttpError, Request, Response, Route, StreamResponse, api_route, json_response
-from sse_fast.server.limits import PublishLimits
+from sse_fast.server.limits import PresenceLimits, PublishLimits
 from sse_fast.server.metrics import Metrics
 from sse_fast.server.static import StaticFiles
 from sse_fast.server.tickets import TicketService
@@ -226,6 +226,8 @@ class Api:
         self.limits = PublishLimits(settings)
         self.access = AccessLog(settings.access_log)
         metrics.add_source(self.limits.counters)
+        self.presence_limits = PresenceLimits(settings)
+        metrics.add_source(self.presence_limits.counters)
         self.routes = self._routes()
         self._openapi: bytes | None = None
 
@@ -258,7 +260,7 @@ class Api:
                       {200: list[ConnectionInfo], 503: _E}),
             api_route("GET", "/api/presence", self.presence,
                       "Who receives a topic now, and how many (admin, or a topics grant covering it)", None,
-                      {200: PresenceAnswer, 503: _E}, query=_PRESENCE_QUERY),
+                      {200: PresenceAnswer, 429: _E, 503: _E}, query=_PRESENCE_QUERY),
             *self.commands.routes(),
             *self.tickets.routes(),
             *self.static.routes(),
@@ -588,12 +590,16 @@ class Api:
     async def presence(self, req: Request) -> Response:
         """``GET /api/presence?topic=...&scope=...&limit=...``: the clients whose streams receive ``topic`` now
         (:meth:`Broker.presence`), for an admin or a caller whose ``topics`` grants cover it (else 403
-        ``topic_not_granted``, as the stream would refuse it: presence tells no more than subscribing would)."""
+        ``topic_not_granted``, as the stream would refuse it). It tells more than subscribing would: the clientIds of
+        every stream the topic reaches, admins' wildcard monitors included (docs/protocol.md section 11). Each
+        client's requests are rate-limited (:class:`~sse_fast.server.limits.PresenceLimits`): each answer walks
+        every row."""
         caller = self._caller(req)
         topic = _presence_topic(req.query.get("topic"))
         if not self.auth.can_subscribe(caller, topic):
             raise HttpError(403, "topic_not_granted", f"not allowed to subscribe to {topic}", {"topic": topic})
         scope, limit = _presence_scope(req.query.get("scope")), _presence_limit(req.query.get("limit"))
+        self.presence_limits.charge(caller)  # each answer walks every row: see server/limits.py
         return json_response(200, await self.broker.presence(topic, scope=scope, limit=limit))
 
     async def healthz(self, req: Request) -> Response:
