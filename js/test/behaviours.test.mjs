@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { after, before, describe, test } from "node:test";
-import { JWT_ENV, SDK, Server, jwt, launchBrowser, openPage, waitFor } from "./helpers.mjs";
+import { JWT_ENV, SDK, jwt, launchBrowser, openPage, waitFor, withServer } from "./helpers.mjs";
 
 /** @type {any} */
 let browser;
@@ -15,19 +15,6 @@ before(async () => {
 after(async () => {
   await browser?.cleanup();
 });
-
-/** Start a server for one test and always stop it. */
-async function withServer(env, fn) {
-  const server = await Server.start(env);
-  try {
-    await fn(server);
-  } catch (err) {
-    err.message += `\n--- server output ---\n${server.output.slice(-4000)}`;
-    throw err;
-  } finally {
-    server.kill();
-  }
-}
 
 /**
  * A small real HTTP server for what sse-fast never answers: it serves a blank page and the SDK, and hands every

@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { JWT_ENV, ROOT, Server, freePort, jwt, launchBrowser, openPage, readmeBlock, waitFor } from "./helpers.mjs";
+import { JWT_ENV, ROOT, Server, freePort, jwt, launchBrowser, openPage, readmeBlock, waitFor, withServer } from "./helpers.mjs";
 
 const run = promisify(execFile);
 
@@ -18,19 +18,6 @@ before(async () => {
 after(async () => {
   await browser?.cleanup();
 });
-
-/** Start a server for one test and always stop it. */
-async function withServer(env, fn) {
-  const server = await Server.start(env);
-  try {
-    await fn(server);
-  } catch (err) {
-    err.message += `\n--- server output ---\n${server.output.slice(-4000)}`;
-    throw err;
-  } finally {
-    server.kill();
-  }
-}
 
 /** Evaluate `fn(arg)` on `page` until it returns something truthy. */
 const until = (page, fn, arg, what) => waitFor(() => page.evaluate(fn, arg), 15000, what);

@@ -148,6 +148,23 @@ export function jwt(claims) {
   return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
 }
 
+/**
+ * Start a server (`Server.start(env, options)`) for one test, run `fn(server)`, and always stop it; a failure
+ * carries the end of the server's output.
+ * @param {Record<string, string>} env @param {(server: Server) => Promise<void>} fn @param {any} [options]
+ */
+export async function withServer(env, fn, options) {
+  const server = await Server.start(env, options);
+  try {
+    await fn(server);
+  } catch (err) {
+    if (err instanceof Error) err.message += `\n--- server output ---\n${server.output.slice(-4000)}`;
+    throw err;
+  } finally {
+    server.kill();
+  }
+}
+
 export const JWT_ENV = { SSE_FAST_AUTH: "jwt", SSE_FAST_JWT_SECRET: SECRET };
 
 /** Headless Debian Chromium with a fresh profile, quiet on the network; `args` are added to its flags. */

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { Server, launchBrowser, openPage, waitFor } from "./helpers.mjs";
+import { launchBrowser, openPage, waitFor, withServer } from "./helpers.mjs";
 
 const CLIENTS = 10; // more than HTTP/1.1's six connections per host
 
@@ -42,17 +42,7 @@ after(async () => {
 });
 
 /** Start an https server (`--http` as given) for one test and always stop it. */
-async function withTlsServer(http, fn) {
-  const server = await Server.start({}, { tls: { ...tls, http } });
-  try {
-    await fn(server);
-  } catch (err) {
-    err.message += `\n--- server output ---\n${server.output.slice(-4000)}`;
-    throw err;
-  } finally {
-    server.kill();
-  }
-}
+const withTlsServer = (http, fn) => withServer({}, fn, { tls: { ...tls, http } });
 
 /** A page on the https server's origin with CLIENTS fetch-transport clients (c0 … c9) opening at once. */
 async function openClients(server) {
