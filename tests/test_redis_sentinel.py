@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -183,3 +184,42 @@ async def test_a_failover_under_load_loses_nothing_silently_and_503s_last_at_mos
             answer = httpx.post(f"{a.url}/api/messages", json={"type": "json", "topic": "load", "payload": "x"})
             assert answer.status_code == 202, answer.text
             await stream.wait_for(lambda s: [e["payload"] for e in s.envelopes("json")] == ["x"])
+
+
+async def test_with_wait_replicas_a_publish_says_whether_the_replica_confirmed_it_and_a_retry_is_deduplicated(
+    tmp_path: Path,
+) -> None:
+    wait = {"SSE_FAST_REDIS_WAIT_REPLICAS": "1", "SSE_FAST_REDIS_WAIT_TIMEOUT": "0.2"}
+    with (
+        running_sentinels(tmp_path) as group,
+        nodes(tmp_path, group, 1, **wait) as (waits,),
+        nodes(tmp_path, group, 1) as (plain,),
+    ):
+        body = {"id": "w-1", "type": "json", "topic": "t", "payload": 1}
+        answer = httpx.post(f"{waits.url}/api/messages", json=body, timeout=10)
+        assert (answer.status_code, answer.json()["replicated"]) == (202, True), answer.text
+        broadcast = httpx.post(f"{waits.url}/api/broadcast", json={"message": {"type": "json", "payload": 2}})
+        assert (broadcast.status_code, broadcast.json()["replicated"]) == (202, True), broadcast.text
+        unwaited = httpx.post(f"{plain.url}/api/messages", json={"type": "json", "payload": 3}, timeout=10)
+        assert unwaited.status_code == 202, unwaited.text
+        assert "replicated" not in unwaited.json(), "without the setting the answer does not say"
+
+        assert group.replica.proc is not None
+        group.replica.proc.send_signal(signal.SIGSTOP)  # the replica stops acknowledging
+        try:
+            body = {"id": "w-2", "type": "json", "topic": "t", "payload": 4}
+            started = time.monotonic()
+            answer = httpx.post(f"{waits.url}/api/messages", json=body, timeout=10)
+            assert (answer.status_code, answer.json()["replicated"]) == (202, False), answer.text
+            assert time.monotonic() - started < HANG
+            again = httpx.post(f"{waits.url}/api/messages", json=body, timeout=10)
+            assert (again.status_code, again.json()["duplicate"]) == (200, True), again.text
+        finally:
+            group.replica.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while True:  # the replica catches up, and confirms again
+            answer = httpx.post(f"{waits.url}/api/messages", json={"type": "json", "payload": 5}, timeout=10)
+            assert answer.status_code == 202, answer.text
+            if answer.json()["replicated"]:
+                break
+            assert time.monotonic() < deadline, "the replica never confirmed again"

@@ -599,3 +599,10 @@ def test_malformed_sentinel_urls_say_what_is_wrong(url: str, why: str) -> None:
 def test_a_sentinel_url_is_shown_without_its_password() -> None:
     s = Settings.from_env({"SSE_FAST_BROKER": "redis+sentinel://app:hunter2hunter2@s1:26379/m"})
     assert "broker='redis+sentinel://app:***@s1:26379/m'" in repr(s)
+
+
+def test_the_replica_wait_must_answer_before_a_redis_call_times_out() -> None:
+    assert problems_of({"SSE_FAST_REDIS_WAIT_TIMEOUT": "2.5"}) == [
+        "SSE_FAST_REDIS_WAIT_TIMEOUT='2.5': expected at most 2 s (a Redis call times out after 3 s)"
+    ]
+    assert Settings.from_env({"SSE_FAST_REDIS_WAIT_TIMEOUT": "2"}).redis_wait_timeout == 2.0

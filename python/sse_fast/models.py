@@ -324,6 +324,14 @@ class PublishAnswer(msgspec.Struct, kw_only=True, rename="camel"):
     delivered: Annotated[int, Meta(ge=0, description="Connections written to (on this node).")]
     queued: bool = False
     duplicate: bool | UnsetType = UNSET
+    replicated: Annotated[
+        bool | UnsetType,
+        Meta(
+            description="Only with SSE_FAST_REDIS_WAIT_REPLICAS: whether that many replicas confirmed the write within "
+            "SSE_FAST_REDIS_WAIT_TIMEOUT (false: accepted, but a failover before they catch up may lose it; a retry "
+            "with the same id is deduplicated)."
+        ),
+    ] = UNSET
 
 
 class DuplicateAnswer(msgspec.Struct, kw_only=True, rename="camel"):
@@ -342,6 +350,14 @@ class BroadcastAnswer(msgspec.Struct, kw_only=True, rename="camel"):
     success: bool = True
     sent_count: Annotated[int, Meta(ge=0, description="Connections written to (on this node).")]
     message_id: MessageId
+    replicated: Annotated[
+        bool | UnsetType,
+        Meta(
+            description="Only with SSE_FAST_REDIS_WAIT_REPLICAS: whether that many replicas confirmed the write within "
+            "SSE_FAST_REDIS_WAIT_TIMEOUT (false: accepted, but a failover before they catch up may lose it; a retry "
+            "with the same id is deduplicated)."
+        ),
+    ] = UNSET
 
 
 class AckAnswer(msgspec.Struct, kw_only=True):

@@ -269,7 +269,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = 0
     redis_wait_timeout: Annotated[
-        Seconds, _doc("How long a publish waits for `SSE_FAST_REDIS_WAIT_REPLICAS`.", unit="s", gt=0)
+        Seconds, _doc("How long a publish waits for `SSE_FAST_REDIS_WAIT_REPLICAS` (at most 2 s).", unit="s", gt=0)
     ] = 0.5
 
     def __post_init__(self) -> None:
@@ -567,6 +567,9 @@ def _check_broker(s: Any) -> list[tuple[str, str]]:
             problems.append(("broker", str(exc)))
     elif broker != "memory" and not any(broker.startswith(p) and len(broker) > len(p) for p in _BROKER_SCHEMES):
         problems.append(("broker", "expected `memory`, a redis://, rediss:// or unix:// URL, or redis+sentinel://"))
+    if isinstance(s.redis_wait_timeout, float) and s.redis_wait_timeout > 2:
+        # A Redis call fails after 3 s (socket timeout): the WAIT must answer well before that.
+        problems.append(("redis_wait_timeout", "expected at most 2 s (a Redis call times out after 3 s)"))
     if broker == "memory" and isinstance(s.workers, int) and s.workers > 1:
         problems.append(
             (

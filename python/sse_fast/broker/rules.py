@@ -81,12 +81,14 @@ OPEN: Final = frozenset({"pending", "delivered"})
 
 @dataclass(slots=True)
 class Accepted:
-    """What a publish did: ``delivered`` connections on this node, ``queued`` in an offline mailbox."""
+    """What a publish did: ``delivered`` connections on this node, ``queued`` in an offline mailbox; ``replicated``
+    whether the replicas a Redis broker waits for confirmed it (None: it does not wait)."""
 
     message_id: str
     delivered: int
     queued: bool
     duplicate: bool = False
+    replicated: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,9 @@ class PublishAnswer(_PublishAnswer):
 
     ``message_id`` is the id the message was accepted under; ``delivered`` the connections written to (on the node
     that took it); ``queued`` whether it waits in an offline client's mailbox; ``duplicate`` whether the server had
-    already accepted this id from this source (nothing was sent again).
+    already accepted this id from this source (nothing was sent again); ``replicated``, when the server waits for
+    Redis replicas (``SSE_FAST_REDIS_WAIT_REPLICAS``), whether they confirmed the write in time (``False``: retry with
+    the same ``message_id`` if it matters; the repeat is deduplicated), else ``msgspec.UNSET``.
     """
 
     duplicate: bool = False

@@ -484,6 +484,8 @@ class Api:
         if accepted.duplicate:
             return _duplicate(accepted)
         answer = PublishAnswer(message_id=accepted.message_id, delivered=accepted.delivered, queued=accepted.queued)
+        if accepted.replicated is not None:
+            answer.replicated = accepted.replicated
         return json_response(202, answer)
 
     async def accept(self, caller: Identity, envelope: Envelope, *, exclude: str | None = None) -> Accepted:
@@ -530,7 +532,10 @@ class Api:
         accepted = await self._accept(caller, envelope, exclude=body.exclude_client_id)
         if accepted.duplicate:
             return _duplicate(accepted)
-        return json_response(202, BroadcastAnswer(sent_count=accepted.delivered, message_id=accepted.message_id))
+        answer = BroadcastAnswer(sent_count=accepted.delivered, message_id=accepted.message_id)
+        if accepted.replicated is not None:
+            answer.replicated = accepted.replicated
+        return json_response(202, answer)
 
     async def command(self, req: Request) -> Response:
         """``POST /api/commands``: to the scheduler, or relayed to ``target`` like a message."""

@@ -47,7 +47,7 @@ from sse_fast.broker import rules as rules
 from sse_fast.broker.base import Broker
 from sse_fast.broker.redis import keys as keys
 from sse_fast.broker.redis import scripts as scripts
-from sse_fast.broker.redis.connection import async_client, refuse_cluster, sync_client
+from sse_fast.broker.redis.connection import async_client, sync_client
 from sse_fast.broker.redis.host import text as _text
 from sse_fast.broker.redis.presence import CONNECTIONS_REFRESH, NODE_TTL, PRESENCE_TTL, Presence
 from sse_fast.broker.redis.pubsub import PubSub
@@ -162,6 +162,7 @@ class RedisBroker(Broker):
         self._last_rows = 0.0
         self.mailbox_dropped = 0
         self.resets = 0
+        self.unreplicated = 0
         self.reconnects = 0
         self.lagged = 0
 
@@ -177,7 +178,6 @@ class RedisBroker(Broker):
         while True:
             try:
                 with sync_client(self.url, socket_timeout=3, socket_connect_timeout=2) as client:
-                    refuse_cluster(client)
                     epoch, floor, failover = client.eval(scripts.INIT, 4, *_INIT_KEYS, secrets.token_hex(4))
                     try:
                         last = client.xinfo_stream(keys.LOG)["last-generated-id"]
@@ -269,16 +269,32 @@ class RedisBroker(Broker):
         dedupe = rules.dedupes(chosen_id=chosen_id)
         if envelope.ephemeral:
             return await self._publish_ephemeral(envelope, data, exclude, dedupe=dedupe)
-        entry_id, queued = await self._append(envelope, data, exclude=exclude, dedupe=dedupe, track=True)
+        waits = self.settings.redis_wait_replicas > 0
+        entry_id, queued, replicated = await self._append(
+            envelope, data, exclude=exclude, dedupe=dedupe, track=True, wait=waits
+        )
         if not entry_id:
             self.duplicates += 1
             return rules.duplicate(envelope)
-        return Accepted(envelope.id or "", await self._delivered(entry_id), queued)
+        return Accepted(envelope.id or "", await self._delivered(entry_id), queued, replicated=replicated)
 
     async def _append(
-        self, envelope: Envelope, data: bytes, *, exclude: str | None, dedupe: bool, track: bool, mailbox: bool = True
-    ) -> tuple[bytes, bool]:
-        """XADD one envelope (with dedupe, mailbox and ack tracking); ``b""`` as the id when it is a duplicate."""
+        self,
+        envelope: Envelope,
+        data: bytes,
+        *,
+        exclude: str | None,
+        dedupe: bool,
+        track: bool,
+        mailbox: bool = True,
+        wait: bool = False,
+    ) -> tuple[bytes, bool, bool | None]:
+        """XADD one envelope (with dedupe, mailbox and ack tracking); ``b""`` as the id when it is a duplicate.
+
+        With ``wait``, the script and a ``WAIT`` for ``SSE_FAST_REDIS_WAIT_REPLICAS`` go in one pipeline, on one
+        connection (``WAIT`` waits for that connection's writes): the third value says whether the replicas
+        confirmed the write in time (None without ``wait``).
+        """
         message_id = envelope.id or ""
         target = envelope.target
         fields: list[Any] = [b"d", data, b"e", envelope.type, b"p", envelope.priority, b"n", self.node_id]
@@ -326,12 +342,21 @@ class RedisBroker(Broker):
             s.replay_bytes,  # the bytes of all mailboxes, as the memory broker bounds them
             *fields,
         ]
-        entry_id, queued, dropped = await self._call(self._scripts["publish"](keys=names, args=args))
+        replicated: bool | None = None
+        if wait:
+            pipe = self._redis.pipeline(transaction=False)
+            await self._scripts["publish"](keys=names, args=args, client=pipe)
+            pipe.wait(s.redis_wait_replicas, max(1, int(s.redis_wait_timeout * 1000)))
+            (entry_id, queued, dropped), confirmed = await self._call(pipe.execute())
+            replicated = int(confirmed) >= s.redis_wait_replicas
+            self.unreplicated += not replicated
+        else:
+            entry_id, queued, dropped = await self._call(self._scripts["publish"](keys=names, args=args))
         if entry_id == b"in_use":
             raise rules.refuse_id_in_use()
         self.published += 1
         self.mailbox_dropped += int(dropped)
-        return (entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()), bool(queued)
+        return (entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()), bool(queued), replicated
 
     async def _delivered(self, entry_id: bytes) -> int:
         """Connections on this node that the entry reached, once this node's reader has routed it."""
