@@ -47,7 +47,7 @@ from sse_fast.broker import rules as rules
 from sse_fast.broker.base import Broker
 from sse_fast.broker.redis import keys as keys
 from sse_fast.broker.redis import scripts as scripts
-from sse_fast.broker.redis.connection import async_client, sync_client
+from sse_fast.broker.redis.connection import async_client, refuse_cluster, sync_client
 from sse_fast.broker.redis.host import text as _text
 from sse_fast.broker.redis.presence import CONNECTIONS_REFRESH, NODE_TTL, PRESENCE_TTL, Presence
 from sse_fast.broker.redis.pubsub import PubSub
@@ -178,6 +178,7 @@ class RedisBroker(Broker):
         while True:
             try:
                 with sync_client(self.url, socket_timeout=3, socket_connect_timeout=2) as client:
+                    refuse_cluster(client)
                     epoch, floor, failover = client.eval(scripts.INIT, 4, *_INIT_KEYS, secrets.token_hex(4))
                     try:
                         last = client.xinfo_stream(keys.LOG)["last-generated-id"]
