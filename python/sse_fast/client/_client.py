@@ -47,7 +47,7 @@ class ClientStats:
     """Frames that were not a valid envelope, and streams broken by an oversized line."""
     handler_errors: int
     gaps: int
-    """Resumes the server could not serve (``unknown_cursor``, ``expired``): messages may have been lost."""
+    """Resumes the server could not serve (``unknown_cursor``, ``expired``, ``failover``): messages may be lost."""
     heartbeats: int
     unclaimed: int
     """Messages dropped from the buffer held for the first :meth:`Client.messages` iterator (``queue_size``) while
