@@ -34,6 +34,14 @@ def nodes(tmp_path: Path, group: SentinelGroup, n: int, **env: str) -> Iterator[
         ]
 
 
+def metric(server: Server, name: str) -> float:
+    """The value of a counter on one node (one worker: one sample)."""
+    for line in httpx.get(f"{server.url}/metrics", timeout=5).text.splitlines():
+        if line.startswith((f"{name} ", f"{name}{{")):
+            return float(line.rsplit(maxsplit=1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 @dataclass
 class Ledger:
     """Every request's outcome, with when it was answered."""
@@ -178,6 +186,7 @@ async def test_a_failover_under_load_loses_nothing_silently_and_503s_last_at_mos
         for s in subscribers:
             reasons = [detail.get("reason") for _, detail in s.connects[1:] if detail["resumed"] is False]
             assert "failover" in reasons, (s.client_id, s.connects)
+        assert [metric(node, "sse_fast_broker_failovers_total") for node in (a, b)] == [1, 1]
         # After the failover the cluster works as before, on both nodes.
         async with open_stream(b.url, client_id="after", topics="load") as stream:
             await stream.wait_for(lambda s: bool(s.system("connect")))
@@ -214,6 +223,7 @@ async def test_with_wait_replicas_a_publish_says_whether_the_replica_confirmed_i
             assert time.monotonic() - started < HANG
             again = httpx.post(f"{waits.url}/api/messages", json=body, timeout=10)
             assert (again.status_code, again.json()["duplicate"]) == (200, True), again.text
+            assert metric(waits, "sse_fast_publish_unreplicated_total") == 1
         finally:
             group.replica.proc.send_signal(signal.SIGCONT)
         deadline = time.monotonic() + 15

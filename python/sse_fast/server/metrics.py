@@ -131,6 +131,8 @@ METRICS: Final[tuple[MetricDoc, ...]] = (
     _c("broker_reconnects", "Times Redis answered again after being unreachable" + _REDIS),
     _c("broker_resets", "Times Redis came back without its data: streams closed to resume (told expired)" + _REDIS),
     _c("broker_lagged", "Times this worker's reader fell behind the trimmed log (disconnect reason lagged)" + _REDIS),
+    _c("broker_failovers", "Sentinel failovers this worker saw: streams closed to resume (told failover)" + _REDIS),
+    _c("publish_unreplicated", "Publishes answered replicated: false (SSE_FAST_REDIS_WAIT_REPLICAS)" + _REDIS),
     # Stream tickets and publish limits
     _g("tickets_held", "Stream tickets waiting to be used on this worker" + _MEMORY),
     _g("cluster_tickets_held", "Stream tickets waiting to be used in the cluster, as this worker last saw" + _REDIS),

@@ -163,6 +163,7 @@ class RedisBroker(Broker):
         self.mailbox_dropped = 0
         self.resets = 0
         self.unreplicated = 0
+        self.failovers = 0
         self.reconnects = 0
         self.lagged = 0
 
@@ -350,7 +351,7 @@ class RedisBroker(Broker):
             pipe.wait(s.redis_wait_replicas, max(1, int(s.redis_wait_timeout * 1000)))
             (entry_id, queued, dropped), confirmed = await self._call(pipe.execute())
             replicated = int(confirmed) >= s.redis_wait_replicas
-            self.unreplicated += not replicated
+            self.unreplicated += not replicated and entry_id not in (b"", b"in_use")
         else:
             entry_id, queued, dropped = await self._call(self._scripts["publish"](keys=names, args=args))
         if entry_id == b"in_use":
@@ -434,6 +435,7 @@ class RedisBroker(Broker):
         each client resumes from its cursor and is told ``expired`` or ``failover`` (it may have lost messages)
         instead of silently missing them."""
         self.resets += 1
+        self.failovers += reason == "failover"
         self._floor = floor
         self._last_seq = max(self._last_seq, floor)
         assert self.streams is not None
@@ -837,4 +839,6 @@ class RedisBroker(Broker):
             "broker_reconnects": self.reconnects,
             "broker_resets": self.resets,
             "broker_lagged": self.lagged,
+            "broker_failovers": self.failovers,
+            "publish_unreplicated": self.unreplicated,
         }
