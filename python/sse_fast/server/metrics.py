@@ -129,7 +129,11 @@ METRICS: Final[tuple[MetricDoc, ...]] = (
     _g("cluster_nodes", "Workers of the cluster with a live heartbeat" + _REDIS),
     _g("broker_up", "1 while Redis answers, 0 while it is unreachable" + _REDIS),
     _c("broker_reconnects", "Times Redis answered again after being unreachable" + _REDIS),
-    _c("broker_resets", "Times Redis came back without its data: streams closed to resume (told expired)" + _REDIS),
+    _c(
+        "broker_resets",
+        "Times Redis came back without its data or a replica took over (those also in broker_failovers): streams "
+        "closed to resume (told expired or failover)" + _REDIS,
+    ),
     _c("broker_lagged", "Times this worker's reader fell behind the trimmed log (disconnect reason lagged)" + _REDIS),
     _c("broker_failovers", "Sentinel failovers this worker saw: streams closed to resume (told failover)" + _REDIS),
     _c("publish_unreplicated", "Publishes answered replicated: false (SSE_FAST_REDIS_WAIT_REPLICAS)" + _REDIS),

@@ -104,7 +104,7 @@
  * @property {number} duplicates Messages suppressed because their id was seen already.
  * @property {number} invalid Frames that were not an envelope.
  * @property {number} handlerErrors
- * @property {number} gaps Resumes the server could not serve (`unknown_cursor`, `expired`).
+ * @property {number} gaps Resumes the server could not serve (`unknown_cursor`, `expired`, `failover`).
  * @property {number} heartbeats
  * @property {Record<string, number>} byType
  * @property {number} uptime ms since the current connection was established (0 when not connected).
