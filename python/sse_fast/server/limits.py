@@ -58,6 +58,54 @@ class _Bucket:
         self.at = at
 
 
+def _trusted(caller: Identity, jwt: bool) -> bool:
+    """Whether ``caller`` is never limited: an API key, or a JWT admin (under ``auth = none`` nobody is checked, so
+    nobody is trusted)."""
+    return caller.kind == "api_key" or (jwt and caller.admin)
+
+
+class _Buckets:
+    """Token buckets keyed by clientId, in least-recently-used order: at most ``max_clients``, past it the least
+    recently active is forgotten (it would have refilled anyway unless that many clients spend within
+    ``burst / rate``). A new bucket starts full; each :meth:`take` refills it for the time since the last."""
+
+    def __init__(
+        self,
+        max_clients: int,
+        clock: Callable[[], float],
+        burst: float,
+        rate: float,
+        burst_bytes: float,
+        bytes_rate: float,
+    ) -> None:
+        self.max_clients = max_clients
+        self.burst, self.rate = burst, rate
+        self.burst_bytes, self.bytes_rate = burst_bytes, bytes_rate
+        self._clock = clock
+        self._held: OrderedDict[str, _Bucket] = OrderedDict()
+        self.forgotten = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def take(self, client_id: str) -> _Bucket:
+        """The client's bucket, refilled up to now (the caller spends from it)."""
+        now = self._clock()
+        bucket = self._held.get(client_id)
+        if bucket is None:
+            bucket = self._held[client_id] = _Bucket(self.burst, self.burst_bytes, now)
+            if len(self._held) > self.max_clients:
+                self._held.popitem(last=False)
+                self.forgotten += 1
+            return bucket
+        self._held.move_to_end(client_id)
+        elapsed = now - bucket.at
+        bucket.messages = min(self.burst, bucket.messages + elapsed * self.rate)
+        bucket.bytes = min(self.burst_bytes, bucket.bytes + elapsed * self.bytes_rate)
+        bucket.at = now
+        return bucket
+
+
 class PublishLimits:
     """The publish buckets of one worker, keyed by clientId, in least-recently-used order."""
 
@@ -68,14 +116,12 @@ class PublishLimits:
         self.burst_bytes = settings.publish_burst_bytes
         self.max_clients = settings.publish_limit_clients
         self._jwt = settings.auth == "jwt"
-        self._clock = clock
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets = _Buckets(self.max_clients, clock, self.burst, self.rate, self.burst_bytes, self.bytes_rate)
         self.refused = 0
-        self.forgotten = 0
 
     def trusted(self, caller: Identity) -> bool:
         """Whether ``caller`` publishes without limits: an API key, or a JWT admin."""
-        return caller.kind == "api_key" or (self._jwt and caller.admin)
+        return _trusted(caller, self._jwt)
 
     def charge(self, caller: Identity, envelope: Envelope) -> None:
         """Spend one message and the envelope's encoded size from the caller's buckets, or raise 429
@@ -85,7 +131,7 @@ class PublishLimits:
         # A message may be a little larger than the body limit once stamped (id, timestamp, source); capped at the
         # burst it still passes, with full buckets.
         size = min(len(_encode(envelope)), self.burst_bytes) if self.bytes_rate else 0
-        bucket = self._refill(caller.client_id)
+        bucket = self._buckets.take(caller.client_id)
         wait = 0.0
         if self.rate and bucket.messages < 1:
             wait = (1 - bucket.messages) / self.rate
@@ -105,28 +151,12 @@ class PublishLimits:
         bucket.messages -= 1
         bucket.bytes -= size
 
-    def _refill(self, client_id: str) -> _Bucket:
-        now = self._clock()
-        bucket = self._buckets.get(client_id)
-        if bucket is None:
-            bucket = self._buckets[client_id] = _Bucket(self.burst, self.burst_bytes, now)
-            if len(self._buckets) > self.max_clients:
-                self._buckets.popitem(last=False)
-                self.forgotten += 1
-            return bucket
-        self._buckets.move_to_end(client_id)
-        elapsed = now - bucket.at
-        bucket.messages = min(self.burst, bucket.messages + elapsed * self.rate)
-        bucket.bytes = min(self.burst_bytes, bucket.bytes + elapsed * self.bytes_rate)
-        bucket.at = now
-        return bucket
-
     def counters(self) -> dict[str, int]:
         """For ``/metrics``: refusals, the buckets held, and the buckets forgotten past the limit."""
         return {
             "publish_rate_limited": self.refused,
             "publish_limit_clients": len(self._buckets),
-            "publish_limit_forgotten": self.forgotten,
+            "publish_limit_forgotten": self._buckets.forgotten,
         }
 
 
@@ -136,27 +166,16 @@ class PresenceLimits:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = settings.presence_rate
         self.burst = settings.presence_burst
-        self.max_clients = settings.publish_limit_clients
         self._jwt = settings.auth == "jwt"
-        self._clock = clock
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets = _Buckets(settings.publish_limit_clients, clock, self.burst, self.rate, 0, 0)
         self.refused = 0
 
     def charge(self, caller: Identity) -> None:
         """Spend one request from the caller's bucket, or raise 429 ``rate_limited`` (with ``Retry-After``) and spend
         nothing. API keys and JWT admins are not limited (as :meth:`PublishLimits.trusted`)."""
-        if not self.rate or caller.kind == "api_key" or (self._jwt and caller.admin):
+        if not self.rate or _trusted(caller, self._jwt):
             return
-        now = self._clock()
-        bucket = self._buckets.get(caller.client_id)
-        if bucket is None:
-            bucket = self._buckets[caller.client_id] = _Bucket(self.burst, 0, now)
-            if len(self._buckets) > self.max_clients:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(caller.client_id)
-            bucket.messages = min(self.burst, bucket.messages + (now - bucket.at) * self.rate)
-            bucket.at = now
+        bucket = self._buckets.take(caller.client_id)
         if bucket.messages < 1:
             self.refused += 1
             seconds = max(1, math.ceil((1 - bucket.messages) / self.rate))
