@@ -154,7 +154,7 @@ soak-smoke: build ## The soak for 40 s (10 s warm-up, a sample every 2 s), in ma
 CHAOS_SECONDS ?= 180
 CHAOS_ARGS ?=
 
-chaos: build ## Chaos run, CHAOS_SECONDS (default 180) plus about a minute: ledger, RSS, p99, hangs (bench/results/chaos.md)
+chaos: build ## Chaos run, CHAOS_SECONDS (default 180) on Redis, half of it on Sentinel with a failover, a memory run (6 min): ledger, RSS, p99, hangs (bench/results/chaos.md)
 	CHAOS_SECONDS=$(CHAOS_SECONDS) $(PY) loadtest/chaos.py $(CHAOS_ARGS)
 
 chaos-smoke: build ## The chaos run in under a minute (57 s measured) with 30 subscribers, in make test (loadtest/results/chaos-smoke.md, ignored)

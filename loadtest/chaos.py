@@ -13,6 +13,11 @@ docs/reliability.md; in short:
   ``requireAck`` (the SDK acks) and a few ephemeral ones (not in the ledger);
 - a calm phase first (same load, no fault), then the chaos phase: forced reconnects and stalls all along, one node
   SIGKILLed and restarted on its port, Redis SIGKILLed and restarted;
+- then (not in --smoke; issue 18) the same on three nodes on ``redis+sentinel://`` (tests/_redis.py's
+  ``running_sentinels``: a primary, a replica, three sentinels, down-after-milliseconds 1000): one node killed and
+  restarted, then the primary SIGKILLed for good while the sentinels promote the replica. Every stream is closed and
+  resumes as ``resumed: false, reason: "failover"``; the 503s (publishes and probes) must span at most
+  down-after-milliseconds + 2 s;
 - while a node or Redis is down, probes publish and open streams on every node every 0.5 s: each must be answered
   (503, or connection refused for the dead node) within QUICK seconds, never hang.
 
@@ -39,7 +44,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,12 +60,18 @@ from sse_fast import Client, Message
 from sse_fast.client import ClientStats
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' Redis and Sentinel starters, one copy for both
+
+from _redis import RedisServer, SentinelGroup, running_sentinels  # noqa: E402
+from _servers import free_port  # noqa: E402
+
 BIN = Path(sys.executable).parent
 API_KEY = "chaos-api-key-0123456789abcdef"
 TOPICS = [f"chaos.t{i}" for i in range(10)]
 QUICK = 3.0  # seconds: an answer during an outage slower than this is a hang
 TIMEOUT = 5.0  # every request the run makes is bounded by this (a timeout is counted as a hang)
 SLACK = 1.0  # s: how far before the newest message a stream had received a gap may still cover a loss
+DOWN_AFTER_MS = 1000  # Sentinel's down-after-milliseconds in the failover run
 LATENCY_FLOOR = 0.025  # s: the calm p99 used for the 2x check is at least this (loopback p99s of a few ms are noise)
 NODE_ENV = {
     "SSE_FAST_API_KEYS": API_KEY,
@@ -74,13 +84,7 @@ NODE_ENV = {
     "SSE_FAST_SHUTDOWN_GRACE": "1",
 }
 log = logging.getLogger("chaos")
-STARTED: list[Redis | Node] = []  # killed on any exit, SIGTERM and SIGINT included
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+STARTED: list[RedisServer | Node] = []  # killed on any exit, SIGTERM and SIGINT included
 
 
 def now() -> float:
@@ -88,42 +92,6 @@ def now() -> float:
 
 
 # -- processes -------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Redis:
-    directory: Path
-    appendonly: bool = False
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not installed (.ci/run installs it)")
-        assert self.port != 6379, "never touch the shared Redis"
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence]
-        args += ["--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        STARTED.append(self)
-        deadline = now() + 10
-        while now() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
-            time.sleep(0.05)
-        raise SystemExit("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @dataclass
@@ -298,7 +266,7 @@ class Published:
 class Run:
     name: str
     nodes: list[Node]
-    redis: Redis | None
+    redis: RedisServer | None
     subs: list[Sub] = field(default_factory=list)
     published: dict[str, Published] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)  # publish outcome -> count
@@ -306,6 +274,8 @@ class Run:
     down: set[str] = field(default_factory=set)  # what is down now ("redis" or a node name)
     probes: list[tuple[str, str, float]] = field(default_factory=list)  # (what, outcome, seconds)
     hangs: int = 0
+    refused: list[float] = field(default_factory=list)  # when each 503 was answered (publishes and probes)
+    failover: tuple[float, float] | None = None  # (primary killed, every node accepts publishes again)
     loop_lag: list[tuple[float, float]] = field(default_factory=list)  # (time, seconds late)
     calm: tuple[float, float] = (0.0, 0.0)
     chaos: tuple[float, float] = (0.0, 0.0)
@@ -362,6 +332,8 @@ async def publisher(run: Run, http: httpx.AsyncClient, rate: float, stop: asynci
             run.hangs += 1
             run.count("slow during an outage (hang)")
         run.count(str(answer.status_code))
+        if answer.status_code == 503:
+            run.refused.append(now())
         if answer.status_code // 100 == 2 and not ephemeral:
             run.published[answer.json()["messageId"]] = Published(sent, topic, target, "requireAck" in message)
 
@@ -392,6 +364,8 @@ async def probe(run: Run, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
                 except httpx.HTTPError as err:
                     outcome = type(err).__name__
                 took = now() - started
+                if outcome == "503":
+                    run.refused.append(now())
                 if outcome == "timeout" or took > QUICK:
                     run.hangs += 1
                 label = f"{what} {node.name} while {' and '.join(sorted(run.down))} down"
@@ -457,7 +431,34 @@ async def outage(run: Run, what: str, kill: Any, start: Any, down_for: float) ->
     run.outages.append((down_at, now() + 5.0))
 
 
-async def chaos_run(run: Run, args: argparse.Namespace, *, kill_redis: bool) -> None:
+async def failover(run: Run, http: httpx.AsyncClient, group: SentinelGroup) -> None:
+    """SIGKILL the Sentinel primary for good; down until the sentinels promote the replica and every node publishes."""
+    killed = now()
+    run.down.add("primary")
+    await asyncio.to_thread(group.primary.kill)
+    run.note("Redis primary killed (SIGKILL); the sentinels are to promote the replica")
+    deadline = killed + 30
+    while await asyncio.to_thread(group.primary_port) != group.replica.port and now() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    run.note(f"sentinels name the replica ({now() - killed:.1f} s after the kill)")
+    pending = list(run.nodes)
+    while pending and now() < deadline:
+        node = pending[0]
+        with contextlib.suppress(httpx.HTTPError):
+            body = {"type": "json", "topic": "chaos.probe", "payload": "after-failover"}
+            if (await http.post(f"{node.url}/api/messages", json=body)).status_code // 100 == 2:
+                pending.pop(0)
+                continue
+        await asyncio.sleep(0.1)
+    run.down.discard("primary")
+    run.failover = (killed, now())
+    run.note(f"every node publishes again ({now() - killed:.1f} s after the kill){' NOT ALL' if pending else ''}")
+    run.outages.append((killed, now() + 5.0))
+
+
+async def chaos_run(
+    run: Run, args: argparse.Namespace, *, kill_redis: bool, sentinels: SentinelGroup | None = None
+) -> None:
     http = httpx.AsyncClient(timeout=TIMEOUT, headers={"X-API-Key": API_KEY}, limits=httpx.Limits(max_connections=64))
     stop_stalls, stop = asyncio.Event(), asyncio.Event()
     rng = random.Random(args.seed)
@@ -510,6 +511,9 @@ async def chaos_run(run: Run, args: argparse.Namespace, *, kill_redis: bool) -> 
         redis = run.redis
         await asyncio.sleep(max(0.0, chaos_start + args.chaos * 0.55 - now()))
         await outage(run, "redis", redis.kill, redis.start, args.down)
+    if sentinels is not None:
+        await asyncio.sleep(max(0.0, chaos_start + args.chaos * 0.55 - now()))
+        await failover(run, http, sentinels)
     await asyncio.sleep(max(0.0, chaos_start + args.chaos - now()))
     run.chaos = (chaos_start, now())
     stop.set()
@@ -616,6 +620,17 @@ def summarize(run: Run, rss_bound_mb: float, *, judge_latency: bool = True) -> d
         violations.append(f"p99 {summary['p99_chaos_ms']} ms during chaos > {bound * 1000:.0f} ms (2x calm)")
     if not chaos or not calm:
         violations.append("no latency samples")
+    if run.failover is not None:
+        killed, recovered = run.failover
+        refused = [t for t in run.refused if t >= killed]
+        window = max(refused) - min(refused) if refused else 0.0
+        summary["failover_503s"] = len(refused)
+        summary["failover_503_window_s"] = round(window, 2)
+        summary["failover_recovered_s"] = round(recovered - killed, 2)
+        if window > DOWN_AFTER_MS / 1000 + 2:
+            violations.append(f"503s for {window:.2f} s after the failover > down-after {DOWN_AFTER_MS} ms + 2 s")
+        if "failover" not in summary["gap_reasons"]:
+            violations.append("no resume was told reason failover")
     summary["violations"] = violations
     return summary
 
@@ -656,13 +671,19 @@ def markdown(summaries: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "hangs",
         "rss_max_mb",
         "publish_outcomes",
+        "failover_503s",
+        "failover_503_window_s",
+        "failover_recovered_s",
         "violations",
     ]
     for key in keys:
+        if not any(key in s for s in summaries):
+            continue
         lines.append(
             f"| {key} | "
             + " | ".join(
-                f"`{json.dumps(s[key])}`" if isinstance(s[key], (dict, list)) else str(s[key]) for s in summaries
+                f"`{json.dumps(s[key])}`" if isinstance(s.get(key), (dict, list)) else str(s.get(key, ""))
+                for s in summaries
             )
             + " |"
         )
@@ -672,7 +693,8 @@ def markdown(summaries: list[dict[str, Any]], args: argparse.Namespace) -> str:
 async def main_async(args: argparse.Namespace) -> int:
     directory = Path(tempfile.mkdtemp(prefix="sse-fast-chaos-"))
     summaries = []
-    redis = Redis(directory, appendonly=args.appendonly)
+    redis = RedisServer(directory, persistent=args.appendonly)
+    STARTED.append(redis)
     nodes: list[Node] = []
     try:
         redis.start()
@@ -687,6 +709,19 @@ async def main_async(args: argparse.Namespace) -> int:
         for node in nodes:
             node.kill()
         redis.kill()
+        if args.sentinel:
+            with running_sentinels(directory, down_after_ms=DOWN_AFTER_MS) as group:
+                STARTED.extend([group.primary, group.replica])
+                watched = [Node(f"sentinel-node{i}", directory, group.url) for i in range(3)]
+                nodes += watched
+                for node in watched:
+                    node.start()
+                half = argparse.Namespace(**{**vars(args), "calm": args.calm / 2, "chaos": args.chaos / 2})
+                run = Run("sentinel-3-nodes", watched, None)
+                await chaos_run(run, half, kill_redis=False, sentinels=group)
+                summaries.append(summarize(run, args.rss_bound_mb, judge_latency=not args.smoke))
+                for node in watched:
+                    node.kill()
         if args.memory:
             memory = Node("memory", directory, "memory")
             nodes.append(memory)
@@ -733,10 +768,17 @@ def main() -> int:
         help="Redis with --appendonly yes --appendfsync always: its restart keeps the log, so no gap is expected",
     )
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory-broker single node run")
+    p.add_argument(
+        "--no-sentinel",
+        dest="sentinel",
+        action="store_false",
+        help="skip the Sentinel failover run (the smoke always skips it)",
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "chaos"))
     args = p.parse_args()
     if args.smoke:
         args.seconds, args.subscribers = min(args.seconds, 20.0), min(args.subscribers, 30)
+        args.sentinel = False
         if args.out == str(ROOT / "bench" / "results" / "chaos"):
             args.out = str(ROOT / "loadtest" / "results" / "chaos-smoke")
     args.calm = max(5.0, args.seconds * 0.2)
