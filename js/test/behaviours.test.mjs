@@ -725,15 +725,20 @@ describe("the SDK's dispatcher in Chromium", () => {
 });
 
 describe("live topic changes in Chromium", () => {
+  /** tara's token (news.>, sport.*), an admin's publish to a topic, and tara's connection row. */
+  const tara = (server) => {
+    const admin = { Authorization: `Bearer ${jwt({ sub: "ops", admin: true })}` };
+    const send = async (topic, payload) => {
+      const [status] = await server.post("/api/messages", { type: "json", topic, payload }, admin);
+      assert.equal(status, 202);
+    };
+    const row = async () => (await server.get("/api/connections", admin))[1].find((c) => c.clientId === "tara");
+    return { send, row, token: jwt({ sub: "tara", topics: ["news.>", "sport.*"] }) };
+  };
+
   test("subscribeTopics/unsubscribeTopics change the live stream, and the client reconnects with the new set", async () => {
     await withServer({ ...JWT_ENV, SSE_FAST_MAX_CONNECTIONS_PER_CLIENT: "1" }, async (server) => {
-      const admin = { Authorization: `Bearer ${jwt({ sub: "ops", admin: true })}` };
-      const send = async (topic, payload) => {
-        const [status] = await server.post("/api/messages", { type: "json", topic, payload }, admin);
-        assert.equal(status, 202);
-      };
-      const row = async () => (await server.get("/api/connections", admin))[1].find((c) => c.clientId === "tara");
-      const token = jwt({ sub: "tara", topics: ["news.>", "sport.*"] });
+      const { send, row, token } = tara(server);
       const page = await openPage(browser, server);
       const changed = await page.evaluate(async (token) => {
         const c = (window.client = window.sdk.createClient({
@@ -788,13 +793,7 @@ describe("live topic changes in Chromium", () => {
 
   test("a change made while a reconnect is on its way reaches the stream that request opens", async () => {
     await withServer({ ...JWT_ENV, SSE_FAST_MAX_CONNECTIONS_PER_CLIENT: "1" }, async (server) => {
-      const admin = { Authorization: `Bearer ${jwt({ sub: "ops", admin: true })}` };
-      const send = async (topic, payload) => {
-        const [status] = await server.post("/api/messages", { type: "json", topic, payload }, admin);
-        assert.equal(status, 202);
-      };
-      const row = async () => (await server.get("/api/connections", admin))[1].find((c) => c.clientId === "tara");
-      const token = jwt({ sub: "tara", topics: ["news.>", "sport.*"] });
+      const { send, row, token } = tara(server);
       const page = await openPage(browser, server);
       await page.evaluate(async (token) => {
         const c = (window.client = window.sdk.createClient({
