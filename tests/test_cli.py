@@ -93,8 +93,15 @@ class Listener:
 
 @contextlib.asynccontextmanager
 async def listening(*args: str) -> AsyncIterator[Listener]:
+    # PYTHONFAULTHANDLER: a listener that does not stop on SIGINT is sent SIGABRT, and its Python stacks (on stderr)
+    # go into the failure (a CI run once saw one outlive its 10 s; no run here could repeat it).
     proc = await asyncio.create_subprocess_exec(
-        str(BIN / "sse-fast"), "listen", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        str(BIN / "sse-fast"),
+        "listen",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
     try:
         yield Listener(proc)
@@ -104,8 +111,9 @@ async def listening(*args: str) -> AsyncIterator[Listener]:
             try:
                 await asyncio.wait_for(proc.wait(), 10)
             except TimeoutError:
-                proc.kill()
-                await proc.wait()
+                proc.send_signal(signal.SIGABRT)
+                _, err = await asyncio.wait_for(proc.communicate(), 10)
+                raise AssertionError(f"listen ignored SIGINT for 10 s; its stacks:\n{err.decode()[-6000:]}") from None
 
 
 @pytest.mark.e2e
