@@ -94,7 +94,7 @@ class Listener:
 @contextlib.asynccontextmanager
 async def listening(*args: str) -> AsyncIterator[Listener]:
     # PYTHONFAULTHANDLER: a listener that does not stop on SIGINT is sent SIGABRT, and its Python stacks (on stderr)
-    # go into the failure (a CI run once saw one outlive its 10 s; no run here could repeat it).
+    # go into the failure.
     proc = await asyncio.create_subprocess_exec(
         str(BIN / "sse-fast"),
         "listen",
@@ -102,6 +102,9 @@ async def listening(*args: str) -> AsyncIterator[Listener]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        # A shell without job control starts background jobs with SIGINT ignored, and the child inherits that:
+        # give it back the default, as a terminal's Ctrl-C would find it (CI started with `.ci/run &` hit this).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         yield Listener(proc)

@@ -21,7 +21,7 @@ from sse_fast.broker import Broker
 from sse_fast.errors import ErrorBody
 from sse_fast.models import RecentAnswer
 from sse_fast.server.auth import Authenticator
-from sse_fast.server.http import HttpError, Request, Response, Route, api_route, json_response
+from sse_fast.server.http import HttpError, Request, Response, Route, api_route, json_response, parse_limit
 from sse_fast.settings import Settings
 
 __all__ = ["ADMIN_FILES", "CSP", "AdminService"]
@@ -55,11 +55,7 @@ def _static(name: str) -> bytes:
 
 def _limit(raw: str | None, cap: int) -> int:
     """``?limit=N``: 1 or more (else 400 ``invalid_limit``), capped at ``SSE_FAST_ADMIN_RECENT_MAX``."""
-    if raw is None or raw == "":
-        return min(_DEFAULT_LIMIT, cap)
-    if not raw.isdigit() or int(raw) < 1:
-        raise HttpError(400, "invalid_limit", "limit must be a whole number of at least 1", {"limit": raw[:32]})
-    return min(int(raw), cap)
+    return parse_limit(raw, default=min(_DEFAULT_LIMIT, cap), least=1, cap=cap)
 
 
 class AdminService:

@@ -18,7 +18,17 @@ from sse_fast.streams import Sink
 if TYPE_CHECKING:
     from sse_fast.server.auth import Identity
 
-__all__ = ["HttpError", "Request", "Response", "Route", "StreamResponse", "api_route", "json_response", "parse_query"]
+__all__ = [
+    "HttpError",
+    "Request",
+    "Response",
+    "Route",
+    "StreamResponse",
+    "api_route",
+    "json_response",
+    "parse_limit",
+    "parse_query",
+]
 
 _json = msgspec.json.Encoder()
 JSON_TYPE = "application/json"
@@ -125,6 +135,19 @@ def api_route(
 def json_response(status: int, body: Any, *, headers: list[tuple[str, str]] | None = None) -> Response:
     """Encode ``body`` (a msgspec Struct, dict, list, ...) as a JSON answer."""
     return Response(status, _json.encode(body), [("content-type", JSON_TYPE), *(headers or [])])
+
+
+def parse_limit(raw: str | None, *, default: int, least: int, cap: int) -> int:
+    """A ``?limit=N`` query value: ``default`` when absent or empty, else a whole number of at least ``least`` in
+    ASCII digits (else 400 ``invalid_limit``; ``str.isdigit`` alone admits ``'¹'``, which ``int`` refuses), capped at
+    ``cap``. A long run of digits is capped before ``int`` sees it (``int`` refuses more than 4,300 digits)."""
+    if raw is None or raw == "":
+        return default
+    digits = raw.lstrip("0")
+    if not raw.isascii() or not raw.isdigit() or (len(digits) < 10 and int(digits or "0") < least):
+        detail = f"limit must be a whole number of at least {least}"
+        raise HttpError(400, "invalid_limit", detail, {"limit": raw[:32]})
+    return cap if len(digits) >= 10 else min(int(digits or "0"), cap)
 
 
 def parse_query(query_string: str) -> dict[str, str]:

@@ -54,7 +54,16 @@ from sse_fast.server.admin import AdminService
 from sse_fast.server.auth import Authenticator, Identity, canonical_path
 from sse_fast.server.commands import CommandService
 from sse_fast.server.handshake import Handshake, cursor_of
-from sse_fast.server.http import HttpError, Request, Response, Route, StreamResponse, api_route, json_response
+from sse_fast.server.http import (
+    HttpError,
+    Request,
+    Response,
+    Route,
+    StreamResponse,
+    api_route,
+    json_response,
+    parse_limit,
+)
 from sse_fast.server.limits import PresenceLimits, PublishLimits
 from sse_fast.server.metrics import Metrics
 from sse_fast.server.static import StaticFiles
@@ -190,12 +199,7 @@ def _presence_scope(raw: str | None) -> PresenceScope:
 
 def _presence_limit(raw: str | None) -> int:
     """``?limit=``: 0 or more (else 400 ``invalid_limit``), capped at :data:`PRESENCE_MAX_LIMIT`."""
-    if raw is None or raw == "":
-        return PRESENCE_LIMIT
-    if not raw.isascii() or not raw.isdigit():
-        raise HttpError(400, "invalid_limit", "limit must be a whole number of at least 0", {"limit": raw[:32]})
-    digits = raw.lstrip("0")  # a long run of digits is capped before int() (which refuses over 4300 of them)
-    return PRESENCE_MAX_LIMIT if len(digits) > 4 else min(int(digits or "0"), PRESENCE_MAX_LIMIT)
+    return parse_limit(raw, default=PRESENCE_LIMIT, least=0, cap=PRESENCE_MAX_LIMIT)
 
 
 class Api:
