@@ -135,7 +135,8 @@ class Monitor:
 
 
 class Subscriber(asyncio.Protocol):
-    """One stream. Ready once its first complete frame (the ``connect`` frame) arrived."""
+    """One stream. Ready once a 200 and its first complete frame arrived, whatever that frame is: sse-fast's
+    ``connect`` event (and the Python peers' copies of it), or the ``: hi`` comment nchan opens a stream with."""
 
     __slots__ = ("idx", "mon", "ready", "request", "status_ok", "tail", "transport")
 

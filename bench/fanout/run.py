@@ -1,4 +1,8 @@
-"""``make bench-fanout``: sse-fast against sse-starlette on uvicorn, each a real server pinned to one core.
+"""``make bench-fanout``: sse-fast against its peers, each a real server pinned to one core.
+
+The peers: ``granian-rsgi``, the leanest pure-Python granian RSGI app (``bench/peers/granian_rsgi_app.py``, the
+floor); ``nchan``, nginx with the nchan module, a native C SSE server; ``sse-starlette`` on uvicorn. Each report
+gives every peer's figures and its ratios to sse-fast's, measured in the same run.
 
 Each contender runs as its own process pinned to core 0 (``taskset``); this runner, the load client, pins itself to
 core 1. For every subscriber count N it starts the server afresh and measures, in order:
@@ -21,6 +25,21 @@ Every phase checks that each stream received exactly its sequence numbers, each 
 swap neighbours): a phase with a lost, duplicated or closed stream is reported as FAILED, not as a figure.
 Output: ``bench/results/fanout.{json,md}``.
 
+**nginx + nchan** (contender ``nchan``): Debian's nginx and ``libnginx-mod-nchan``, installed by the runner with
+``apt-get`` (as root) when either is missing; ``bench/peers/nchan.conf`` filled in with the port and a private
+directory, one worker process (``worker_processes 1``, ``daemon off``), connections up to the open-file limit, no
+EventSource pings. Each stream (the same ``GET /sse?clientId=c<i>&topics=room.<i % 100>``) subscribes to channel
+``all``, and each broadcast is a ``POST /pub?channel=all`` whose body, the payload itself, nchan sends as the
+event's ``data:`` (``nchan_route``). Its stream opens with a ``: hi`` comment instead of sse-fast's ``connect``
+event; the client takes either as the first frame. Messages stay in nchan's shared memory (1,000 per channel, 10
+minutes: no burst outgrows it). Server CPU and memory are those of nginx's master and worker (the master's are
+constant, so the slopes are the worker's). ``nchan`` runs the broadcast phases only (``BROADCAST_PHASES``): topics
+and direct messages need each stream on three channels at once (nchan's multiplexing: ``all``, ``topic.room.<t>``,
+``client.c<i>``), which makes every broadcast delivery dearer (here, N = 1,000: 13.3 KiB per connection instead of
+10.0, about 1.4x the CPU per delivery), and the sessions cannot change a stream's channels between phases. That
+configuration is contender ``nchan-mux`` (every phase, not in the default list): its topic and direct figures are
+comparable with sse-fast's, its broadcast figures are not nchan at its best.
+
 **Two workers on Redis** (contender ``sse-fast-redis-2w``, issue 7): the runner starts its own ``redis-server`` on a
 free port (never 6379; ``--save "" --appendonly no``) and ``sse-fast serve --workers 2`` with
 ``SSE_FAST_BROKER=redis://127.0.0.1:<port>/0``. Two workers need two cores, so the workers and Redis are pinned to
@@ -33,6 +52,7 @@ runs only the broadcast lockstep, burst and paced phases (``REDIS_PHASES``) to k
 server, ``--publish-cost`` sequential ``POST /api/messages`` (a broadcast), one at a time, on the memory broker (one
 worker), Redis with one worker (the hop alone) and Redis with two workers: the request time p50/p99 seen by the
 publisher, the publish -> receive latency, and server and Redis CPU per publish.
+
 """
 
 from __future__ import annotations
@@ -41,11 +61,13 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import functools
 import gc
 import importlib.metadata
 import json
 import os
 import platform
+import pwd
 import resource
 import shlex
 import shutil
@@ -84,14 +106,37 @@ TARGETS = {
 }
 
 
+#: The contenders sse-fast is compared with in the ratio lines, in the report's order.
+PEERS = ("granian-rsgi", "nchan", "nchan-mux", "sse-starlette")
+
+#: The broadcast phases alone: what nchan runs with one channel per stream.
+BROADCAST_PHASES = frozenset({"broadcast-lockstep", "broadcast-burst", "broadcast-paced"})
 #: The phases a Redis contender runs (burst deliveries/s and paced latency, against the single worker).
-REDIS_PHASES = frozenset({"broadcast-lockstep", "broadcast-burst", "broadcast-paced"})
+REDIS_PHASES = BROADCAST_PHASES
+
+
+def sse_fast_route(kind: str, key: int, data: bytes) -> tuple[str, bytes]:
+    """sse-fast's publish API (the Python peers copy it): message ``data`` to everyone, topic ``room.<key>`` or
+    client ``c<key>``, as (path, body)."""
+    if kind == "broadcast":
+        return "/api/broadcast", b'{"message":{"type":"json","payload":%s}}' % data
+    if kind == "topic":
+        return "/api/messages", b'{"type":"json","topic":"room.%d","payload":%s}' % (key, data)
+    return f"/api/direct/c{key}", b'{"type":"json","payload":%s}' % data
+
+
+def nchan_route(kind: str, key: int, data: bytes) -> tuple[str, bytes]:
+    """The same publishes on nchan (``bench/peers/nchan.conf``): ``data`` itself, to the channel every stream, the
+    topic's streams or the client's stream subscribed to."""
+    channel = "all" if kind == "broadcast" else f"topic.room.{key}" if kind == "topic" else f"client.c{key}"
+    return f"/pub?channel={channel}", data
 
 
 @dataclass
 class Contender:
     name: str
-    command: Callable[[int], list[str]]
+    # The server's command line, given its port and a private directory (removed when the server stops).
+    command: Callable[[int, Path], list[str]]
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
     redis: bool = False
@@ -100,6 +145,8 @@ class Contender:
     # ~100 concurrent ones (redis-py's pool limit read as "Redis down": 503 / broker_unavailable closes). Fixed in
     # the server (tests/test_redis_connect.py); 32 is kept only so that the recorded results stay comparable.
     connect_concurrency: int = 256
+    route: Callable[[str, int, bytes], tuple[str, bytes]] = sse_fast_route
+    install: Callable[[], None] | None = None  # called before each start: installs what the server needs
 
     @property
     def cores(self) -> str:
@@ -117,8 +164,8 @@ def _contenders() -> dict[str, Contender]:
         "SSE_FAST_API_KEYS": API_KEY,
     }
 
-    def fast(workers: int) -> Callable[[int], list[str]]:
-        return lambda port: [
+    def fast(workers: int) -> Callable[[int, Path], list[str]]:
+        return lambda port, _dir: [
             *(str(bindir / "sse-fast"), "serve", "--host", HOST, "--port", str(port)),
             *(("--workers", str(workers)) if workers > 1 else ()),
         ]
@@ -134,16 +181,82 @@ def _contenders() -> dict[str, Contender]:
         ),
         "sse-starlette": Contender(
             "sse-starlette",
-            lambda port: (
+            lambda port, _dir: (
                 [sys.executable, str(ROOT / "bench/peers/sse_starlette_app.py"), "--port", str(port), "--ping", "300"]
             ),
         ),
         "granian-rsgi": Contender(
             "granian-rsgi",
-            lambda port: [sys.executable, str(ROOT / "bench/peers/granian_rsgi_app.py"), "--port", str(port)],
+            lambda port, _dir: [sys.executable, str(ROOT / "bench/peers/granian_rsgi_app.py"), "--port", str(port)],
             {"PYTHONPATH": str(ROOT / "bench/peers")},
         ),
+        # One channel per stream, nchan's leanest broadcast: the broadcast phases only.
+        "nchan": Contender(
+            "nchan",
+            functools.partial(_nginx_command, channels="all"),
+            route=nchan_route,
+            install=_install_nchan,
+            phases=BROADCAST_PHASES,
+        ),
+        # Three channels per stream (nchan's multiplexing), as an sse-fast stream hears all, its topic and its id.
+        "nchan-mux": Contender(
+            "nchan-mux",
+            functools.partial(_nginx_command, channels=NCHAN_MUX),
+            route=nchan_route,
+            install=_install_nchan,
+        ),
     }
+
+
+# -- nginx + nchan -----------------------------------------------------------------------------------------------
+
+NCHAN_PACKAGES = ("nginx-light", "libnginx-mod-nchan")
+#: The channels of a stream of nchan-mux: everyone, its topic, its client id (``nchan_route`` publishes to one).
+NCHAN_MUX = "all topic.$arg_topics client.$arg_clientId"
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")  # where libnginx-mod-nchan puts it (dpkg -L)
+
+
+def _nginx() -> str | None:
+    return shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+
+
+def _install_nchan() -> None:
+    """Debian's nginx and nchan module, installed with apt-get (as root) when either is missing."""
+    if _nginx() is not None and NCHAN_MODULE.exists():
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError(f"nchan needs nginx and {NCHAN_MODULE}: apt-get install {' '.join(NCHAN_PACKAGES)} as root")
+    print(f"installing {' '.join(NCHAN_PACKAGES)} (apt-get)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", *NCHAN_PACKAGES]
+    try:
+        if subprocess.run(install, env=env, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, check=False)  # a stale package index: 404s
+            subprocess.run(install, env=env, check=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise RuntimeError(f"apt-get install {' '.join(NCHAN_PACKAGES)} failed: {err}") from err
+    if _nginx() is None or not NCHAN_MODULE.exists():
+        raise RuntimeError(f"nginx or {NCHAN_MODULE} still missing after apt-get install")
+
+
+def _nginx_command(port: int, workdir: Path, *, channels: str) -> list[str]:
+    """``bench/peers/nchan.conf`` filled in under ``workdir`` (with its pid file and temp paths), each stream
+    subscribed to ``channels``; errors to stderr."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fields = {
+        "MODULE": str(NCHAN_MODULE),
+        "PORT": str(port),
+        "CHANNELS": channels,
+        "PREFIX": str(workdir),
+        "NOFILE": str(hard),
+        "USER": pwd.getpwuid(os.geteuid()).pw_name,
+    }
+    conf = (ROOT / "bench/peers/nchan.conf").read_text()
+    for key, value in fields.items():
+        conf = conf.replace(f"@{key}@", value)
+    (workdir / "nginx.conf").write_text(conf)
+    nginx = _nginx() or "nginx"
+    return [nginx, "-p", str(workdir), "-e", "stderr", "-c", str(workdir / "nginx.conf")]
 
 
 # -- the server process ------------------------------------------------------------------------------------------
@@ -210,12 +323,15 @@ class Server:
 
     def __init__(self, contender: Contender) -> None:
         self.contender = contender
+        if contender.install is not None:
+            contender.install()
         self.port = _free_port()
+        self.dir = tempfile.TemporaryDirectory(prefix=f"fanout-{contender.name}-")
         self.redis = RedisServer(contender.cores) if contender.redis else None
         env = {**os.environ, **contender.env}
         if self.redis is not None:
             env["SSE_FAST_BROKER"] = self.redis.url
-        cmd = ["taskset", "-c", contender.cores, *contender.command(self.port)]
+        cmd = ["taskset", "-c", contender.cores, *contender.command(self.port, Path(self.dir.name))]
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
         try:
             self._wait_ready()
@@ -288,6 +404,7 @@ class Server:
             self.proc.wait()
         if self.redis is not None:
             self.redis.stop()
+        self.dir.cleanup()
 
 
 # -- kernel memory -----------------------------------------------------------------------------------------------
@@ -381,17 +498,16 @@ class Session:
     # -- what each phase sends, and what each stream must then receive ---------------------------------------------
 
     def _message(self, kind: str, j: int, t_ns: int | None = None) -> tuple[str, bytes, int]:
-        """Message ``j`` of a phase: (path, body, deliveries)."""
+        """Message ``j`` of a phase, in the contender's publish API: (path, body, deliveries)."""
         if kind == "broadcast":
-            p = payload(j, t_ns=t_ns)
-            return "/api/broadcast", b'{"message":{"type":"json","payload":%s}}' % p, self.n
-        if kind == "topic":
-            p = payload(j // TOPICS, t_ns=t_ns)
-            topic = j % TOPICS
-            reach = len(range(topic, self.n, TOPICS))
-            return "/api/messages", b'{"type":"json","topic":"room.%d","payload":%s}' % (topic, p), reach
-        p = payload(j // self.n, t_ns=t_ns)
-        return f"/api/direct/c{j % self.n}", b'{"type":"json","payload":%s}' % p, 1
+            seq, key, reach = j, 0, self.n
+        elif kind == "topic":
+            seq, key = j // TOPICS, j % TOPICS
+            reach = len(range(key, self.n, TOPICS))
+        else:
+            seq, key, reach = j // self.n, j % self.n, 1
+        path, body = self.server.contender.route(kind, key, payload(seq, t_ns=t_ns))
+        return path, body, reach
 
     def _expected(self, kind: str, count: int) -> list[int]:
         if kind == "broadcast":
@@ -413,7 +529,7 @@ class Session:
                     errors.append(f"{path}: {err}")
                     return
                 self.retries += 1
-        if status not in (200, 202):
+        if not 200 <= status < 300:  # nchan answers 201 (published to subscribers) or 202 (none)
             errors.append(f"{path}: {status} {answer[:200]!r}")
 
     async def phase(
@@ -718,12 +834,14 @@ def _machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("sse-fast", "granian", "uvloop", "msgspec", "sse-starlette", "starlette", "uvicorn", "httptools"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
+    for package in ("nginx", "libnginx-mod-nchan"):
+        versions[package] = _debian_version(package)
     load = os.getloadavg()
     try:
         commit = subprocess.run(
@@ -742,6 +860,15 @@ def _machine() -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": commit.strip(),
     }
+
+
+def _debian_version(package: str) -> str | None:
+    """An installed Debian package's version (nginx and nchan are not Python distributions)."""
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
 
 
 def _phase(sess: dict[str, Any], kind: str, mode: str, rate: float | None = None) -> dict[str, Any] | None:
@@ -861,7 +988,18 @@ def _rows(args: argparse.Namespace) -> list[tuple[str, Callable[[dict[str, Any]]
     return rows
 
 
+def _peer_ratios(sessions: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
+    """``_ratios`` of each peer in ``PEERS`` that ran next to sse-fast in ``sessions`` (one N)."""
+    fast = sessions.get("sse-fast")
+    if fast is None:
+        return {}
+    return {peer: _ratios(fast, sessions[peer], args) for peer in PEERS if peer in sessions}
+
+
 def _ratios(fast: dict[str, Any], peer: dict[str, Any], args: argparse.Namespace) -> dict[str, float | None]:
+    """peer / sse-fast for CPU per delivery, memory per connection, burst time and paced p99: above 1, sse-fast
+    spends less."""
+
     def ratio(get: Callable[[dict[str, Any]], float | None]) -> float | None:
         try:
             a, b = get(fast), get(peer)
@@ -889,9 +1027,9 @@ def _ratios(fast: dict[str, Any], peer: dict[str, Any], args: argparse.Namespace
 def render(report: dict[str, Any], args: argparse.Namespace) -> str:
     m = report["machine"]
     lines = [
-        "# bench/fanout: sse-fast against sse-starlette",
+        "# bench/fanout: sse-fast against the granian floor, nginx + nchan and sse-starlette",
         "",
-        "Numbers depend on the machine, and on what else runs on it: read the ratios (both contenders measured in",
+        "Numbers depend on the machine, and on what else runs on it: read the ratios (every contender measured in",
         "the same run, on the same core) before the absolute figures.",
         "",
         f"- date {m['date']}, commit {m.get('commit') or 'unknown'}; {m['cpu']}, {m['cores']} cores,"
@@ -899,8 +1037,12 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         f" load average at start {m['loadavg_at_start']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         f"- server pinned to core {SERVER_CORE}, load client (this runner, asyncio + uvloop, raw sockets) to core"
-        f" {CLIENT_CORE}; payload about 100 bytes; keepalive comments off (300 s) in both servers",
+        f" {CLIENT_CORE}; payload about 100 bytes; keepalive comments off (300 s or more) in every server",
         "- granian-rsgi (the floor) keeps no index: its topic and direct figures scan every stream per message",
+        "- nchan: nginx with one worker process (`bench/peers/nchan.conf`), each stream on one channel, broadcast"
+        " phases only (nchan-mux: three channels per stream, everyone, its topic, its client id, and every phase);"
+        " a frame is nchan's `id:` line and the bare payload (131 bytes; sse-fast's, with its envelope and chunk"
+        " framing, 258); server CPU and memory are nginx's master's and worker's (the master's are constant)",
         f"- command: `{report['command']}`",
     ]
     if report.get("note"):
@@ -925,17 +1067,14 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         for c in names:
             if "error" in sessions[c]:
                 lines.append(f"\n**{c}: run aborted: {sessions[c]['error']}**")
-        ratios = report["ratios"].get(str(n))
+        ratios = _peer_ratios(sessions, args)
         if ratios:
-            lines += [
-                "",
-                "sse-starlette / sse-fast in this run (higher is better for sse-fast): "
-                + ", ".join(f"{k} {v}x" for k, v in ratios.items()),
-                "",
-            ]
+            lines += ["", "Each peer / sse-fast in this run (higher is better for sse-fast):", ""]
+            lines += [f"- {peer}: " + ", ".join(f"{k} {v}x" for k, v in r.items()) for peer, r in ratios.items()]
+            lines.append("")
         lines.append("")
     lines += _redis_section(report, args)
-    lines += _verdict(report)
+    lines += _verdict(report, args)
     return "\n".join(lines) + "\n"
 
 
@@ -1042,7 +1181,7 @@ def _split_cell(sess: dict[str, Any]) -> str:
     return " / ".join(str(v) for v in split.values()) if split else "1 process"
 
 
-def _verdict(report: dict[str, Any]) -> list[str]:
+def _verdict(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
     at = {s["contender"]: s for s in report["sessions"] if s["n"] == 10_000}
     fast, floor = at.get("sse-fast"), at.get("granian-rsgi", {})
     if fast is None:
@@ -1075,7 +1214,7 @@ def _verdict(report: dict[str, Any]) -> list[str]:
     lines.append(
         f"| zero loss, zero duplicates, every phase | {'yes' if ok_all else 'NO'} | | {'yes' if ok_all else 'NO'} |"
     )
-    ratios = report["ratios"].get("10000", {})
+    ratios = _peer_ratios(at, args).get("sse-starlette", {})
     for name, key, want in (
         ("x less CPU/delivery than sse-starlette", "cpu_per_delivery", 8),
         ("x less memory/connection than sse-starlette", "memory_per_connection", 4),
@@ -1095,8 +1234,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n", default="1000,10000", help="subscriber counts, comma-separated (20000 needs the fd limit)")
     p.add_argument(
         "--contenders",
-        default="sse-fast,sse-starlette,granian-rsgi,sse-fast-redis-2w",
-        help="sse-fast-redis-2w (two workers on a private redis-server) is skipped when redis-server is missing",
+        default="sse-fast,granian-rsgi,nchan,sse-starlette,sse-fast-redis-2w",
+        help="sse-fast-redis-2w (two workers on a private redis-server) is skipped when redis-server is missing;"
+        " nchan installs nginx-light and libnginx-mod-nchan (apt-get, as root) when missing",
     )
     p.add_argument("--deliveries", type=int, default=500_000, help="deliveries per burst or lockstep phase")
     p.add_argument("--publishers", type=int, default=32, help="publisher connections in burst and paced phases")
@@ -1171,8 +1311,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         for name in args.names:
             report["sessions"].append(await run_session(contenders[name], n, args))
         by = {s["contender"]: s for s in report["sessions"] if s["n"] == n}
-        if "sse-fast" in by and "sse-starlette" in by:
-            report["ratios"][str(n)] = _ratios(by["sse-fast"], by["sse-starlette"], args)
+        report["ratios"][str(n)] = _peer_ratios(by, args)
     if args.publish_cost > 0 and any(contenders[c].redis for c in args.names):
         brokers = ("sse-fast", "sse-fast-redis-1w", "sse-fast-redis-2w")
         report["publish_cost"] = [await publish_cost(contenders[name], args) for name in brokers]
