@@ -67,6 +67,11 @@ class StreamSink:
     conn_id: int | None = None  # set by :func:`open_stream`
     _decoder: Decoder = field(default_factory=Decoder)
 
+    direct = None  # written through write() only
+
+    def wrote(self, size: int) -> None:
+        raise AssertionError("only a direct sink is told what the hub wrote")
+
     def write(self, data: bytes) -> bool:
         self.data += data
         for event in self._decoder.feed(data):

@@ -25,6 +25,11 @@ class PendingSink:
         self._pending_first = pending_first
         self._pending_every = pending_every
 
+    direct = None  # written through write() only
+
+    def wrote(self, size: int) -> None:
+        raise AssertionError("only a direct sink is told what the hub wrote")
+
     def write(self, data: bytes) -> bool:
         if self.pending:
             return False  # refused, not buffered: the caller must not have written

@@ -180,9 +180,80 @@ def test_push_and_push_all() -> None:
     assert isinstance(delivery, Delivery)
     assert (delivery.delivered, delivery.woken) == (1, [a])
     assert hub.push(999, Frame(b"{}", event="system")).delivered == 0
-    assert hub.push_all(b": keepalive\n\n") == [b]
+    assert hub.push_all(b": keepalive\n\n").woken == [b]
     assert hub.drain(a) == b'event: system\ndata: {"n":7}\n\n: keepalive\n\n'
     assert hub.drain(b) == b": keepalive\n\n"
+
+
+class Transport:
+    """What the hub's writers need of granian's RSGI transport: ``send_bytes`` answers a finished awaitable (an
+    exhausted iterator: stepping it raises StopIteration), or, once the client is gone, one that raises."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.open = True
+
+    def send_bytes(self, data: bytes) -> object:
+        if not self.open:
+            return Closed()
+        self.sent.append(data)
+        return iter(())
+
+
+class Closed:
+    def __next__(self) -> object:
+        raise ConnectionResetError("closed")
+
+
+def test_attached_writers_are_written_by_flush_with_one_shared_bytes() -> None:
+    hub = new_hub()
+    a, b, c = hub.add("a"), hub.add("b"), hub.add("c")
+    ta, tb = Transport(), Transport()
+    assert hub.attach(a, ta)
+    assert hub.attach(b, tb)
+    assert not hub.attach(999, Transport())
+    assert (hub.attached(a), hub.attached(c)) == (True, False)
+    delivery = hub.publish(Frame(b'{"n":1}', event="json", seq=5))
+    assert (delivery.delivered, delivery.woken, delivery.ready, hub.pending) == (3, [c], 2, 2)
+    assert hub.publish(Frame(b'{"n":2}', event="json")).ready == 0  # queued once until flushed
+    assert hub.flush(12.5) is None
+    assert ta.sent == tb.sent == [b'id: e1-5\nevent: json\ndata: {"n":1}\n\nevent: json\ndata: {"n":2}\n\n']
+    assert ta.sent[0] is tb.sent[0], "the same bytes are one object"
+    assert (hub.written_at(a), hub.written_at(c), hub.pending) == (12.5, None, 0)
+    assert numbers(hub.drain(c)) == [1, 2], "an unattached connection is left to its caller"
+    assert hub.flush(13.0) is None
+    assert len(ta.sent) == 1, "nothing pending: nothing written"
+
+
+def test_flush_reports_closed_streams_and_written_bytes() -> None:
+    hub = new_hub()
+    a, b = hub.add("a"), hub.add("b")
+    ta, tb = Transport(), Transport()
+    hub.attach(a, ta)
+    hub.attach(b, tb)
+    hub.report_bytes = 40
+    frame = Frame(b'{"n":1}', event="json")  # 27 bytes on the wire
+    hub.publish(frame)
+    assert hub.flush(1.0) is None
+    tb.open = False
+    hub.publish(frame)
+    assert hub.flush(2.0) == ([b], [(a, 54)])
+    assert (hub.attached(b), hub.attached(a)) == (False, True), "a closed stream is detached"
+    hub.publish(frame)
+    assert hub.flush(3.0) is None
+    assert hub.detach(a) == 27
+    assert hub.detach(a) is None
+    assert hub.publish(frame).woken == [a], "detached: woken for its caller again"
+
+
+def test_removing_a_connection_drops_its_writer() -> None:
+    hub = new_hub()
+    a = hub.add("a")
+    transport = Transport()
+    hub.attach(a, transport)
+    hub.publish(Frame(b'{"n":1}', event="json"))
+    assert hub.remove(a)
+    assert (hub.attached(a), hub.flush(1.0), transport.sent) == (False, None, [])
 
 
 def test_unknown_connections_read_as_empty() -> None:

@@ -22,6 +22,11 @@ class RecordingSink:
     def __init__(self) -> None:
         self.data = bytearray()
 
+    direct = None  # written through write() only
+
+    def wrote(self, size: int) -> None:
+        raise AssertionError("only a direct sink is told what the hub wrote")
+
     def write(self, data: bytes) -> bool:
         self.data += data
         return True

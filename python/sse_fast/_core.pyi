@@ -5,7 +5,7 @@ are the classes of :mod:`sse_fast.errors` (``FrameError`` and friends), never a 
 """
 
 from collections.abc import Iterable, Sequence
-from typing import Final, Generic, Literal, TypeVar, final
+from typing import Any, Final, Generic, Literal, TypeVar, final
 
 _T = TypeVar("_T")
 
@@ -226,14 +226,18 @@ class Delivery:
     """The result of :meth:`Hub.publish`.
 
     ``delivered``: connections whose queue accepted the frame. ``woken``: connection ids whose queue went from empty
-    to non-empty (the writers to wake). ``overflowed``: connection ids that could not take a resumable frame (close
-    them as slow consumers). ``dropped``: connections where an ephemeral frame was dropped or evicted others.
+    to non-empty and have no attached writer (the writers to wake; see :meth:`Hub.attach` for ``ready``).
+    ``overflowed``: connection ids that could not take a resumable frame (close them as slow consumers).
+    ``dropped``: connections where an ephemeral frame was dropped or evicted others.
     """
 
     @property
     def delivered(self) -> int: ...
     @property
     def woken(self) -> list[int]: ...
+    @property
+    def ready(self) -> int:
+        """Recipients that went from empty to non-empty and have an attached writer: :meth:`Hub.flush` writes them."""
     @property
     def overflowed(self) -> list[int]: ...
     @property
@@ -265,10 +269,33 @@ class Hub:
         """Route ``frame``: to ``target``'s connections, to subscribers of ``topic``, or to all but ``exclude``."""
     def push(self, conn: int, frame: Frame) -> Delivery:
         """Push a frame to one connection (system frames, redeliveries)."""
-    def push_all(self, data: bytes) -> list[int]:
-        """Queue raw bytes (a keepalive comment) as an ephemeral LOW item on every connection; returns the woken."""
+    def push_all(self, data: bytes) -> Delivery:
+        """Queue raw bytes (a keepalive comment) as an ephemeral LOW item on every connection (only ``woken`` and
+        ``ready`` are set)."""
     def drain(self, conn: int, max_bytes: int = 9223372036854775807) -> bytes:
         """Pop what is pending for ``conn`` into one buffer (b"" when nothing is, or the connection is unknown)."""
+    def attach(self, conn: int, transport: Any) -> bool:
+        """Let :meth:`flush` write ``conn`` itself from now on, through ``transport.send_bytes(data)``, which must
+        queue the bytes and return an already-finished awaitable (granian's RSGI transport): stepping it raises
+        ``StopIteration`` when they were taken, anything else when the stream is closed. The connection's wakes then
+        count in :attr:`Delivery.ready` instead of :attr:`Delivery.woken`. False for an unknown connection; removing
+        the connection detaches it."""
+    def detach(self, conn: int) -> int | None:
+        """Stop writing ``conn`` in :meth:`flush`; the bytes written since its last report (None: not attached)."""
+    def attached(self, conn: int) -> bool: ...
+    def written_at(self, conn: int) -> float | None:
+        """The ``now`` of the last :meth:`flush` that wrote ``conn`` (None: not attached; 0.0: not written yet)."""
+    report_bytes: int
+    """:meth:`flush` reports an attached connection once this many bytes were written to it since its last report
+    (0, the default: never)."""
+    @property
+    def pending(self) -> int:
+        """Attached connections with frames waiting for :meth:`flush`."""
+    def flush(self, now: float) -> tuple[list[int], list[tuple[int, int]]] | None:
+        """Drain every attached connection that has frames into one ``bytes`` and hand it to its transport (the
+        connections that get the same bytes share one object). None when every write went through; else
+        ``(closed, reports)``: the connections whose stream was found closed (now detached), and
+        ``(conn, bytes written since the last report)`` for those past :attr:`report_bytes`."""
     def set_watermark(self, conn: int, seq: int) -> None: ...
     def watermark(self, conn: int) -> int: ...
     def connections_of(self, client_id: str) -> list[int]:

@@ -1,11 +1,16 @@
 """This worker's live streams: the Rust hub, one sink per connection, the writer and the ticker.
 
 The data path ends here. A publish hands one :class:`~sse_fast._core.Frame` to :meth:`Streams.deliver`; the hub
-pushes the shared frame into each recipient's bounded queue and names the queues that went from empty to
+pushes the shared frame into each recipient's bounded queue and notes the queues that went from empty to
 non-empty. Those connections are written once per event-loop turn, however many frames reached them in that
-turn: :meth:`Streams._flush` drains each queue into one buffer and hands it to the connection's sink. Idle
-connections cost no timer and no coroutine of their own: one ticker per worker sends keepalives, heartbeats and
-runs the periodic jobs of the broker.
+turn: :meth:`Streams._flush` drains each queue into one buffer and hands it to the connection's sink.
+
+A sink with a ``direct`` transport (RSGI) is attached to the hub once its opening and replay are written:
+from then on the hub writes it itself (:meth:`~sse_fast._core.Hub.flush`, one call per loop turn for every ready
+connection, no Python frame per write, and one shared ``bytes`` for the connections that get the same bytes).
+The others (ASGI, a stream still replaying or blocked) are written here, one Python call each. Idle connections
+cost no timer and no coroutine of their own: one ticker per worker sends keepalives, heartbeats and runs the
+periodic jobs of the broker.
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ def parse_public_id(connection_id: str) -> tuple[str, int] | None:
 
 class Sink(Protocol):
     """Where a connection's bytes go: one per interface (RSGI transport, ASGI ``send``)."""
+
+    @property
+    def direct(self) -> Any:
+        """A transport the hub may write itself (``send_bytes(data)`` returning a finished awaitable, as granian's
+        RSGI transport does), or None: every write then goes through :meth:`write`."""
+        ...
+
+    def wrote(self, size: int) -> None:
+        """``size`` more bytes were written through :attr:`direct` (reported in batches, see ``Hub.report_bytes``)."""
+        ...
 
     def write(self, data: bytes) -> bool:
         """Hand ``data`` to the server; False when the connection cannot take more now (the caller waits)."""
@@ -183,7 +198,7 @@ class Streams:
         self._ticker = loop.call_later(self._tick_interval(), self._tick)
         if now >= self._next_keepalive:
             self._next_keepalive = now + self.settings.keepalive
-            self._run(lambda _: self._wake(self.hub.push_all(_KEEPALIVE)), now)
+            self._run(lambda _: self._woken(self.hub.push_all(_KEEPALIVE)), now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat
             self._run(lambda _: self.heartbeat(), now)
@@ -233,12 +248,13 @@ class Streams:
     def info(self, conn: Connection) -> ConnectionInfo:
         """One connection as a row of ``GET /api/connections``."""
         queued, queued_bytes, dropped = self.hub.queue_stats(conn.id)
+        last_active = max(conn.last_active, self.hub.written_at(conn.id) or 0.0)
         return ConnectionInfo(
             client_id=conn.client_id,
             connection_id=self.public_id(conn.id),
             topics=list(conn.topics),
             connected_at=int(conn.connected_at * 1000),
-            last_active_at=int(conn.last_active * 1000),
+            last_active_at=int(last_active * 1000),
             queued_frames=queued,
             dropped_frames=dropped,
             queued_bytes=queued_bytes,
@@ -390,8 +406,7 @@ class Streams:
         delivery = self.hub.publish(frame, target=target, topic=topic, exclude=exclude)
         if self.fanout_observer is not None:
             self.fanout_observer(time.perf_counter() - started)
-        if delivery.woken:
-            self._wake(delivery.woken)
+        self._woken(delivery)
         for conn_id in delivery.overflowed:
             self.close(conn_id, "slow_consumer")
         return delivery
@@ -399,14 +414,23 @@ class Streams:
     def push(self, conn_id: int, frame: Frame) -> Delivery:
         """Queue a frame for one connection (a redelivery, a connection-specific system frame)."""
         delivery = self.hub.push(conn_id, frame)
-        if delivery.woken:
-            self._wake(delivery.woken)
+        self._woken(delivery)
         for overflowed in delivery.overflowed:
             self.close(overflowed, "slow_consumer")
         return delivery
 
+    def _woken(self, delivery: Delivery) -> None:
+        """Schedule the writes a delivery calls for: the hub's attached writers, and the connections written here."""
+        if delivery.woken:
+            self._wake(delivery.woken)
+        elif delivery.ready:
+            self._schedule()
+
     def _wake(self, conn_ids: list[int]) -> None:
         self._dirty.extend(conn_ids)
+        self._schedule()
+
+    def _schedule(self) -> None:
         if not self._flush_pending and self._loop is not None:
             self._flush_pending = True
             self._loop.call_soon(self._flush)
@@ -414,7 +438,14 @@ class Streams:
     def replay(self, conn: Connection, frames: list[Frame]) -> None:
         """Write ``frames`` (a resume's replay, oldest first) to ``conn`` before its live frames."""
         if frames:
+            self._detach(conn)
             conn.replaying = deque(frames)
+
+    def _detach(self, conn: Connection) -> None:
+        """Write ``conn`` from here again (its bytes written by the hub so far are reported to its sink)."""
+        unreported = self.hub.detach(conn.id)
+        if unreported:
+            conn.sink.wrote(unreported)
 
     def _write_replay(self, conn: Connection) -> bool:
         """Write the replay in chunks of a quarter of the queue bound; False when the sink took no more."""
@@ -433,21 +464,41 @@ class Streams:
 
     def _flush(self) -> None:
         self._flush_pending = False
-        dirty, self._dirty = self._dirty, []
-        conns, drain = self._conns, self.hub.drain
         now = time.time()
+        conns = self._conns
+        if self.hub.pending:
+            report = self.hub.flush(now)
+            if report is not None:
+                self._reported(*report)
+        dirty, self._dirty = self._dirty, []
+        hub = self.hub
         for conn_id in dirty:
             conn = conns.get(conn_id)
             if conn is None or conn.blocked:
                 continue
             if conn.replaying is not None and not self._write_replay(conn):
                 continue
-            data = drain(conn_id)
-            if not data:
-                continue
-            conn.last_active = now
-            if not conn.sink.write(data):
-                conn.blocked = True
+            data = hub.drain(conn_id)
+            if data:
+                conn.last_active = now
+                if not conn.sink.write(data):
+                    conn.blocked = True
+                    continue
+            direct = conn.sink.direct
+            if direct is not None:  # opened and replayed: the hub writes it from now on
+                hub.attach(conn_id, direct)
+
+    def _reported(self, closed: list[int], written: list[tuple[int, int]]) -> None:
+        """What the hub's writers could not handle alone: streams found closed, and byte counts for the sinks."""
+        conns = self._conns
+        for conn_id in closed:
+            conn = conns.get(conn_id)
+            if conn is not None:
+                conn.sink.close()  # the client is gone: the interface's disconnect callback removes the connection
+        for conn_id, size in written:
+            conn = conns.get(conn_id)
+            if conn is not None:
+                conn.sink.wrote(size)
 
     def unblock(self, conn_id: int) -> None:
         """The sink can take more again: write what queued up meanwhile."""

@@ -67,6 +67,7 @@ class App:
         )
         # Started in startup(), once the loop is known; its dead-peer sweep runs on the streams' ticker.
         self.backlog = BacklogWatch(settings.queue_bytes, self._cut, keepalive=settings.keepalive)
+        self.streams.hub.report_bytes = self.backlog.step  # the hub's writers count bytes for the watch
         self.streams.add_tick_job(self.backlog.sweep)
         self.metrics.bind_watch(self.backlog)
         self.metrics.add_source(lambda: {"rsgi_backlog_checks": self.backlog.checks})

@@ -45,6 +45,8 @@ class AsgiSink:
 
     __slots__ = ("conn_id", "done", "loop", "on_ready", "pending", "send")
 
+    direct = None  # every write goes through send(): ASGI has no transport the hub could write itself
+
     def __init__(self, send: Send, loop: asyncio.AbstractEventLoop, on_ready: Callable[[int], None]) -> None:
         self.send: Send | None = send
         self.loop = loop
@@ -74,6 +76,9 @@ class AsgiSink:
             self.close()
             return
         self.on_ready(self.conn_id)
+
+    def wrote(self, size: int) -> None:
+        """Never called: :attr:`direct` is None."""
 
     def close(self) -> None:
         self.send = None

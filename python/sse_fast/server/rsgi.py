@@ -2,9 +2,10 @@
 
 A stream costs no coroutine: the handler registers the connection, writes its opening bytes and returns.
 granian keeps the response open for as long as the transport is referenced (by the connection's sink), and
-calls back when the client goes away. Writes are ``transport.send_bytes`` calls made by the worker's writer:
-granian queues the bytes and returns an already-finished awaitable, which the sink steps once to learn whether
-the stream is still open. Dropping the transport ends the response cleanly.
+calls back when the client goes away. Writes are ``transport.send_bytes`` calls made by the worker's writer
+(once the stream is open, by the Rust hub itself: :attr:`RsgiSink.direct`): granian queues the bytes and returns
+an already-finished awaitable, which the writer steps once to learn whether the stream is still open. Dropping
+the transport ends the response cleanly.
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ class RsgiSink(Watched):
         self.transport: Any = transport
         self.watch = watch
 
+    @property
+    def direct(self) -> Any:
+        """The transport, for the hub to write itself once the stream is open (None once closed)."""
+        return self.transport
+
+    def wrote(self, size: int) -> None:
+        sent = self.sent + size
+        self.sent = sent
+        if sent - self.mark >= self.watch.step:
+            self.watch.suspect(self)
+
     def write(self, data: bytes) -> bool:
         transport = self.transport
         if transport is None:
@@ -61,10 +73,7 @@ class RsgiSink(Watched):
         if type(result) is not _queued and not _accepted(result):
             self.close()  # the client is gone; granian's disconnect callback removes the connection
             return False
-        sent = self.sent + len(data)
-        self.sent = sent
-        if sent - self.mark >= self.watch.step:
-            self.watch.suspect(self)
+        self.wrote(len(data))
         return True
 
     def close(self) -> None:

@@ -2,10 +2,13 @@
 
 use std::sync::Arc;
 
+use pyo3::exceptions::PyStopIteration;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyType};
 use sse_fast_core::hub::{Delivery, Hub, Route, RouteRef};
+use sse_fast_core::topic::IdMap;
 
 use crate::errors::IntoPy;
 use crate::frame::PyFrame;
@@ -42,6 +45,8 @@ fn route_admits(
 #[pyclass(name = "Delivery", module = "sse_fast._core", frozen)]
 pub struct PyDelivery {
     inner: Delivery,
+    /// Recipients that went from empty to non-empty and are written by `Hub.flush` (attached writers).
+    ready: usize,
 }
 
 #[pymethods]
@@ -54,6 +59,11 @@ impl PyDelivery {
     #[getter]
     fn woken(&self) -> Vec<u64> {
         self.inner.woken.clone()
+    }
+
+    #[getter]
+    fn ready(&self) -> usize {
+        self.ready
     }
 
     #[getter]
@@ -74,17 +84,90 @@ impl PyDelivery {
             dropped,
         } = &self.inner;
         format!(
-            "Delivery(delivered={delivered}, woken={}, overflowed={}, dropped={dropped})",
+            "Delivery(delivered={delivered}, woken={}, ready={}, overflowed={}, dropped={dropped})",
             woken.len(),
+            self.ready,
             overflowed.len()
         )
     }
+}
+
+/// What `Hub.flush` reports when a write needs Python's attention: the connections whose stream closed, and
+/// `(connection, bytes)` for those that wrote `report_bytes` more since their last report.
+type FlushReport = (Vec<u64>, Vec<(u64, u64)>);
+
+/// A connection's transport, written by `Hub.flush` without a Python frame per write.
+struct Writer {
+    /// An object whose `send_bytes(data)` queues `data` and returns an already-finished awaitable (granian's RSGI
+    /// transport): stepping it raises `StopIteration` when the bytes were taken, anything else when the stream is
+    /// closed.
+    transport: Py<PyAny>,
+    /// Bytes written since the last report (`Hub.report_bytes`).
+    unreported: u64,
+    /// When the last write happened (the `now` given to `flush`).
+    written_at: f64,
+    /// Whether the connection is already in `ready`.
+    scheduled: bool,
 }
 
 /// The fan-out registry (see `_core.pyi`).
 #[pyclass(name = "Hub", module = "sse_fast._core")]
 pub struct PyHub {
     inner: Hub,
+    /// Attached writers, at most one per live connection (dropped with it).
+    writers: IdMap<Writer>,
+    /// Connections with an attached writer and queued frames, waiting for `flush`: at most one entry each.
+    ready: Vec<u64>,
+    /// Report a connection's written bytes once they reach this many (0: never).
+    report_bytes: u64,
+    /// The class of the finished awaitable `send_bytes` returns for queued bytes, learned from the first one.
+    queued: Option<Py<PyType>>,
+    /// The buffer each drain is written into before it becomes a `bytes` (reused: no allocation per write).
+    scratch: Vec<u8>,
+}
+
+impl PyHub {
+    /// Move the woken connections that have a writer into `ready` (once each); the others stay in `woken`.
+    fn schedule(&mut self, mut inner: Delivery) -> PyDelivery {
+        let mut ready = 0;
+        if !self.writers.is_empty() {
+            let (writers, queue) = (&mut self.writers, &mut self.ready);
+            inner.woken.retain(|id| match writers.get_mut(id) {
+                Some(writer) => {
+                    if !writer.scheduled {
+                        writer.scheduled = true;
+                        queue.push(*id);
+                        ready += 1;
+                    }
+                    false
+                }
+                None => true,
+            });
+        }
+        PyDelivery { inner, ready }
+    }
+
+    /// Hand `data` to a writer's transport; false when the stream is closed (or the call failed).
+    fn send(py: Python<'_>, queued: &mut Option<Py<PyType>>, writer: &Writer, data: Bound<'_, PyBytes>) -> bool {
+        let Ok(result) = writer
+            .transport
+            .bind(py)
+            .call_method1(intern!(py, "send_bytes"), (data,))
+        else {
+            return false;
+        };
+        if queued.as_ref().is_some_and(|t| result.get_type().is(t)) {
+            return true;
+        }
+        match result.call_method0(intern!(py, "__next__")) {
+            Ok(_) => true, // not finished yet: taken, as the Python sink treats it
+            Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
+                *queued = Some(result.get_type().unbind());
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 #[pymethods]
@@ -94,6 +177,11 @@ impl PyHub {
     fn new(queue_frames: usize, queue_bytes: usize, id_prefix: &str) -> PyResult<Self> {
         Ok(PyHub {
             inner: Hub::new(queue_frames, queue_bytes, id_prefix).py()?,
+            writers: IdMap::default(),
+            ready: Vec::new(),
+            report_bytes: 0,
+            queued: None,
+            scratch: Vec::new(),
         })
     }
 
@@ -109,7 +197,102 @@ impl PyHub {
     }
 
     fn remove(&mut self, conn: u64) -> bool {
+        self.writers.remove(&conn);
         self.inner.remove(conn)
+    }
+
+    /// Write this connection's frames from `flush` from now on, through `transport.send_bytes`.
+    fn attach(&mut self, conn: u64, transport: Py<PyAny>) -> bool {
+        if !self.inner.contains(conn) {
+            return false;
+        }
+        let writer = Writer {
+            transport,
+            unreported: 0,
+            written_at: 0.0,
+            scheduled: false,
+        };
+        self.writers.insert(conn, writer);
+        true
+    }
+
+    /// Stop writing this connection from `flush`; returns the bytes written since the last report.
+    fn detach(&mut self, conn: u64) -> Option<u64> {
+        self.writers.remove(&conn).map(|writer| writer.unreported)
+    }
+
+    fn attached(&self, conn: u64) -> bool {
+        self.writers.contains_key(&conn)
+    }
+
+    fn written_at(&self, conn: u64) -> Option<f64> {
+        self.writers.get(&conn).map(|writer| writer.written_at)
+    }
+
+    #[getter]
+    fn get_report_bytes(&self) -> u64 {
+        self.report_bytes
+    }
+
+    #[setter]
+    fn set_report_bytes(&mut self, value: u64) {
+        self.report_bytes = value;
+    }
+
+    #[getter]
+    fn pending(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Drain every ready connection into one `bytes` and hand it to its writer (see `_core.pyi`).
+    fn flush(&mut self, py: Python<'_>, now: f64) -> Option<FlushReport> {
+        let mut ready = std::mem::take(&mut self.ready);
+        let (mut closed, mut reports) = (Vec::new(), Vec::new());
+        // One publish reaches most connections with the same bytes: they share one `bytes` object.
+        let mut last: Option<Bound<'_, PyBytes>> = None;
+        let Self {
+            inner,
+            writers,
+            report_bytes,
+            queued,
+            scratch,
+            ..
+        } = self;
+        for &id in &ready {
+            let Some(writer) = writers.get_mut(&id) else {
+                continue; // detached or removed since it was woken
+            };
+            writer.scheduled = false;
+            scratch.clear();
+            inner.drain(id, usize::MAX >> 1, scratch);
+            if scratch.is_empty() {
+                continue;
+            }
+            let data = match &last {
+                Some(bytes) if bytes.as_bytes() == scratch.as_slice() => bytes.clone(),
+                _ => {
+                    let bytes = PyBytes::new(py, scratch);
+                    last = Some(bytes.clone());
+                    bytes
+                }
+            };
+            if !Self::send(py, queued, writer, data) {
+                writers.remove(&id);
+                closed.push(id);
+                continue;
+            }
+            writer.written_at = now;
+            writer.unreported += scratch.len() as u64;
+            if *report_bytes > 0 && writer.unreported >= *report_bytes {
+                reports.push((id, writer.unreported));
+                writer.unreported = 0;
+            }
+        }
+        ready.clear();
+        if self.ready.is_empty() {
+            self.ready = ready; // keep the capacity
+        }
+        (!closed.is_empty() || !reports.is_empty()).then_some((closed, reports))
     }
 
     #[pyo3(signature = (frame, *, target = None, topic = None, exclude = None))]
@@ -130,22 +313,25 @@ impl PyHub {
         } else {
             hub.publish(&frame, &route)
         };
-        Ok(PyDelivery { inner })
+        Ok(self.schedule(inner))
     }
 
     fn push(&mut self, conn: u64, frame: &Bound<'_, PyFrame>) -> PyDelivery {
-        PyDelivery {
-            inner: self.inner.push(conn, &frame.get().inner),
-        }
+        let inner = self.inner.push(conn, &frame.get().inner);
+        self.schedule(inner)
     }
 
-    fn push_all(&mut self, py: Python<'_>, data: &[u8]) -> Vec<u64> {
+    fn push_all(&mut self, py: Python<'_>, data: &[u8]) -> PyDelivery {
         let hub = &mut self.inner;
-        if hub.len() > RELEASE_GIL_ABOVE {
+        let woken = if hub.len() > RELEASE_GIL_ABOVE {
             py.allow_threads(|| hub.push_all(data))
         } else {
             hub.push_all(data)
-        }
+        };
+        self.schedule(Delivery {
+            woken,
+            ..Delivery::default()
+        })
     }
 
     #[pyo3(
