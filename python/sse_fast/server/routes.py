@@ -219,6 +219,7 @@ class Api:
         self.settings = settings
         self.broker = broker
         self.streams = streams
+        self._remove_stream = streams.remove  # one bound method, held by every stream's sink
         self.auth = auth
         self.commands = commands
         self.metrics = metrics
@@ -411,7 +412,7 @@ class Api:
                 self.streams.expire_at(conn_id, caller.expires)
             return conn_id
 
-        return StreamResponse(list(SSE_HEADERS), open_stream, self.streams.remove, slot.release)
+        return StreamResponse(list(SSE_HEADERS), open_stream, self._remove_stream, slot.release)
 
     def _topics(self, raw: str, caller: Identity) -> tuple[str, ...]:
         topics = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))

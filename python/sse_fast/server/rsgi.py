@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from granian._granian import RSGIProtocolClosed as ProtocolClosed
@@ -45,14 +44,33 @@ def _accepted(result: Any) -> bool:
 
 
 class RsgiSink(Watched):
-    """A stream's RSGI transport, counted by the backlog watch (granian itself buffers without limit)."""
+    """A stream's RSGI transport, counted by the backlog watch (granian itself buffers without limit).
 
-    __slots__ = ("transport", "watch")
+    The sink is also the callback of granian's disconnect waiter (:meth:`__call__`): no closure or partial per
+    stream, since tens of thousands live in one worker.
+    """
 
-    def __init__(self, transport: Any, watch: BacklogWatch, local: str, peer: str, *, shared: bool = False) -> None:
+    __slots__ = ("closed", "transport", "watch")
+
+    def __init__(
+        self,
+        transport: Any,
+        watch: BacklogWatch,
+        local: str,
+        peer: str,
+        *,
+        shared: bool = False,
+        closed: Callable[[int], None] = lambda _: None,
+    ) -> None:
         super().__init__(0, local, peer, shared=shared)
         self.transport: Any = transport
         self.watch = watch
+        self.closed = closed  # told the connection id once the client is gone
+
+    def __call__(self, _waiter: object = None) -> None:
+        """The client went away: forget the transport and the connection."""
+        self.close()  # the watch forgets it
+        self.closed(self.conn_id)
 
     @property
     def direct(self) -> Any:
@@ -94,17 +112,12 @@ def _request(scope: Any, protocol: Any) -> Request:
     return Request(scope.method, scope.path, parse_query(scope.query_string), headers, scope.client, chunks)
 
 
-def _closed(closed: Callable[[int], None], sink: RsgiSink, _: object) -> None:
-    sink.close()  # the watch forgets it
-    closed(sink.conn_id)
-
-
-def _on_disconnect(protocol: Any, closed: Callable[[int], None], sink: RsgiSink) -> None:
+def _on_disconnect(protocol: Any, sink: RsgiSink) -> None:
     waiter = protocol.client_disconnect()
     if hasattr(waiter, "add_done_callback"):
-        waiter.add_done_callback(partial(_closed, closed, sink))  # a partial is far smaller than a closure
+        waiter.add_done_callback(sink)
     else:  # the client left already
-        _closed(closed, sink, None)
+        sink()
 
 
 async def serve(app: App, scope: Any, protocol: Any) -> None:
@@ -122,10 +135,12 @@ async def serve(app: App, scope: Any, protocol: Any) -> None:
         http2 = scope.http_version == "2"
         if http2:
             app.backlog.warn_rsgi_http2()
-        sink = RsgiSink(transport, app.backlog, sys.intern(scope.server), scope.client, shared=http2)
+        sink = RsgiSink(
+            transport, app.backlog, sys.intern(scope.server), scope.client, shared=http2, closed=answer.closed
+        )
         sink.conn_id = await answer.open(sink)
     finally:
         answer.release()
     if sink.transport is not None:  # not closed while it opened
         app.backlog.watch(sink)
-    _on_disconnect(protocol, answer.closed, sink)
+    _on_disconnect(protocol, sink)
