@@ -12,7 +12,7 @@ RUST_SRC := $(shell find rust -path rust/fuzz -prune -o \( -name '*.rs' -o -name
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build wheel run test fuzz fuzz-smoke fuzz-cmin test-rust test-python test-js test-model lint fmt bench bench-fanout bench-churn loadtest loadtest-smoke chaos chaos-smoke soak soak-smoke clean
+.PHONY: help venv build wheel run test fuzz fuzz-smoke fuzz-cmin test-rust test-python test-js test-model lint fmt bench bench-callgrind bench-fanout bench-churn loadtest loadtest-smoke chaos chaos-smoke soak soak-smoke clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -116,8 +116,17 @@ fmt: venv ## Format Rust and Python
 BENCH_ARGS ?=
 BENCH_SAVED = $(wildcard .benchmarks/$(shell $(PY) -c 'from pytest_benchmark.utils import get_machine_id as m; print(m())')/*.json)
 
-bench: build ## Micro-benchmarks (pytest-benchmark) against the pure-Python reference, compared with the saved baseline
+bench: build ## Micro-benchmarks (pytest-benchmark) against the pure-Python reference, compared with the saved baseline, then bench-callgrind
 	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-autosave $(if $(BENCH_SAVED),--benchmark-compare,) --benchmark-group-by=group -o testpaths=bench $(BENCH_ARGS)
+	$(PY) bench/callgrind/run.py $(CALLGRIND_ARGS)
+
+# Instruction counts of a fixed in-process fan-out under valgrind's callgrind (issue 17): two runs must agree within
+# 1%, and Ir per delivery may rise at most 2% over bench/results/callgrind.json. CALLGRIND_ARGS='--update' takes a
+# new baseline after an intended change (bench/callgrind/run.py's docstring has the workflow).
+CALLGRIND_ARGS ?=
+
+bench-callgrind: build ## Instruction counts (callgrind) of a fixed fan-out against bench/results/callgrind.json; about a minute
+	$(PY) bench/callgrind/run.py $(CALLGRIND_ARGS)
 
 clean: ## Remove build output
 	rm -rf target dist $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
