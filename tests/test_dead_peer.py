@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -153,3 +154,25 @@ def test_a_client_that_vanishes_is_removed_and_its_messages_go_to_its_mailbox(
     assert answer.json()["queued"] is True
     assert answer.json()["delivered"] == 0
     assert "sse_fast_dead_peers_total 1.0" in metrics
+
+
+def test_dead_peers_reads_live_and_unreadable_sockets_as_alive() -> None:
+    """The core's sweep read (the namespace test above shows a real dead peer found): a connected socket whose peer
+    acknowledges everything, a pipe, a closed descriptor and -1 are all alive; their positions are kept."""
+    from sse_fast._core import dead_peers
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        with client, server:
+            server.sendall(b"x" * 1000)
+            client.recv(1000)
+            read_end, write_end = os.pipe()
+            os.close(write_end)
+            closed = os.dup(read_end)
+            os.close(closed)
+            try:
+                assert dead_peers([server.fileno(), read_end, closed, -1], 0) == []
+                assert dead_peers([], 0) == []
+            finally:
+                os.close(read_end)

@@ -310,6 +310,12 @@ class Hub:
         """``connections``, ``clients``, ``published``, ``delivered``, ``evicted``, ``overflowed``,
         ``queued_frames``, ``queued_bytes``."""
 
+def dead_peers(fds: Sequence[int], dead_after_ms: int) -> list[int]:
+    """The positions in ``fds`` of the TCP sockets whose peer is dead: the kernel retransmitted, or sent more than
+    one zero-window probe, without any acknowledgement for more than ``dead_after_ms`` (``TCP_INFO``; a peer that
+    only stopped reading still answers probes). A socket that cannot be read (closed, not TCP, not Linux) reads as
+    alive. One call for every stream of a sweep, without the GIL."""
+
 def route_admits(
     client_id: str,
     patterns: Sequence[str],

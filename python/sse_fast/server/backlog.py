@@ -39,6 +39,8 @@ import sys
 import termios
 from collections.abc import Callable, Iterable, Iterator
 
+from sse_fast._core import dead_peers
+
 __all__ = ["DEAD_PEER_MARGIN", "SUPPORTED", "BacklogWatch", "Watched", "address"]
 
 log = logging.getLogger("sse_fast.backlog")
@@ -53,9 +55,6 @@ _SWEEP_PERIOD = 5.0  # at most; never longer than the keepalive
 _TCP_INFO_LEN = 232
 _BYTES_ACKED = struct.Struct("=Q")  # tcpi_bytes_acked, at offset 120 of struct tcp_info (Linux >= 4.1)
 _BYTES_ACKED_OFFSET = 120
-_LAST_ACK_RECV = struct.Struct("=I")  # tcpi_last_ack_recv (ms), at offset 56
-_LAST_ACK_RECV_OFFSET = 56
-_RETRANSMITS, _PROBES = 2, 3  # u8 tcpi_retransmits and tcpi_probes: unanswered retransmissions and probes
 _OUTQ = struct.Struct("=i")
 _LINGER_RESET = struct.pack("ii", 1, 0)  # close() sends a RST and frees the socket at once
 _TABLES = {"tcp": socket.AF_INET, "tcp6": socket.AF_INET6}
@@ -185,20 +184,15 @@ class BacklogWatch:
         # Each socket is looked up once (it exists before its stream registers): a sweep pays no /proc scan for
         # the streams it already knows, nor a check of their descriptors but for the ones it is about to cut.
         _locate_missing([w for w in streams if w.fd < 0 and w.inode == 0], revalidate=False)
-        for watched in streams:
-            if self._is_dead(watched) and _still_valid(watched):
+        located = [w for w in streams if w.fd >= 0]
+        # The rule and every socket read are in the core: one call, no Python object per stream, no GIL held.
+        for index in dead_peers([w.fd for w in located], self.dead_after_ms):
+            watched = located[index]
+            if _still_valid(watched):
                 self.dead += 1
                 self.forget(watched)
                 _shutdown(watched, reset=True)
                 self._on_cut(watched.conn_id, "dead_peer")
-
-    def _is_dead(self, watched: Watched) -> bool:
-        info = _tcp_info(watched)
-        if info is None or len(info) < _LAST_ACK_RECV_OFFSET + _LAST_ACK_RECV.size:
-            return False
-        # A live peer that stopped reading still answers zero-window probes (one at a time, so probes <= 1).
-        unanswered = info[_RETRANSMITS] > 0 or info[_PROBES] > 1
-        return unanswered and _LAST_ACK_RECV.unpack_from(info, _LAST_ACK_RECV_OFFSET)[0] > self.dead_after_ms
 
 
 # -- finding a stream's socket --------------------------------------------------------------------------------------

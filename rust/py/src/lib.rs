@@ -10,6 +10,7 @@ mod frame;
 mod hub;
 mod queue;
 mod replay;
+mod sock;
 mod topic;
 mod wire;
 
@@ -31,5 +32,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     hub::register(m)?;
     replay::register(m)?;
     cursor::register(m)?;
+    sock::register(m)?;
     Ok(())
 }
