@@ -794,7 +794,8 @@ def _profiler(server: Server, name: str, args: argparse.Namespace) -> tuple[subp
     worker = max(server.pids, key=lambda p: sum(cpu_seconds(p)))
     out = Path(args.profile) / f"{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [spy, "record", "--native", "--nonblocking", "--pid", str(worker), "--format", "raw", "-r", "200"]
+    # --native and --nonblocking exclude each other (py-spy 0.4): sampling pauses the worker briefly.
+    cmd = [spy, "record", "--native", "--pid", str(worker), "--format", "raw", "-r", "100"]
     proc = subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # let it attach before the phase starts
     return proc, out
