@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from _redis import RedisServer
-from _servers import BIN, free_port, running_server
+from _servers import BIN, Server, free_port, open_stream, running_server
 from sse_fast.broker.redis import RedisBroker
 from sse_fast.broker.redis.connection import ClusterRefused
-from sse_fast.cli import ExitCode, _render, main
+from sse_fast.cli import RUNTIME_THREADS_MAX, ExitCode, _render, main, runtime_options
 from sse_fast.models import Envelope
 from sse_fast.settings import Settings
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(60)
     [
         ("listen", ["--client-id", "--topics", "--token", "--json"]),
         ("publish", ["--target", "--topic", "--broadcast", "--type", "--priority", "--token", "--api-key"]),
-        ("serve", ["--host", "--port", "--workers", "--broker"]),
+        ("serve", ["--host", "--port", "--workers", "--runtime-threads", "--runtime-mode", "--broker"]),
     ],
 )
 def test_each_command_has_help(command: str, expected: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -345,6 +345,89 @@ def test_serve_sizes_granian_for_streams_per_worker_process() -> None:
     assert one["backpressure"] == two["backpressure"] > 19_000
     assert two["backlog"] >= 2 * 19_000 or two["backlog"] == 65_535
     assert serve_options(512, 1)["backpressure"] == 1024
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "threads", "mode"),
+    [
+        (1, 1, 1, "st"),  # one core: granian's writes share it with Python, one runtime
+        (2, 1, 2, "mt"),  # a second core takes the socket writes
+        (16, 1, RUNTIME_THREADS_MAX, "mt"),
+        (16, 8, 2, "mt"),
+        (16, 16, 1, "st"),
+        (2, 2, 1, "st"),
+        (3, 2, 1, "st"),
+    ],
+)
+def test_runtime_threads_default_to_the_cores_per_worker_up_to_the_max(
+    cpus: int, workers: int, threads: int, mode: str
+) -> None:
+    assert runtime_options(cpus, workers) == {"runtime_threads": threads, "runtime_mode": mode}
+
+
+def test_given_runtime_threads_and_mode_win() -> None:
+    assert runtime_options(1, 1, threads=4) == {"runtime_threads": 4, "runtime_mode": "mt"}
+    assert runtime_options(16, 1, mode="st") == {"runtime_threads": 2, "runtime_mode": "st"}
+    assert runtime_options(16, 1, threads=1, mode="mt") == {"runtime_threads": 1, "runtime_mode": "mt"}
+
+
+def test_one_runtime_thread_keeps_granians_mode_for_asgi_and_http2() -> None:
+    # granian's own auto: st only for RSGI that may speak HTTP/1; ASGI and HTTP/2-only get mt.
+    assert runtime_options(1, 1, interface="asgi")["runtime_mode"] == "mt"
+    assert runtime_options(1, 1, http="2")["runtime_mode"] == "mt"
+    assert runtime_options(1, 1, http="1")["runtime_mode"] == "st"
+
+
+def worker_threads(server: Server) -> list[str]:
+    """The thread names of the server's granian worker process (its only child)."""
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    tasks = Path(f"/proc/{children[0]}/task")
+    return [(task / "comm").read_text().strip() for task in tasks.iterdir()]
+
+
+async def delivered_once(server: Server) -> None:
+    async with open_stream(server.url, client_id="rt") as stream:
+        await stream.wait_for(lambda s: bool(s.system("connect")))
+        code, _, err = await run("publish", server.url, "hi", "--target", "rt", "--client-id", "bob")
+        assert code == 0, err
+        assert (await stream.count("text", 1))[0]["payload"] == "hi"
+
+
+@pytest.mark.e2e
+async def test_serve_runs_granian_with_the_runtime_threads_asked_for(tmp_path: Path) -> None:
+    """Issue 17, item 4: with --runtime-mode mt the worker holds one tokio thread per runtime thread; with st, one
+    single-threaded runtime per thread (granian names them in its log)."""
+    for threads in (2, 3):
+        args = ("--runtime-threads", str(threads), "--runtime-mode", "mt")
+        with running_server(tmp_path, extra_args=args) as server:
+            await delivered_once(server)
+            assert worker_threads(server).count("tokio-rt-worker") == threads
+            assert f"{threads} runtime thread(s) (mt)" in server.log()
+    with running_server(tmp_path, env={"SSE_FAST_RUNTIME_THREADS": "2", "SSE_FAST_RUNTIME_MODE": "st"}) as server:
+        await delivered_once(server)
+        assert "tokio-rt-worker" not in worker_threads(server)
+        assert "Started worker-1 runtime-2" in server.log()
+        assert "Started worker-1 runtime-3" not in server.log()
+
+
+@pytest.mark.e2e
+async def test_serve_chooses_the_runtime_threads_for_the_cores_it_may_use(tmp_path: Path) -> None:
+    chosen = runtime_options(len(os.sched_getaffinity(0)), 1)
+    with running_server(tmp_path) as server:
+        await delivered_once(server)
+        threads = worker_threads(server).count("tokio-rt-worker")
+        assert threads == (chosen["runtime_threads"] if chosen["runtime_mode"] == "mt" else 0)
+        assert f"{chosen['runtime_threads']} runtime thread(s) ({chosen['runtime_mode']})" in server.log()
+
+
+async def test_a_bad_runtime_setting_is_a_usage_error() -> None:
+    code, _, err = await run("serve", "--port", str(free_port()), "--runtime-threads", "-1", "--runtime-mode", "mt")
+    assert code == ExitCode.USAGE, err
+    assert "SSE_FAST_RUNTIME_THREADS='-1': expected a whole number >= 0" in err
+    code, _, err = await run("serve", "--port", str(free_port()), "--runtime-mode", "fast")
+    assert code == ExitCode.USAGE
+    assert "invalid choice: 'fast'" in err
 
 
 async def test_serve_refuses_a_redis_cluster_node_with_the_broker_code(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "raise_open_file_limit",
     "run_listen",
     "run_publish",
+    "runtime_options",
     "serve_options",
     "serves_http2",
 ]
@@ -100,6 +101,30 @@ def serve_options(nofile: int, workers: int) -> dict[str, int]:
     return {"backlog": min(65535, max(2048, per_worker * max(1, workers))), "backpressure": per_worker}
 
 
+# The default of SSE_FAST_RUNTIME_THREADS (0). A granian worker runs its Python on its main thread and its socket I/O
+# on its runtime threads, which carry most of its CPU: 70-85% of the CPU per delivery at N = 10,000 (bench/fanout,
+# the "main thread" rows of issue 17's runs). With cores to spare per worker, more runtime threads spread the writes
+# over them. 2 is as far as it was measured (a 2-core machine): raise it after measuring on more cores.
+RUNTIME_THREADS_MAX: Final = 2
+"""The most runtime threads ``sse-fast serve`` gives a worker when ``SSE_FAST_RUNTIME_THREADS`` is 0."""
+
+
+def runtime_options(
+    cpus: int, workers: int, *, interface: str = "rsgi", http: str = "auto", threads: int = 0, mode: str = "auto"
+) -> dict[str, Any]:
+    """granian's ``runtime_threads`` and ``runtime_mode`` for ``workers`` on ``cpus`` usable cores.
+
+    Given ``threads`` and ``mode`` win. ``threads`` 0 means "chosen for the machine": the cores each worker has, at
+    least 1 and at most :data:`RUNTIME_THREADS_MAX`. ``mode`` ``auto`` is ``mt`` (one runtime over the threads)
+    with more than one thread; with one, granian's own choice: ``st`` for RSGI unless only HTTP/2 is served.
+    """
+    if threads == 0:
+        threads = max(1, min(RUNTIME_THREADS_MAX, cpus // max(1, workers)))
+    if mode == "auto":
+        mode = "st" if threads == 1 and interface == "rsgi" and http != "2" else "mt"
+    return {"runtime_threads": threads, "runtime_mode": mode}
+
+
 def _serve(args: argparse.Namespace) -> int:
     from sse_fast.settings import Settings, SettingsError
 
@@ -107,6 +132,8 @@ def _serve(args: argparse.Namespace) -> int:
         "SSE_FAST_HOST": args.host,
         "SSE_FAST_PORT": None if args.port is None else str(args.port),
         "SSE_FAST_WORKERS": None if args.workers is None else str(args.workers),
+        "SSE_FAST_RUNTIME_THREADS": None if args.runtime_threads is None else str(args.runtime_threads),
+        "SSE_FAST_RUNTIME_MODE": args.runtime_mode,
         "SSE_FAST_INTERFACE": args.interface,
         "SSE_FAST_BROKER": args.broker,
         "SSE_FAST_LOG_LEVEL": args.log_level,
@@ -172,7 +199,7 @@ def _metrics_dir(settings: Any) -> Iterator[None]:
 
 def _run_granian(settings: Any, interface_given: bool, log_config: dict[str, Any]) -> int:
     from granian import Granian
-    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes
     from granian.http import HTTP1Settings
 
     interface = settings.interface
@@ -180,13 +207,24 @@ def _run_granian(settings: Any, interface_given: bool, log_config: dict[str, Any
         interface = "asgi"  # per-stream backpressure under HTTP/2 (see docs/architecture.md, "TLS and HTTP/2")
     nofile = raise_open_file_limit()
     sizing = serve_options(nofile, settings.workers)
+    runtime = runtime_options(
+        len(os.sched_getaffinity(0)),
+        settings.workers,
+        interface=interface,
+        http=settings.http,
+        threads=settings.runtime_threads,
+        mode=settings.runtime_mode,
+    )
     log.info(
-        "serving on %s://%s:%d (HTTP %s), %d worker(s), %s; open-file limit %d: up to %d streams per worker",
+        "serving on %s://%s:%d (HTTP %s), %d worker(s) with %d runtime thread(s) (%s), %s; open-file limit %d: up to"
+        " %d streams per worker",
         "https" if settings.ssl_certfile else "http",
         settings.host,
         settings.port,
         settings.http,
         settings.workers,
+        runtime["runtime_threads"],
+        runtime["runtime_mode"],
         interface,
         nofile,
         sizing["backpressure"],
@@ -202,6 +240,8 @@ def _run_granian(settings: Any, interface_given: bool, log_config: dict[str, Any
         http=HTTPModes(settings.http),
         **tls,
         workers=settings.workers,
+        runtime_threads=runtime["runtime_threads"],
+        runtime_mode=RuntimeModes(runtime["runtime_mode"]),
         loop=Loops.uvloop,
         backlog=sizing["backlog"],
         backpressure=sizing["backpressure"],
@@ -445,6 +485,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (SSE_FAST_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (SSE_FAST_PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (SSE_FAST_WORKERS; >1 needs Redis)")
+    serve.add_argument(
+        "--runtime-threads",
+        type=int,
+        metavar="N",
+        help="granian runtime threads per worker, doing its socket I/O (SSE_FAST_RUNTIME_THREADS; default 0: "
+        f"the cores per worker, 1 to {RUNTIME_THREADS_MAX})",
+    )
+    serve.add_argument(
+        "--runtime-mode",
+        choices=["auto", "st", "mt"],
+        help="granian runtime mode (SSE_FAST_RUNTIME_MODE; default auto: mt with several runtime threads, else st)",
+    )
     serve.add_argument(
         "--interface",
         choices=["rsgi", "asgi"],

@@ -114,6 +114,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         Literal["auto", "1", "2"],
         _doc("HTTP versions: `auto` is HTTP/1.1 and HTTP/2 (negotiated by ALPN over TLS), `1` or `2` only one."),
     ] = "auto"
+    runtime_threads: Annotated[
+        Count,
+        _doc(
+            "granian runtime threads per worker: the Rust threads that do its socket reads and writes (its Python "
+            "runs on one other thread). 0: chosen by `sse-fast serve` for the cores it may use, the cores per worker "
+            "from 1 to 2 (`cli.runtime_options`); under plain granian, its `--runtime-threads`.",
+            ge=0,
+        ),
+    ] = 0
+    runtime_mode: Annotated[
+        Literal["auto", "st", "mt"],
+        _doc(
+            "granian runtime mode: `st` a single-threaded runtime per runtime thread, `mt` one runtime over all of "
+            "them; `auto`: `mt` with several runtime threads, else granian's choice (`st` for RSGI)."
+        ),
+    ] = "auto"
 
     # Identity (PROTOCOL.md section 6)
     auth: Annotated[Literal["none", "jwt"], _doc("`none` trusts the caller's clientId; `jwt` verifies tokens.")] = (
