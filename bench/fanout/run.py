@@ -53,6 +53,13 @@ server, ``--publish-cost`` sequential ``POST /api/messages`` (a broadcast), one 
 worker), Redis with one worker (the hop alone) and Redis with two workers: the request time p50/p99 seen by the
 publisher, the publish -> receive latency, and server and Redis CPU per publish.
 
+**granian's runtime threads** (contenders ``sse-fast-rt2`` and ``granian-rsgi-rt2``, issue 17): one worker on two
+cores. A granian worker runs its Python on its main thread and its socket I/O on runtime threads (Rust), even with
+one of them: ``-rt2`` is ``--runtime-threads 2 --runtime-mode mt`` (one runtime over both), ``-rt2-st`` the same with
+``--runtime-mode st`` (a single-threaded runtime per thread, each with its share of the connections), ``-rt1-2c``
+one runtime thread (``st``) on two cores. Pinned to cores 0 and 1 like ``sse-fast-redis-2w``, so they share core 1
+with the load client: the report gives the client's CPU, and the server CPU spent on the main threads (the
+worker's Python). Only the broadcast lockstep, burst and paced phases (``REDIS_PHASES``).
 """
 
 from __future__ import annotations
@@ -80,7 +87,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +146,7 @@ class Contender:
     command: Callable[[int, Path], list[str]]
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
+    core_count: int = 0  # cores the server is pinned to; 0: one per worker
     redis: bool = False
     phases: frozenset[str] = frozenset()  # empty: every phase
     # Streams opened at once. The Redis contenders use 32: before branch `fix`, the Redis broker failed opens past
@@ -150,8 +158,25 @@ class Contender:
 
     @property
     def cores(self) -> str:
-        """The cores the server is pinned to: core 0, or cores 0 .. workers - 1."""
-        return ",".join(str(SERVER_CORE + i) for i in range(self.workers))
+        """The cores the server is pinned to: core 0, or cores 0 .. (``core_count`` or ``workers``) - 1."""
+        return ",".join(str(SERVER_CORE + i) for i in range(self.core_count or self.workers))
+
+
+#: The variants of one worker on cores 0 and 1: name suffix -> granian's runtime threads and mode.
+RUNTIME_VARIANTS = {"-rt2": (2, "mt"), "-rt2-st": (2, "st"), "-rt1-2c": (1, "st")}
+
+
+def _runtime_variants(contenders: dict[str, Contender]) -> dict[str, Contender]:
+    """``contenders`` and, for sse-fast and granian-rsgi, each of ``RUNTIME_VARIANTS``: their command with
+    ``--runtime-threads <threads> --runtime-mode <mode>``, pinned to two cores."""
+    out = dict(contenders)
+    for base in ("sse-fast", "granian-rsgi"):
+        for suffix, (threads, mode) in RUNTIME_VARIANTS.items():
+            c = contenders[base]
+            flags = ("--runtime-threads", str(threads), "--runtime-mode", mode)
+            command = lambda *a, cmd=c.command, f=flags: [*cmd(*a), *f]  # noqa: E731
+            out[base + suffix] = replace(c, name=base + suffix, command=command, core_count=2, phases=REDIS_PHASES)
+    return out
 
 
 def _contenders() -> dict[str, Contender]:
@@ -386,6 +411,16 @@ class Server:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.contender.name} did not answer /healthz within 30 s")
 
+    def main_thread_cpu(self) -> float:
+        """CPU seconds of the main threads of the server's processes: a granian worker runs its Python there, and its
+        socket I/O on its runtime threads (the others)."""
+        total = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def cpu(self) -> tuple[float, float]:
         """(user, system) CPU seconds of the server's processes."""
         times = [cpu_seconds(p) for p in self.pids]
@@ -544,7 +579,7 @@ class Session:
         gc.collect()
         gc.disable()
         cpu0, me0, t0 = self.server.cpu(), os.times(), time.perf_counter()
-        redis0 = self.server.redis_cpu()
+        redis0, main0 = self.server.redis_cpu(), self.server.main_thread_cpu()
         if mode == "lockstep":
             due = 0
             for j in range(count):
@@ -563,7 +598,7 @@ class Session:
         except TimeoutError:
             timed_out, done_at = True, time.perf_counter()
         cpu1, me1 = self.server.cpu(), os.times()
-        redis_cpu = self.server.redis_cpu() - redis0
+        redis_cpu, main_cpu = self.server.redis_cpu() - redis0, self.server.main_thread_cpu() - main0
         await asyncio.sleep(0.3)  # late duplicates would show up here
         gc.enable()
         verdict = self.mon.verdict()
@@ -589,6 +624,7 @@ class Session:
             "client_cpu_s": round(client_cpu, 3),
             "deliveries_per_s": round(total / elapsed) if elapsed > 0 else None,
             "server_cpu_us_per_delivery": round(server_cpu * 1e6 / total, 2) if total else None,
+            "server_main_thread_us_per_delivery": round(main_cpu * 1e6 / total, 2) if total else None,
             "client_cpu_us_per_delivery": round(client_cpu * 1e6 / total, 2) if total else None,
             "frames_per_read": round(self.mon.received / self.mon.reads, 2) if self.mon.reads else None,
         }
@@ -1075,6 +1111,7 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
             lines.append("")
         lines.append("")
     lines += _redis_section(report, args)
+    lines += _runtime_section(report, args)
     lines += _verdict(report, args)
     return "\n".join(lines) + "\n"
 
@@ -1174,6 +1211,86 @@ def _redis_section(report: dict[str, Any], args: argparse.Namespace) -> list[str
                 d99 = by[name]["request_us"]["p99"] - mem["request_us"]["p99"]
                 lines.append(f"\n{name} - memory: request p50 {d50:+} us, p99 {d99:+} us")
         lines.append("")
+    return lines
+
+
+def _runtime_section(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """One worker on two cores (``RUNTIME_VARIANTS``) against the same on one core, with one runtime thread."""
+    bases = ("sse-fast", "granian-rsgi")
+    variants = [b + s for b in bases for s in RUNTIME_VARIANTS if b + s in report["contenders"]]
+    if not variants:
+        return []
+    lines = [
+        "## One worker on two cores: granian's runtime threads",
+        "",
+        "`-rt2`: `--runtime-threads 2 --runtime-mode mt`, `-rt2-st`: `--runtime-threads 2 --runtime-mode st`,"
+        " `-rt1-2c`: `--runtime-threads 1 --runtime-mode st`; pinned to cores 0 and 1, so they share core 1 with the"
+        " load client (the others keep core 0 to themselves, with one runtime thread). Server CPU counts every thread"
+        " of the worker; the main thread's share is its Python (the runtime threads do the socket I/O).",
+        "",
+    ]
+    get_rows: list[tuple[str, str, float | None, Callable[[dict[str, Any]], Any]]] = [
+        (
+            "server CPU us/delivery, lockstep (1 frame/write)",
+            "lockstep",
+            None,
+            lambda p: p["server_cpu_us_per_delivery"],
+        ),
+        (
+            "of which main thread (Python), lockstep",
+            "lockstep",
+            None,
+            lambda p: p.get("server_main_thread_us_per_delivery"),
+        ),
+        ("client CPU us/delivery, lockstep", "lockstep", None, lambda p: p["client_cpu_us_per_delivery"]),
+        ("deliveries/s, lockstep", "lockstep", None, lambda p: p["deliveries_per_s"]),
+        ("deliveries/s, broadcast burst", "burst", None, lambda p: p["deliveries_per_s"]),
+        ("server CPU us/delivery, burst", "burst", None, lambda p: p["server_cpu_us_per_delivery"]),
+        ("of which main thread (Python), burst", "burst", None, lambda p: p.get("server_main_thread_us_per_delivery")),
+        ("client CPU us/delivery, burst", "burst", None, lambda p: p["client_cpu_us_per_delivery"]),
+        ("frames per client read, burst", "burst", None, lambda p: p["frames_per_read"]),
+        *(
+            (
+                f"latency p50 / p99 / max ms, broadcast {r:g}/s",
+                "paced",
+                r,
+                lambda p: "{p50} / {p99} / {max}".format(**p["latency_ms"]),
+            )
+            for r in args.rates
+        ),
+    ]
+    for n in report["ns"]:
+        sessions = {s["contender"]: s for s in report["sessions"] if s["n"] == n}
+        names = [c for c in report["contenders"] if c in sessions and c.startswith(bases) and "redis" not in c]
+        if not any(c in sessions for c in variants):
+            continue
+        lines += [f"### N = {n:,}", "", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for label, mode, rate, get in get_rows:
+            cells = [_cell(_phase(sessions[c], "broadcast", mode, rate), get) for c in names]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += ["", *_runtime_ratios(sessions, bases, args), ""]
+    return lines
+
+
+def _runtime_ratios(sessions: dict[str, dict[str, Any]], bases: tuple[str, ...], args: argparse.Namespace) -> list[str]:
+    """Each variant / its base on one core: burst deliveries/s, lockstep CPU per delivery and p99 at each rate."""
+    lines = []
+    for base in bases:
+        for suffix in RUNTIME_VARIANTS:
+            one, two = sessions.get(base), sessions.get(base + suffix)
+            if one is None or two is None:
+                continue
+            parts = []
+            for label, mode, rate, get in (
+                ("burst deliveries/s", "burst", None, lambda p: p["deliveries_per_s"]),
+                ("lockstep CPU/delivery", "lockstep", None, lambda p: p["server_cpu_us_per_delivery"]),
+                *((f"p99 at {r:g}/s", "paced", r, lambda p: p["latency_ms"]["p99"]) for r in args.rates),
+            ):
+                a, b = _phase(one, "broadcast", mode, rate), _phase(two, "broadcast", mode, rate)
+                if a and b and a["ok"] and b["ok"] and get(a):
+                    parts.append(f"{label} {get(b) / get(a):.2f}x")
+            if parts:
+                lines.append(f"- {base}{suffix} / {base}: " + ", ".join(parts))
     return lines
 
 
@@ -1287,7 +1404,7 @@ def _send_floor(n: int) -> dict[str, Any]:
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    contenders = _contenders()
+    contenders = _runtime_variants(_contenders())
     unknown = [name for name in args.names if name not in contenders]
     if unknown:
         raise SystemExit(f"unknown contenders {unknown}; known: {sorted(contenders)}")

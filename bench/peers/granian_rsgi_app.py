@@ -5,7 +5,8 @@ dict (no coroutine per stream, as in sse-fast): a publish encodes the envelope o
 ``transport.send_bytes`` for every recipient, right away (no queue, no coalescing, no slow-consumer handling).
 What sse-fast costs above this is the price of its features.
 
-Run: ``python bench/peers/granian_rsgi_app.py --port 8002``.
+Run: ``python bench/peers/granian_rsgi_app.py --port 8002`` (``--runtime-threads 2``: granian's socket writes on two
+Rust threads, as ``sse-fast serve --runtime-threads 2``).
 """
 
 from __future__ import annotations
@@ -118,13 +119,15 @@ app = App()
 
 def main() -> None:
     from granian import Granian
-    from granian.constants import Interfaces, Loops
+    from granian.constants import Interfaces, Loops, RuntimeModes
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8002)
+    parser.add_argument("--runtime-threads", type=int, default=1, help="granian runtime threads (Rust, socket I/O)")
+    parser.add_argument("--runtime-mode", choices=["auto", "st", "mt"], default="auto", help="granian runtime mode")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -134,6 +137,8 @@ def main() -> None:
         port=args.port,
         interface=Interfaces.RSGI,
         workers=1,
+        runtime_threads=args.runtime_threads,
+        runtime_mode=RuntimeModes(args.runtime_mode),
         loop=Loops.uvloop,
         backlog=4096,
         backpressure=hard - 256,
