@@ -152,6 +152,8 @@ def parse_limit(raw: str | None, *, default: int, least: int, cap: int) -> int:
 
 def parse_query(query_string: str) -> dict[str, str]:
     """The query as a dict; a repeated key keeps its last value (as browsers' URLSearchParams.get does not)."""
+    if not query_string:  # most API requests have none
+        return {}
     return dict(parse_qsl(query_string, keep_blank_values=True))
 
 
