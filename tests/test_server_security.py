@@ -206,6 +206,20 @@ def test_a_body_over_the_limit_is_not_read_further(server: Server) -> None:
     assert answer.startswith(b"HTTP/1.1 413")
 
 
+def test_a_small_content_length_does_not_bound_a_chunked_body(server: Server) -> None:
+    """A body read in one call is bounded by its Content-Length only because the server frames it by that length;
+    with Transfer-Encoding as well the body is chunked, and the limit still counts what arrives (4096 here)."""
+    body = b'{"type":"json","payload":"' + b"x" * 8000 + b'"}'
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+        )
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
 async def test_a_barrage_of_bad_requests_hurts_nobody(server: Server) -> None:
     async with open_stream(server.url, client_id="bystander") as bystander:
         await bystander.wait_for(lambda s: bool(s.system("connect")))

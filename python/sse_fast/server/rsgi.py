@@ -109,7 +109,8 @@ def _request(scope: Any, protocol: Any) -> Request:
                 return
             yield chunk
 
-    return Request(scope.method, scope.path, parse_query(scope.query_string), headers, scope.client, chunks)
+    query = parse_query(scope.query_string)
+    return Request(scope.method, scope.path, query, headers, scope.client, chunks, whole=protocol)
 
 
 def _on_disconnect(protocol: Any, sink: RsgiSink) -> None:
