@@ -80,12 +80,18 @@ class Route:
     headers: tuple[tuple[str, str], ...] = ()
     security: Sequence[Mapping[str, Sequence[str]]] | None = None
     template: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # The template as a list when it has no `{name}` segment (most routes): matched by one list comparison.
+    literal: list[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "template", tuple(self.path.strip("/").split("/")))
+        template = tuple(self.path.strip("/").split("/"))
+        object.__setattr__(self, "template", template)
+        object.__setattr__(self, "literal", None if any(s.startswith("{") for s in template) else list(template))
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         """The path parameters when ``segments`` fit this route's template."""
+        if self.literal is not None:
+            return {} if segments == self.literal else None
         if len(self.template) != len(segments):
             return None
         params: dict[str, str] = {}
