@@ -206,6 +206,19 @@ def test_a_body_over_the_limit_is_not_read_further(server: Server) -> None:
     assert answer.startswith(b"HTTP/1.1 413")
 
 
+def test_header_names_are_read_whatever_their_case(server: Server) -> None:
+    body = b'{"type":"json","payload":1}'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /api/messages HTTP/1.1\r\nHOST: x\r\nCONTENT-TYPE: application/json\r\n"
+            b"Content-LENGTH: %d\r\nx-CLIENT-id: bad id\r\n\r\n%s" % (len(body), body)
+        )
+        answer = sock.recv(4096)
+    # Content-Type was found (not 415), and so was X-Client-Id, whose value is refused.
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"invalid_client_id" in answer
+
+
 def test_a_small_content_length_does_not_bound_a_chunked_body(server: Server) -> None:
     """A body read in one call is bounded by its Content-Length only because the server frames it by that length;
     with Transfer-Encoding as well the body is chunked, and the limit still counts what arrives (4096 here)."""

@@ -100,7 +100,8 @@ class RsgiSink(Watched):
 
 
 def _request(scope: Any, protocol: Any) -> Request:
-    headers = {key.lower(): value for key, value in scope.headers.items()}
+    # granian's names are lower-case already (hyper's HeaderMap keeps them so; HTTP/2 forbids others).
+    headers = dict(scope.headers.items())
 
     async def chunks() -> AsyncIterator[bytes]:
         # granian ends the body with an empty chunk; asking for more after it is a protocol error.
