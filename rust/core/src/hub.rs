@@ -8,6 +8,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::cursor::check_id_prefix;
 use crate::error::{Error, Result};
 use crate::frame::Frame;
@@ -148,10 +150,13 @@ struct Conn {
     stamp: u64,
 }
 
+/// A client's connection ids, oldest first: inline up to two (no allocation for the usual one or two streams).
+type ClientConns = SmallVec<[u64; 2]>;
+
 /// The fan-out registry (see the module docs).
 pub struct Hub {
     conns: IdMap<Conn>,
-    clients: HashMap<Arc<str>, Vec<u64>>,
+    clients: HashMap<Arc<str>, ClientConns>,
     topics: TopicIndex,
     queue_frames: usize,
     queue_bytes: usize,
@@ -225,7 +230,7 @@ impl Hub {
             self.topics.remove(pattern, id);
         }
         if let Some(ids) = self.clients.get_mut(&*conn.client) {
-            ids.retain(|&other| other != id);
+            ids.retain(|other| *other != id);
             if ids.is_empty() {
                 self.clients.remove(&*conn.client);
             }
@@ -287,7 +292,7 @@ impl Hub {
                 });
             }
             Route::Client(client) => {
-                for &id in self.clients.get(&**client).map_or(&[][..], Vec::as_slice) {
+                for &id in self.clients.get(&**client).map_or(&[][..], ClientConns::as_slice) {
                     if let Some(conn) = self.conns.get_mut(&id) {
                         deliver(id, conn, frame, &mut out, totals);
                     }
@@ -349,7 +354,7 @@ impl Hub {
 
     /// The client's connection ids, oldest first.
     pub fn connections_of(&self, client: &str) -> &[u64] {
-        self.clients.get(client).map_or(&[], Vec::as_slice)
+        self.clients.get(client).map_or(&[], ClientConns::as_slice)
     }
 
     /// The client id of a connection.
