@@ -12,7 +12,7 @@ RUST_SRC := $(shell find rust -path rust/fuzz -prune -o \( -name '*.rs' -o -name
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build wheel run test fuzz fuzz-smoke fuzz-cmin test-rust test-python test-js test-model lint fmt bench bench-callgrind bench-fanout bench-churn loadtest loadtest-smoke chaos chaos-smoke soak soak-smoke clean
+.PHONY: help venv build wheel run test fuzz fuzz-smoke fuzz-cmin test-rust test-python test-js test-model lint fmt bench bench-callgrind bench-fanout bench-ingest bench-churn loadtest loadtest-smoke chaos chaos-smoke soak soak-smoke clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -136,6 +136,11 @@ LOADTEST_ARGS ?=
 
 bench-fanout: build ## Fan-out: sse-fast against sse-starlette, pinned servers, N = 1,000 and 10,000 (bench/results/fanout.md)
 	$(PY) bench/fanout/run.py $(FANOUT_ARGS)
+
+INGEST_ARGS ?=
+
+bench-ingest: build ## Publish ingest: POST /api/messages per server core with wrk, sse-fast against sse-starlette and the granian floor (bench/results/ingest.md)
+	$(PY) bench/ingest.py $(INGEST_ARGS)
 
 bench-churn: build ## 10,000 connect/disconnect cycles after a warm-up: the worker's memory must stay flat
 	$(PY) bench/churn.py
