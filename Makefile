@@ -134,7 +134,7 @@ clean: ## Remove build output
 FANOUT_ARGS ?=
 LOADTEST_ARGS ?=
 
-bench-fanout: build ## Fan-out: sse-fast against sse-starlette, pinned servers, N = 1,000 and 10,000 (bench/results/fanout.md)
+bench-fanout: build ## Fan-out: sse-fast against the granian floor, nchan and sse-starlette, pinned, N = 1,000 and 10,000 (bench/results/fanout.md)
 	$(PY) bench/fanout/run.py $(FANOUT_ARGS)
 
 INGEST_ARGS ?=

@@ -1375,7 +1375,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n", default="1000,10000", help="subscriber counts, comma-separated (20000 needs the fd limit)")
     p.add_argument(
         "--contenders",
-        default="sse-fast,granian-rsgi,nchan,sse-starlette,sse-fast-redis-2w",
+        default="sse-fast,granian-rsgi,nchan,sse-starlette,sse-fast-rt2,sse-fast-redis-2w",
         help="sse-fast-redis-2w (two workers on a private redis-server) is skipped when redis-server is missing;"
         " nchan installs nginx-light and libnginx-mod-nchan (apt-get, as root) when missing",
     )

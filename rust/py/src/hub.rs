@@ -247,9 +247,6 @@ impl PyHub {
     /// Drain every ready connection into one `bytes` and hand it to its writer (see `_core.pyi`).
     fn flush(&mut self, py: Python<'_>, now: f64) -> Option<FlushReport> {
         let mut ready = std::mem::take(&mut self.ready);
-        // In connection order, which is the order their sockets and granian's state were allocated in, rather than
-        // the hub's hash order: neighbouring writes then touch neighbouring memory.
-        ready.sort_unstable();
         let (mut closed, mut reports) = (Vec::new(), Vec::new());
         // One publish reaches most connections with the same bytes: they share one `bytes` object.
         let mut last: Option<Bound<'_, PyBytes>> = None;
