@@ -420,6 +420,21 @@ class Server:
                 total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total
 
+    def switches(self) -> tuple[int, int]:
+        """(voluntary, involuntary) context switches of every thread of the server's processes, so far: a thread that
+        sleeps and is woken for each write shows up here before it shows up anywhere else."""
+        voluntary = involuntary = 0
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/status") as f:
+                        for line in f:
+                            if line.startswith("voluntary_ctxt_switches:"):
+                                voluntary += int(line.split()[1])
+                            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                                involuntary += int(line.split()[1])
+        return voluntary, involuntary
+
     def cpu(self) -> tuple[float, float]:
         """(user, system) CPU seconds of the server's processes."""
         times = [cpu_seconds(p) for p in self.pids]
@@ -578,7 +593,7 @@ class Session:
         gc.collect()
         gc.disable()
         cpu0, me0, t0 = self.server.cpu(), os.times(), time.perf_counter()
-        redis0, main0 = self.server.redis_cpu(), self.server.main_thread_cpu()
+        redis0, main0, switches0 = self.server.redis_cpu(), self.server.main_thread_cpu(), self.server.switches()
         if mode == "lockstep":
             due = 0
             for j in range(count):
@@ -598,6 +613,7 @@ class Session:
             timed_out, done_at = True, time.perf_counter()
         cpu1, me1 = self.server.cpu(), os.times()
         redis_cpu, main_cpu = self.server.redis_cpu() - redis0, self.server.main_thread_cpu() - main0
+        switches = [after - before for after, before in zip(self.server.switches(), switches0, strict=True)]
         await asyncio.sleep(0.3)  # late duplicates would show up here
         gc.enable()
         verdict = self.mon.verdict()
@@ -625,6 +641,7 @@ class Session:
             "server_cpu_us_per_delivery": round(server_cpu * 1e6 / total, 2) if total else None,
             "server_main_thread_us_per_delivery": round(main_cpu * 1e6 / total, 2) if total else None,
             "client_cpu_us_per_delivery": round(client_cpu * 1e6 / total, 2) if total else None,
+            "server_switches_per_delivery": [round(n / total, 3) for n in switches] if total else None,
             "frames_per_read": round(self.mon.received / self.mon.reads, 2) if self.mon.reads else None,
         }
         if self.server.redis is not None:
@@ -951,6 +968,16 @@ def _rows(args: argparse.Namespace) -> list[tuple[str, Callable[[dict[str, Any]]
             None,
             "client CPU us/delivery (same phase)",
             lambda p: p["client_cpu_us_per_delivery"],
+            "",
+        ),
+        (
+            "broadcast",
+            "lockstep",
+            None,
+            "server context switches per delivery, voluntary / involuntary (same phase)",
+            lambda p: (
+                " / ".join(map(str, p["server_switches_per_delivery"])) if "server_switches_per_delivery" in p else None
+            ),
             "",
         ),
         (
