@@ -26,6 +26,7 @@ __all__ = [
     "ReplayResult",
     "__version__",
     "build_profile",
+    "dead_peers",
     "encode_comment",
     "encode_event",
     "encode_json_frame",
